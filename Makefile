@@ -1,0 +1,28 @@
+# Two entry points: `make demo` (the main job on the embedded default) and `make test`.
+# Both create or reuse .venv and install through constraints.txt (torch==2.13.0, the CPU build),
+# also inside build environments (PIP_CONSTRAINT), so nothing pulls a CUDA torch.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+
+.PHONY: venv demo test bench lint
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c constraints.txt -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m vace_core demo
+
+test: venv
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) benchmarks/bench_transformer.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
