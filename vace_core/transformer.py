@@ -1,0 +1,188 @@
+"""The Wan2.1 DiT with VACE context blocks.
+
+Precision follows the reference: the residual stream, time embedding, modulation, norms, patch embedding
+and head run in float32; attention, FFN and text projections run in the compute dtype (the dtype of the
+input latent `x`). Layers come from `operations` (default `torch.nn`, which needs a uniform fp32 model):
+pass cast layers (`vace_core.ops` or ComfyUI's `comfy.ops`) to store weights in another dtype (bf16, fp8).
+
+State-dict keys are the official Wan layout (see DESIGN.md §4), so checkpoints load without renaming.
+"""
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .attention import attention, resolve_backend
+from .config import VaceConfig
+from .errors import VaceError
+from .rope import apply_rope, rope_angles, rope_cos_sin, upcast
+
+
+def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Timestep embedding (B,) -> (B, dim), cos first, computed in float64 like the reference."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float64) / half)
+    angles = torch.outer(t.double(), freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention with RMS-normalised q/k (over all heads)."""
+
+    def __init__(self, dim, num_heads, eps, ops, factory, backend):
+        super().__init__()
+        self.num_heads, self.backend = num_heads, backend
+        self.q, self.k, self.v, self.o = (ops.Linear(dim, dim, **factory) for _ in range(4))
+        self.norm_q = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **factory)
+        self.norm_k = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **factory)
+
+    def _rms(self, norm, x):  # norm in fp32, back to the compute dtype
+        return norm(upcast(x)).to(x.dtype)
+
+    def forward(self, x, context=None, rope=None, bias=None):
+        """x (B, L, dim) in compute dtype; context (B, Lc, dim) for cross-attention; rope = (cos, sin)."""
+        kv = x if context is None else context
+        q, k = self._rms(self.norm_q, self.q(x)), self._rms(self.norm_k, self.k(kv))
+        q, k, v = (rearrange(t, "b l (h d) -> b l h d", h=self.num_heads) for t in (q, k, self.v(kv)))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.o(attention(q, k, v, self.backend, bias))
+
+
+class WanBlock(nn.Module):
+    """One DiT block: modulated self-attention, cross-attention to text, modulated FFN."""
+
+    def __init__(self, cfg: VaceConfig, ops, factory, backend):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = ops.LayerNorm(dim, eps=cfg.eps, elementwise_affine=False, **factory)
+        self.self_attn = Attention(dim, cfg.num_heads, cfg.eps, ops, factory, backend)
+        self.norm3 = ops.LayerNorm(dim, eps=cfg.eps, elementwise_affine=True, **factory)
+        self.cross_attn = Attention(dim, cfg.num_heads, cfg.eps, ops, factory, backend)
+        self.norm2 = ops.LayerNorm(dim, eps=cfg.eps, elementwise_affine=False, **factory)
+        self.ffn = nn.Sequential(ops.Linear(dim, cfg.ffn_dim, **factory), nn.GELU(approximate="tanh"),
+                                 ops.Linear(cfg.ffn_dim, dim, **factory))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim, **factory) / dim**0.5)
+
+    def forward(self, x, e, text, rope, self_bias=None, cross_bias=None):
+        """x (B, L, dim) fp32 residual stream; e (B, 6, dim) fp32; text (B, 512, dim) in compute dtype."""
+        cd = text.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = rearrange(
+            self.modulation.to(e) + e, "b six d -> six b 1 d")
+        y = self.self_attn((self.norm1(x) * (1 + scale1) + shift1).to(cd), rope=rope, bias=self_bias)
+        x = x + y.to(x.dtype) * gate1
+        x = x + self.cross_attn(self.norm3(x).to(cd), context=text, bias=cross_bias).to(x.dtype)
+        y = self.ffn((self.norm2(x) * (1 + scale2) + shift2).to(cd))
+        return x + y.to(x.dtype) * gate2
+
+
+class ContextBlock(WanBlock):
+    """A VACE context block: a full Wan block over the context tokens that also emits a hint.
+
+    Context block 0 first adds the patch-embedded noisy latent x0 to the projected context.
+    """
+
+    def __init__(self, cfg: VaceConfig, ops, factory, backend, first: bool):
+        super().__init__(cfg, ops, factory, backend)
+        if first:
+            self.before_proj = ops.Linear(cfg.dim, cfg.dim, **factory)
+        self.after_proj = ops.Linear(cfg.dim, cfg.dim, **factory)
+
+    def forward(self, c, x0, e, text, rope):
+        """c (B, L, dim) fp32 context stream -> (next c, hint (B, L, dim) fp32)."""
+        if hasattr(self, "before_proj"):
+            c = self.before_proj(c.to(text.dtype)).to(x0.dtype) + x0
+        c = super().forward(c, e, text, rope)
+        return c, self.after_proj(c.to(text.dtype)).to(c.dtype)
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: VaceConfig, ops, factory):
+        super().__init__()
+        self.norm = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False, **factory)
+        self.head = ops.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size), **factory)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim, **factory) / cfg.dim**0.5)
+
+    def forward(self, x, t_emb):
+        """x (B, L, dim) fp32, t_emb (B, dim) fp32 -> (B, L, out_dim * prod(patch)) fp32."""
+        shift, scale = rearrange(self.modulation.to(t_emb) + t_emb[:, None], "b two d -> two b 1 d")
+        return self.head(self.norm(x) * (1 + scale) + shift)
+
+
+class VaceTransformer(nn.Module):
+    """Wan2.1 DiT + VACE context blocks. One or more VCU context streams, each with its own strength."""
+
+    def __init__(self, config: VaceConfig, operations=nn, device=None, dtype=None, attention_backend="auto"):
+        super().__init__()
+        cfg, ops = config, operations
+        self.config = cfg
+        backend = resolve_backend(attention_backend)
+        factory = {"device": device, "dtype": dtype}
+        self.patch_embedding = ops.Conv3d(cfg.in_dim, cfg.dim, cfg.patch_size, stride=cfg.patch_size, **factory)
+        self.text_embedding = nn.Sequential(ops.Linear(cfg.text_dim, cfg.dim, **factory),
+                                            nn.GELU(approximate="tanh"), ops.Linear(cfg.dim, cfg.dim, **factory))
+        self.time_embedding = nn.Sequential(ops.Linear(cfg.freq_dim, cfg.dim, **factory), nn.SiLU(),
+                                            ops.Linear(cfg.dim, cfg.dim, **factory))
+        self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(cfg.dim, 6 * cfg.dim, **factory))
+        self.blocks = nn.ModuleList(WanBlock(cfg, ops, factory, backend) for _ in range(cfg.num_layers))
+        self.head = Head(cfg, ops, factory)
+        self.vace_patch_embedding = ops.Conv3d(cfg.vace_in_dim, cfg.dim, cfg.patch_size, stride=cfg.patch_size,
+                                               **factory)
+        self.vace_blocks = nn.ModuleList(ContextBlock(cfg, ops, factory, backend, first=i == 0)
+                                         for i in range(len(cfg.vace_layers)))
+        self.context_block_after = {layer: i for i, layer in enumerate(cfg.vace_layers)}
+
+    @staticmethod
+    def _patchify(embed, video, dtype):
+        """(B, C, T, H, W) -> (B, L, dim) tokens, embedded in float32 (or wider) like the reference."""
+        return rearrange(embed(video.to(dtype)), "b d t h w -> b (t h w) d")
+
+    def _check(self, x, context, vace_context, vace_scale):
+        if len(vace_context) != len(vace_scale):
+            raise VaceError(f"{len(vace_context)} VACE context streams but {len(vace_scale)} strengths: "
+                            "give one strength per stream.")
+        for i, c in enumerate(vace_context):
+            if c.shape[1] != self.config.vace_in_dim or c.shape[2:] != x.shape[2:]:
+                raise VaceError(f"VACE context stream {i} has shape {tuple(c.shape)}; it must be "
+                                f"(B, {self.config.vace_in_dim}, {', '.join(map(str, x.shape[2:]))}) to match the "
+                                "latent: encode the VCU at the sampler's size and length.")
+        if context.shape[1] > self.config.text_len:
+            raise VaceError(f"text context has {context.shape[1]} tokens; at most {self.config.text_len}.")
+
+    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None):
+        """Predicts the flow velocity.
+
+        x (B, in_dim, T, H, W) noisy latent (reference latents first along T), its dtype is the compute dtype;
+        t (B,) timesteps in [0, 1000]; context (B, L<=512, text_dim) text features (zero-padded to 512 here,
+        as the reference attends all 512 positions); vace_context: one (B or 1, 96, T, H, W) tensor per
+        context stream; vace_scale: one strength per stream. Returns (B, out_dim, T, H, W) in x's dtype.
+        """
+        cfg, cd = self.config, x.dtype
+        hp = upcast(x).dtype  # the fp32 islands: residual stream, time embedding, modulation, norms
+        self._check(x, context, vace_context, vace_scale)
+        pt, ph, pw = cfg.patch_size
+        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        rope = rope_cos_sin(rope_angles(grid, cfg.head_dim, device=x.device), hp)
+
+        t_emb = self.time_embedding(sinusoid(t, cfg.freq_dim).to(hp))  # (B, dim)
+        e = rearrange(self.time_projection(t_emb), "b (six d) -> b six d", six=6)
+        text = nn.functional.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
+        text = self.text_embedding(text.to(cd))
+
+        x = self._patchify(self.patch_embedding, x, hp)
+        x0 = x
+        streams = [self._patchify(self.vace_patch_embedding, c, hp).expand_as(x) for c in vace_context]
+        for i, block in enumerate(self.blocks):
+            x = block(x, e, text, rope, self_bias, cross_bias)
+            j = self.context_block_after.get(i)
+            if j is None:
+                continue
+            for s, scale in enumerate(vace_scale):  # interleaved: one hint alive at a time
+                streams[s], hint = self.vace_blocks[j](streams[s], x0, e, text, rope)
+                x = x + hint * scale
+
+        out = self.head(x, t_emb)
+        return rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
+                         t=grid[0], h=grid[1], w=grid[2], pt=pt, ph=ph, pw=pw).to(cd)
