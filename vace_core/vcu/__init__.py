@@ -1,0 +1,24 @@
+"""The Video Condition Unit: data type, task builders, composition and context tokenisation."""
+
+from .builders import (
+    control,
+    every_kth,
+    extend,
+    first_frame,
+    first_last,
+    inpaint,
+    last_frame,
+    outpaint,
+    place_frames,
+    text_to_video,
+    with_references,
+)
+from .compose import compose
+from .encode import decouple, encode_vcu, tokenise_masks
+from .unit import VCU, fit_length, fit_size
+
+__all__ = [
+    "VCU", "compose", "control", "decouple", "encode_vcu", "every_kth", "extend", "first_frame", "first_last",
+    "fit_length", "fit_size", "inpaint", "last_frame", "outpaint", "place_frames", "text_to_video",
+    "tokenise_masks", "with_references",
+]

@@ -1,0 +1,79 @@
+"""The Video Condition Unit V = [T; F; M]: context frames, masks and reference images (text travels
+separately, as conditioning). Pixels are in [-1, 1], where 0 is the "empty" gray; masks are 0/1 with
+1 = generate (the opposite of Wan I2V's convention)."""
+
+import logging
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from ..errors import VaceError
+
+log = logging.getLogger("vace")
+
+SPATIAL_MULTIPLE = 16  # VAE stride 8 x patch 2
+KINDS = ("control", "repaint", "extension")  # how a VCU composes with another (VACE's composition rules)
+
+
+@dataclass
+class VCU:
+    frames: Tensor  # (3, T, H, W) in [-1, 1]; 0 (gray) where nothing is given
+    masks: Tensor  # (T, H, W) in {0, 1}; 1 = the model generates this pixel
+    references: list[Tensor] = field(default_factory=list)  # each (3, H, W) in [-1, 1], fitted to the frame size
+    kind: str = "control"
+
+    def __post_init__(self):
+        if self.frames.ndim != 4 or self.frames.shape[0] != 3:
+            raise VaceError(f"VCU frames must be (3, T, H, W), got {tuple(self.frames.shape)}")
+        if self.masks.shape != self.frames.shape[1:]:
+            raise VaceError(f"VCU masks {tuple(self.masks.shape)} must match the frames' (T, H, W) "
+                            f"{tuple(self.frames.shape[1:])}: give one mask per frame, at the frames' size.")
+        for i, ref in enumerate(self.references):
+            if ref.shape != (3, *self.size):
+                raise VaceError(f"reference {i} is {tuple(ref.shape)}; fit it to (3, {self.size[0]}, {self.size[1]}) "
+                                "with vcu.with_references")
+        if self.kind not in KINDS:
+            raise VaceError(f"VCU kind {self.kind!r} is not one of {KINDS}")
+        check_size(*self.size)
+        check_length(self.length)
+
+    @property
+    def length(self) -> int:
+        return self.frames.shape[1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.frames.shape[2:])
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(T_lat incl. references, H/8, W/8) of the latent this VCU conditions."""
+        return (len(self.references) + (self.length - 1) // 4 + 1, self.size[0] // 8, self.size[1] // 8)
+
+
+def check_size(height: int, width: int):
+    if height % SPATIAL_MULTIPLE or width % SPATIAL_MULTIPLE or height <= 0 or width <= 0:
+        raise VaceError(f"frame size {height}x{width} must be positive multiples of {SPATIAL_MULTIPLE}")
+
+
+def check_length(length: int):
+    if length < 1 or (length - 1) % 4:
+        raise VaceError(f"{length} frames: VACE needs 4n+1 frames (1, 5, ..., 81) for the VAE's 4x time stride")
+
+
+def fit_size(height: int, width: int) -> tuple[int, int]:
+    """Rounds a size down to multiples of 16 (at least 16), saying so when it changes."""
+    fitted = tuple(max(SPATIAL_MULTIPLE, v // SPATIAL_MULTIPLE * SPATIAL_MULTIPLE) for v in (height, width))
+    if fitted != (height, width):
+        log.warning("VACE: size %dx%d is not a multiple of 16; using %dx%d", height, width, *fitted)
+    return fitted
+
+
+def fit_length(length: int) -> int:
+    """Rounds a frame count down to 4n+1 (never below 1), saying so when it changes."""
+    if length < 1:
+        raise VaceError(f"a VCU needs at least 1 frame, got {length}")
+    fitted = (length - 1) // 4 * 4 + 1
+    if fitted != length:
+        log.warning("VACE: %d frames is not 4n+1; using the first %d", length, fitted)
+    return fitted
