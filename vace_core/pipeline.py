@@ -1,0 +1,105 @@
+"""Every VACE task end to end: VCUs -> context latents -> flow-matching sampling -> decoded video.
+
+The steps are separate functions so the ComfyUI nodes can run them one per node (encode in Build VCU,
+sample in VACE Sampler, decode in Decode) and the command line can run them in one call (`generate`).
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import VaceError
+from .sampling import ContextStream, cfg, context_strengths, flow_sigmas, make_noise, sample, sigma_to_timestep
+from .vcu import VCU, encode_vcu
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Official VACE defaults: 50 steps, guidance 5, shift 16, UniPC on the official Wan sigma grid."""
+
+    steps: int = 50
+    guidance: float = 5.0
+    shift: float = 16.0
+    solver: str = "unipc"
+    schedule: str = "wan"
+    seed: int = 0
+
+
+def encode_contexts(vcus: Sequence[VCU], vae_encode: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """One (1, 96, T_lat + refs, H/8, W/8) context latent per VCU; all must describe the same latent."""
+    shapes = {v.latent_shape for v in vcus}
+    if len(shapes) > 1:
+        raise VaceError(f"the VCUs describe different latents {sorted(shapes)} (frames+references, H/8, W/8): "
+                        "build every VCU at one size and length, with the same number of references")
+    return [encode_vcu(v, vae_encode)[None] for v in vcus]
+
+
+def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
+    """(L, D) or (1, L, D) features -> (1 or 2, max L, D), zero-padded (the DiT pads to 512 anyway)."""
+    texts = [t if t.ndim == 3 else t[None] for t in (positive, negative) if t is not None]
+    length = max(t.shape[1] for t in texts)
+    return torch.cat([F.pad(t, (0, 0, 0, length - t.shape[1])) for t in texts]).to(dtype)
+
+
+def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
+                  streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
+                  callback=None) -> Tensor:
+    """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
+
+    streams: (strength, start, end) per context, default full strength over every step. Guidance runs the
+    negative prompt in the same batch (with the same contexts, as the reference does); guidance 1 skips it.
+    """
+    streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
+    if len(streams) != len(contexts):
+        raise VaceError(f"{len(contexts)} VCUs but {len(streams)} strengths: give one per VCU")
+    if not contexts:
+        raise VaceError("VACE needs at least one VCU (use text_to_video() for plain text-to-video)")
+    dtype = getattr(model, "compute_dtype", next(model.parameters()).dtype)
+    device = next(model.parameters()).device
+    guided = settings.guidance != 1 and negative is not None
+    text = _text_batch(positive, negative if guided else None, dtype).to(device)
+    contexts = [c.to(device, dtype) for c in contexts]
+    sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
+
+    def denoise(x, sigma, step):
+        t = torch.full((text.shape[0],), sigma_to_timestep(sigma, settings.schedule), device=device)
+        active = [(c, s) for c, s in zip(contexts, context_strengths(streams, step, settings.steps), strict=True) if s]
+        with torch.no_grad():
+            v = model(x.to(dtype).expand(text.shape[0], -1, -1, -1, -1), t, text,
+                      [c for c, _ in active], [s for _, s in active]).float()
+        return cfg(v[:1], v[1:], settings.guidance) if guided else v
+
+    noise = make_noise((1, 16, *contexts[0].shape[2:]), settings.seed, device)
+    return sample(denoise, noise, sigmas, settings.solver, callback)
+
+
+def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:
+    """Drops the reference frames' latents, then decodes: -> (3, T, H, W) in [-1, 1]."""
+    return vae_decode(latent[:, :, references:])[0].clamp(-1, 1)
+
+
+def composite(video: Tensor, vcu: VCU, feather: int = 0) -> Tensor:
+    """Pastes the VCU's kept pixels (mask 0) back over the output, so kept regions stay exact; `feather`
+    pixels of soft edge reach into the kept side, so seams blend. video (3, T, H, W) in [-1, 1]."""
+    weight = vcu.masks.to(video)  # 1 = take the generated pixel
+    if feather > 0:
+        soft = F.avg_pool2d(weight[:, None], 2 * feather + 1, stride=1, padding=feather, count_include_pad=False)
+        weight = torch.maximum(weight, soft[:, 0])
+    n = min(video.shape[1], vcu.length)
+    return vcu.frames[:, :n].to(video) * (1 - weight[:n]) + video[:, :n] * weight[:n]
+
+
+def generate(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: Tensor | None = None,
+             streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
+             callback=None, tiling=None, composite_feather: int | None = None) -> Tensor:
+    """A whole VACE task: -> video (3, T, H, W) in [-1, 1]. composite_feather: paste the first VCU's kept
+    pixels back (None: no compositing)."""
+    vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
+    with torch.no_grad():
+        contexts = encode_contexts(vcus, lambda v: vae.encode(v, tiling=tiling))
+        latent = sample_latent(model, contexts, positive, negative, streams, settings, callback)
+        video = decode(latent, lambda z: vae.decode(z, tiling=tiling), len(vcus[0].references))
+    return video if composite_feather is None else composite(video, vcus[0], composite_feather)
