@@ -1,0 +1,23 @@
+"""ComfyUI nodes (V3 schema): thin wrappers over vace_core and annotators."""
+
+import os
+
+import folder_paths
+from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from . import decode, loaders, sampler, vcu_nodes
+
+# annotator weights live in their own model folders (models/annotators, models/sam2)
+for _kind in ("annotators", "sam2"):
+    folder_paths.add_model_folder_path(_kind, os.path.join(folder_paths.models_dir, _kind))
+
+
+class VaceExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*loaders.NODES, *vcu_nodes.NODES, *sampler.NODES, *decode.NODES]
+
+
+async def comfy_entrypoint() -> VaceExtension:
+    return VaceExtension()

@@ -46,11 +46,12 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None) -> Tensor:
+                  callback=None, device=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     streams: (strength, start, end) per context, default full strength over every step. Guidance runs the
     negative prompt in the same batch (with the same contexts, as the reference does); guidance 1 skips it.
+    callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
@@ -58,7 +59,7 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     if not contexts:
         raise VaceError("VACE needs at least one VCU (use text_to_video() for plain text-to-video)")
     dtype = getattr(model, "compute_dtype", next(model.parameters()).dtype)
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device  # given when weights stream from the CPU (low VRAM)
     guided = settings.guidance != 1 and negative is not None
     text = _text_batch(positive, negative if guided else None, dtype).to(device)
     contexts = [c.to(device, dtype) for c in contexts]

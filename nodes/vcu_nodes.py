@@ -1,0 +1,203 @@
+"""Nodes that build Video Condition Units (pixels only: the sampler encodes them)."""
+
+import torch
+from comfy_api.latest import io
+from einops import rearrange
+
+from ..vace_core import vcu as V
+from ..vace_core.errors import VaceError
+from .types import CATEGORY, VCU
+
+SIZE = {"min": 16, "max": 4096, "step": 16}
+
+
+def size_inputs(default_w=832, default_h=480, default_len=81, allow_auto=False):
+    low = 0 if allow_auto else 16
+    auto = " 0 keeps the input's." if allow_auto else ""
+    return [
+        io.Int.Input("width", default=0 if allow_auto else default_w, min=low, max=4096, step=16,
+                     tooltip=f"Video width, a multiple of 16 (others are rounded down).{auto}"),
+        io.Int.Input("height", default=0 if allow_auto else default_h, min=low, max=4096, step=16,
+                     tooltip=f"Video height, a multiple of 16 (others are rounded down).{auto}"),
+        io.Int.Input("length", default=0 if allow_auto else default_len, min=0 if allow_auto else 1, max=1025, step=4,
+                     tooltip=f"Frames, 4n+1 (81 = 5 s at 16 fps); others are rounded down.{auto}"),
+    ]
+
+
+def image_out(frames: torch.Tensor) -> torch.Tensor:
+    """(3, T, H, W) in [-1, 1] -> IMAGE (T, H, W, 3) in 0..1."""
+    return rearrange((frames.float() + 1) / 2, "c t h w -> t h w c").clamp(0, 1)
+
+
+def _auto(v):
+    return v or None
+
+
+class BuildVCU(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VACEBuildVCU", display_name="Build VCU", category=CATEGORY,
+            description="A Video Condition Unit. No frames: text-to-video. Frames only: a control video (pose, "
+                        "depth, flow, gray, scribble, layout). Frames + masks: inpainting (mask 1 = generate).",
+            inputs=[
+                *size_inputs(),
+                io.Image.Input("frames", optional=True,
+                               tooltip="A control video or the video to edit; centre-cropped and resized to the size."),
+                io.Mask.Input("masks", optional=True,
+                              tooltip="White (1) = generate, black (0) = keep. One mask for all frames or one each."),
+                io.Image.Input("references", optional=True,
+                               tooltip="Reference images (a batch: one per reference) for subject / style / scene."),
+                io.Combo.Input("reference_mode", options=["letterbox", "crop"], default="letterbox",
+                               tooltip="letterbox: fit on a white canvas (as VACE was trained); crop: fill the frame."),
+            ],
+            outputs=[VCU.Output(display_name="vcu")],
+        )
+
+    @classmethod
+    def execute(cls, width, height, length, frames=None, masks=None, references=None,
+                reference_mode="letterbox") -> io.NodeOutput:
+        if frames is None and masks is not None:
+            raise VaceError("Build VCU got masks but no frames: connect the video the masks belong to.")
+        if frames is None:
+            unit = V.text_to_video(length, height, width)
+        elif masks is None:
+            unit = V.control(frames, height, width, length)
+        else:
+            unit = V.inpaint(frames, masks, height, width, length)
+        if references is not None:
+            unit = V.with_references(unit, references, reference_mode)
+        return io.NodeOutput(unit)
+
+
+PLACEMENTS = ["first", "last", "first_last", "extend_after", "extend_before", "every_kth", "indices"]
+
+
+class FramePlacement(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VACEFramePlacement", display_name="VCU Frames at Positions", category=CATEGORY,
+            description="Keeps given frames at chosen positions and generates the rest: image-to-video, "
+                        "first/last-frame interpolation, temporal extension before or after a clip.",
+            inputs=[
+                io.Image.Input("images", tooltip="The frames to keep (a clip for extend, two images for first_last)."),
+                io.Combo.Input("placement", options=PLACEMENTS, default="first",
+                               tooltip="first/last: one image at the start/end. first_last: images 0 and 1. "
+                                       "extend_after: the clip starts the video. extend_before: it ends it. "
+                                       "every_kth: frames 0, k, 2k of the images. indices: see below."),
+                *size_inputs(),
+                io.Int.Input("k", default=4, min=1, max=64, tooltip="Spacing for every_kth."),
+                io.String.Input("indices", default="0, -1",
+                                tooltip="For 'indices': one position per image, comma separated; -1 is the last."),
+            ],
+            outputs=[VCU.Output(display_name="vcu")],
+        )
+
+    @classmethod
+    def execute(cls, images, placement, width, height, length, k, indices) -> io.NodeOutput:
+        size = {"height": height, "width": width}
+        if placement == "first_last" and images.shape[0] < 2:
+            raise VaceError("first_last needs two images (a batch of 2): the first and the last frame.")
+        builders = {
+            "first": lambda: V.first_frame(images[0], length, **size),
+            "last": lambda: V.last_frame(images[-1], length, **size),
+            "first_last": lambda: V.first_last(images[0], images[-1], length, **size),
+            "extend_after": lambda: V.extend(images, length, "end", **size),
+            "extend_before": lambda: V.extend(images, length, "start", **size),
+            "every_kth": lambda: V.every_kth(images, k, length, **size),
+            "indices": lambda: V.place_frames(dict(zip(_indices(indices, images.shape[0]), images, strict=True)),
+                                              length, **size),
+        }
+        return io.NodeOutput(builders[placement]())
+
+
+def _indices(text: str, count: int) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise VaceError(f"indices {text!r} must be whole numbers separated by commas, e.g. '0, 40, -1'") from None
+    if len(values) != count:
+        raise VaceError(f"{len(values)} indices for {count} images: give one position per image")
+    return values
+
+
+class Outpaint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        side = "Pixels to add (>= 1) or a fraction of the size (< 1) on the "
+        return io.Schema(
+            node_id="VACEOutpaint", display_name="VCU Outpaint", category=CATEGORY,
+            description="Extends the canvas of an image or video; the new border is generated.",
+            inputs=[
+                io.Image.Input("frames", tooltip="The image or video to extend."),
+                *[io.Float.Input(s, default=0.0, min=0.0, max=4096.0, step=0.05, tooltip=side + s + ".")
+                  for s in ("left", "right", "top", "bottom")],
+                *size_inputs(allow_auto=True),
+            ],
+            outputs=[VCU.Output(display_name="vcu")],
+        )
+
+    @classmethod
+    def execute(cls, frames, left, right, top, bottom, width, height, length) -> io.NodeOutput:
+        return io.NodeOutput(V.outpaint(frames, left, right, top, bottom, _auto(height), _auto(width), _auto(length)))
+
+
+class AddReferences(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VACEAddReferences", display_name="VCU Add References", category=CATEGORY,
+            description="Adds reference images (subject, face, object, style, background) to a VCU.",
+            inputs=[
+                VCU.Input("vcu", tooltip="The VCU to add references to."),
+                io.Image.Input("images", tooltip="A batch of reference images; RGBA is composited on white."),
+                io.Combo.Input("mode", options=["letterbox", "crop"], default="letterbox",
+                               tooltip="letterbox: fit on a white canvas (as VACE was trained); crop: fill the frame."),
+            ],
+            outputs=[VCU.Output(display_name="vcu")],
+        )
+
+    @classmethod
+    def execute(cls, vcu, images, mode) -> io.NodeOutput:
+        return io.NodeOutput(V.with_references(vcu, images, mode))
+
+
+class ComposeVCU(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VACEComposeVCU", display_name="Compose VCUs", category=CATEGORY,
+            description="Merges two VCUs into one with VACE's composition rules (e.g. inpaint + pose drives the "
+                        "masked area with the pose; frames + layout moves an object). For separate strengths, "
+                        "give both to the sampler instead.",
+            inputs=[VCU.Input("vcu_a", tooltip="The first VCU (its kind decides the rule)."),
+                    VCU.Input("vcu_b", tooltip="The second VCU.")],
+            outputs=[VCU.Output(display_name="vcu")],
+        )
+
+    @classmethod
+    def execute(cls, vcu_a, vcu_b) -> io.NodeOutput:
+        return io.NodeOutput(V.compose(vcu_a, vcu_b))
+
+
+class ConceptDecouple(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VACEConceptDecouple", display_name="Concept Decouple", category=CATEGORY,
+            description="Shows what the model gets: inactive frames (kept), reactive frames (to change), the masks "
+                        "and the fitted references.",
+            inputs=[VCU.Input("vcu", tooltip="The VCU to look at.")],
+            outputs=[io.Image.Output(display_name="inactive"), io.Image.Output(display_name="reactive"),
+                     io.Mask.Output(display_name="masks"), io.Image.Output(display_name="references")],
+        )
+
+    @classmethod
+    def execute(cls, vcu) -> io.NodeOutput:
+        inactive, reactive = V.decouple(vcu)
+        refs = torch.stack(vcu.references, dim=1) if vcu.references else torch.ones(3, 1, *vcu.size)
+        return io.NodeOutput(image_out(inactive), image_out(reactive), vcu.masks.clone(), image_out(refs))
+
+
+NODES = [BuildVCU, FramePlacement, Outpaint, AddReferences, ComposeVCU, ConceptDecouple]
