@@ -1,6 +1,7 @@
-"""Command line: `python -m vace_core {demo,info,convert}`."""
+"""Command line: `python -m vace_core {run,demo,info,convert}`."""
 
 import argparse
+import logging
 import sys
 
 import torch
@@ -12,9 +13,55 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
 
 
 def _demo(args):
-    from .demo import run
+    from .demo import main
 
-    run(args.out)
+    main(args.out, args.checkpoints)
+
+
+def _models(args):
+    """The user's files, or the embedded tiny default for what is not given."""
+    from .embedded import tiny_model, tiny_vae
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.model:
+        from .checkpoints import load_vace_model
+
+        model = load_vace_model(args.model, args.base, storage_dtype=DTYPES.get(args.weight_dtype), device=device)
+    else:
+        model = tiny_model().to(device)
+    if args.vae:
+        from .vae import load_vae
+
+        vae = load_vae(args.vae, device=device)
+    else:
+        vae = tiny_vae().to(device)
+    if args.text_encoder:
+        from .text import load_text_encoder
+
+        text = load_text_encoder(args.text_encoder, device=device)
+    else:
+        from .text import tiny_text_encoder
+
+        text = tiny_text_encoder()
+    if not (args.model and args.vae and args.text_encoder):
+        print("using the embedded tiny default for the "
+              + ", ".join(n for n, given in (("model", args.model), ("VAE", args.vae),
+                                             ("text encoder", args.text_encoder)) if not given))
+    return model, vae, text
+
+
+def _run(args):
+    from .pipeline import SamplerSettings
+    from .tasks import TaskInputs, run
+
+    inputs = TaskInputs(prompt=args.prompt, negative=args.negative, video=args.video, mask=args.mask,
+                        outpaint=tuple(args.outpaint) if args.outpaint else None, extend_to=args.extend_to,
+                        first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
+                        length=args.length)
+    settings = SamplerSettings(args.steps, args.cfg, args.shift, args.sampler, "wan", args.seed)
+    model, vae, text = _models(args)
+    unit, _ = run(inputs, model, vae, text, args.out, settings, feather=args.composite, tiling="auto")
+    print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
 
 
 def _info(args):
@@ -33,17 +80,52 @@ def _convert(args):
     if args.base:
         state_dict = merge_vace_module(load_state_dict(args.base), state_dict)
     dtype = DTYPES[args.dtype.removesuffix("_scaled")] if args.dtype else None
-    save_checkpoint(state_dict, args.dst, args.layout, dtype, scaled=bool(args.dtype and args.dtype.endswith("_scaled")))
+    scaled = bool(args.dtype and args.dtype.endswith("_scaled"))
+    save_checkpoint(state_dict, args.dst, args.layout, dtype, scaled=scaled)
     print(f"wrote {args.dst}")
+
+
+def _run_parser(sub):
+    run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
+    run.add_argument("--prompt", default="", help="what the video shows")
+    run.add_argument("--negative", help="negative prompt (default: Wan's official one)")
+    run.add_argument("--video", help="control video, or the video to edit with --mask / --outpaint")
+    run.add_argument("--mask", help="mask image or video: white = generate")
+    run.add_argument("--outpaint", type=float, nargs=4, metavar=("LEFT", "RIGHT", "TOP", "BOTTOM"),
+                     help="pixels (>= 1) or fractions (< 1) to add on each side")
+    run.add_argument("--extend-to", type=int, help="generate frames after the video up to this count")
+    run.add_argument("--first", help="first frame image (image-to-video / interpolation)")
+    run.add_argument("--last", help="last frame image (interpolation)")
+    run.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
+    run.add_argument("--width", type=int, default=832)
+    run.add_argument("--height", type=int, default=480)
+    run.add_argument("--length", type=int, default=81, help="frames, 4n+1")
+    run.add_argument("--steps", type=int, default=50)
+    run.add_argument("--cfg", type=float, default=5.0)
+    run.add_argument("--shift", type=float, default=16.0)
+    run.add_argument("--sampler", choices=["unipc", "euler", "dpmpp_2m"], default="unipc")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--composite", type=int, metavar="FEATHER", help="paste kept pixels back (feather in px)")
+    run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
+    run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
+    run.add_argument("--weight-dtype", choices=list(DTYPES), help="storage dtype (default: the file's)")
+    run.add_argument("--vae", help="Wan2.1 VAE file; default: the embedded tiny VAE")
+    run.add_argument("--text-encoder", help="umt5-xxl file or folder; default: the embedded tiny encoder")
+    run.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    run.add_argument("--out", default="out/vace.mp4", help=".mp4, .webp or .gif")
+    run.set_defaults(fn=_run)
 
 
 def main(argv=None):
     from .checkpoints import LAYOUTS
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="python -m vace_core", description="VACE (Wan2.1-VACE) from the command line.")
     sub = p.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="write the embedded tiny model in every checkpoint format, load and run each")
-    demo.add_argument("--out", help="keep the checkpoints in this folder (default: a temporary one)")
+    _run_parser(sub)
+    demo = sub.add_parser("demo", help="the main job on the embedded tiny default: formats, two tasks, contact sheet")
+    demo.add_argument("--out", default="out/demo", help="folder for the videos and the contact sheet")
+    demo.add_argument("--checkpoints", help="keep the demo's checkpoints in this folder (default: temporary)")
     demo.set_defaults(fn=_demo)
     info = sub.add_parser("info", help="print the model config detected from a checkpoint's weights")
     info.add_argument("path")

@@ -15,3 +15,12 @@ def tiny_model(seed: int = 0) -> VaceTransformer:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return VaceTransformer(TINY).eval().requires_grad_(False)
+
+
+def tiny_vae(seed: int = 0):
+    """A small Wan VAE (base width 8 instead of 96; same structure, 8x/4x strides, 16 latent channels)."""
+    from .vae import WanVAE
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WanVAE(dim=8).eval().requires_grad_(False)

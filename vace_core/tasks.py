@@ -1,0 +1,95 @@
+"""A VACE task from files (the command line's `run`): inputs -> VCU -> video file.
+
+Which VCU is built follows from the inputs given:
+- no video: text-to-video (or first/last-frame placement with --first / --last);
+- --video alone: a control video (pose, depth, flow, gray, scribble, layout, already annotated);
+- --video + --mask: inpainting; --video + --outpaint: outpainting;
+- --extend-to N: the VCU above covers the video's frames, and frames up to N are generated after it
+  (composition with a temporal extension);
+- --ref (repeatable): reference images, on any of the above.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from . import vcu as V
+from .errors import VaceError
+from .pipeline import SamplerSettings, composite, generate
+from .video_io import read_image, read_video, write_video
+
+log = logging.getLogger("vace")
+
+
+@dataclass
+class TaskInputs:
+    prompt: str = ""
+    negative: str | None = None
+    video: str | None = None
+    mask: str | None = None
+    outpaint: tuple[float, float, float, float] | None = None  # left, right, top, bottom
+    extend_to: int | None = None
+    first: str | None = None
+    last: str | None = None
+    refs: list[str] = field(default_factory=list)
+    width: int = 832
+    height: int = 480
+    length: int = 81
+
+
+def _masks(path: str) -> torch.Tensor:
+    frames, _ = read_video(path)
+    return frames.mean(-1)  # white = generate
+
+
+def _padded(unit: V.VCU, length: int) -> V.VCU:
+    """The VCU followed by generated (gray, mask 1) frames up to `length`."""
+    n = V.fit_length(length)
+    extra = n - unit.length
+    if extra <= 0:
+        raise VaceError(f"--extend-to {length} must be longer than the {unit.length}-frame video")
+    frames = torch.cat([unit.frames, torch.zeros(3, extra, *unit.size)], dim=1)
+    masks = torch.cat([unit.masks, torch.ones(extra, *unit.size)])
+    return V.VCU(frames, masks, unit.references, unit.kind)
+
+
+def build_vcu(inputs: TaskInputs) -> tuple[V.VCU, float]:
+    """-> (VCU, fps of the input video, else 16)."""
+    fps, size = 16.0, {"height": inputs.height, "width": inputs.width}
+    if inputs.video is None:
+        if inputs.mask or inputs.outpaint:
+            raise VaceError("--mask and --outpaint edit a video: give it with --video")
+        places = {i: read_image(p) for i, p in ((0, inputs.first), (-1, inputs.last)) if p}
+        unit = V.place_frames(places, inputs.length, **size) if places else V.text_to_video(inputs.length, **size)
+    else:
+        video, fps = read_video(inputs.video)
+        length = V.fit_length(min(len(video), inputs.extend_to or inputs.length))
+        if inputs.mask:
+            unit = V.inpaint(video, _masks(inputs.mask), length=length, **size)
+        elif inputs.outpaint:
+            unit = V.outpaint(video, *inputs.outpaint, length=length, **size)
+        else:
+            unit = V.control(video, length=length, **size)
+        if inputs.extend_to:
+            clip_end = V.extend(torch.zeros(unit.length, *unit.size, 3), inputs.extend_to, "end")
+            unit = V.compose(_padded(unit, inputs.extend_to), clip_end)
+    if inputs.refs:
+        unit = V.with_references(unit, [read_image(p) for p in inputs.refs])
+    return unit, fps
+
+
+def run(inputs: TaskInputs, model, vae, text_encoder, out: str, settings: SamplerSettings | None = None,
+        feather: int | None = None, tiling=None) -> tuple[V.VCU, torch.Tensor]:
+    """Builds the VCU, samples, writes the video; returns (VCU, video (3, T, H, W) in [-1, 1])."""
+    settings = settings or SamplerSettings()
+    unit, fps = build_vcu(inputs)
+    positive = text_encoder.encode(inputs.prompt)
+    negative = text_encoder.encode_negative(inputs.negative)
+    log.info("VACE: %s VCU, %d frames at %dx%d, %d reference(s)", unit.kind, unit.length, *unit.size,
+             len(unit.references))
+    video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling)
+    if feather is not None:
+        video = composite(video, unit, feather)
+    write_video(out, ((video + 1) / 2).permute(1, 2, 3, 0), fps)
+    return unit, video
