@@ -5,12 +5,10 @@ same weights, scheduler grid, noise and inputs, side by side.
         --frames 17 --steps 10]
 
 Each implementation runs in its own subprocess; median of 3 runs after a warm-up, and the peak extra
-resident memory of a run (see memory.py).
+resident memory of a run (see harness.py).
 """
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +22,7 @@ def run_one(impl: str, args) -> dict:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline
     from einops import rearrange
 
-    from benchmarks.memory import measure
+    from benchmarks.harness import measure
     from tests.reference import diffusers_vace, randomise
     from vace_core.checkpoints import load_vace_model
     from vace_core.pipeline import SamplerSettings, generate
@@ -70,6 +68,8 @@ def run_one(impl: str, args) -> dict:
 
 
 def main():
+    from benchmarks.harness import print_table, side_by_side
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
@@ -80,21 +80,10 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--impl", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.impl:
-        print(json.dumps(run_one(args.impl, args)))
-        return
-    rows = {}
-    for impl in ("diffusers", "ours"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--impl", impl],
-                             capture_output=True, text=True, check=True)
-        rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"VACE inpainting end to end: DiT dim {args.dim}, {args.layers} layers; VAE base {args.vae_dim}; "
-          f"{args.frames} frames {args.size[0]}x{args.size[1]}; {args.steps} steps, CFG 5; {args.threads} threads")
-    print(f"{'':10}{'seconds':>10}{'peak MiB':>10}")
-    for impl, r in rows.items():
-        print(f"{impl:10}{r['seconds']:10.2f}{r['peak_mib']:10.1f}")
-    print(f"ratio ours/diffusers: time {rows['ours']['seconds'] / rows['diffusers']['seconds']:.2f}, "
-          f"peak memory {rows['ours']['peak_mib'] / rows['diffusers']['peak_mib']:.2f}")
+    rows = side_by_side(__file__, args, run_one)
+    print_table(f"VACE inpainting end to end: DiT dim {args.dim}, {args.layers} layers; VAE base {args.vae_dim}; "
+                f"{args.frames} frames {args.size[0]}x{args.size[1]}; {args.steps} steps, CFG 5; "
+                f"{args.threads} threads", rows)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,10 @@
     .venv/bin/python benchmarks/bench_transformer.py [--dim 512 --layers 8 --context-blocks 4 --latent 6 32 56]
 
 Each implementation runs in its own subprocess (fresh allocator); the table gives median time of 3 runs
-after a warm-up, and the peak extra resident memory of the forward pass (see memory.py).
+after a warm-up, and the peak extra resident memory of the forward pass (see harness.py).
 """
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 def run_one(impl: str, args) -> dict:
     import torch
 
-    from benchmarks.memory import measure
+    from benchmarks.harness import measure
     from tests.reference import diffusers_vace, reference_forward
     from vace_core.transformer import VaceTransformer
 
@@ -48,6 +46,8 @@ def run_one(impl: str, args) -> dict:
 
 
 def main():
+    from benchmarks.harness import print_table, side_by_side
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
@@ -56,21 +56,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--impl", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.impl:
-        print(json.dumps(run_one(args.impl, args)))
-        return
-    rows = {}
-    for impl in ("diffusers", "ours"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--impl", impl],
-                             capture_output=True, text=True, check=True)
-        rows[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"DiT forward, dim {args.dim}, {args.layers} layers, {args.context_blocks} context blocks, "
-          f"{rows['ours']['tokens']} tokens, {args.threads} threads")
-    print(f"{'':10}{'seconds':>10}{'peak MiB':>10}")
-    for impl, r in rows.items():
-        print(f"{impl:10}{r['seconds']:10.3f}{r['peak_mib']:10.1f}")
-    print(f"ratio ours/diffusers: time {rows['ours']['seconds'] / rows['diffusers']['seconds']:.2f}, "
-          f"peak memory {rows['ours']['peak_mib'] / rows['diffusers']['peak_mib']:.2f}")
+    rows = side_by_side(__file__, args, run_one)
+    print_table(f"DiT forward, dim {args.dim}, {args.layers} layers, {args.context_blocks} context blocks, "
+                f"{rows['ours']['tokens']} tokens, {args.threads} threads", rows)
 
 
 if __name__ == "__main__":
