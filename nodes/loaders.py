@@ -88,8 +88,9 @@ class LoadVaceVAE(io.ComfyNode):
             inputs=[
                 io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae"),
                                tooltip="wan_2.1_vae.safetensors (ComfyUI) or Wan2.1_VAE.pth (official)."),
-                io.Combo.Input("dtype", options=["bf16", "fp16", "fp32"], default="bf16",
-                               tooltip="VAE precision. bf16 halves memory; fp32 is the reference precision."),
+                io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
+                               tooltip="VAE precision. auto: ComfyUI's choice for the device (bf16 on recent "
+                                       "GPUs, fp32 on CPU, where bf16 convolutions are slow)."),
             ],
             outputs=[VaceVAE.Output(display_name="vace_vae")],
         )
@@ -97,7 +98,8 @@ class LoadVaceVAE(io.ComfyNode):
     @classmethod
     def execute(cls, vae_name, dtype) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("vae", vae_name)
-        vae = load_vae(path, dtype=DTYPES[dtype], device=mm.vae_offload_device(), operations=comfy.ops.manual_cast)
+        dtype = mm.vae_dtype(mm.vae_device(), [torch.bfloat16, torch.float32]) if dtype == "auto" else DTYPES[dtype]
+        vae = load_vae(path, dtype=dtype, device=mm.vae_offload_device(), operations=comfy.ops.manual_cast)
         return io.NodeOutput(patch(vae, mm.vae_device(), mm.vae_offload_device()))
 
 

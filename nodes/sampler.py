@@ -24,11 +24,11 @@ def stream_inputs(i: int):
         VCU.Input(f"vcu{suffix}", optional=optional,
                   tooltip="A VCU (from Build VCU and friends)." if i == 1 else
                   "Another VCU as its own context stream, with its own strength (e.g. pose 1.0 + reference 0.7)."),
-        io.Float.Input(f"strength{suffix}", default=1.0, min=0.0, max=10.0, step=0.01,
+        io.Float.Input(f"strength{suffix}", default=1.0, min=0.0, max=10.0, step=0.01, optional=optional,
                        tooltip="How strongly this VCU steers the video (context scale)."),
-        io.Float.Input(f"start{suffix}", default=0.0, min=0.0, max=1.0, step=0.01,
+        io.Float.Input(f"start{suffix}", default=0.0, min=0.0, max=1.0, step=0.01, optional=optional,
                        tooltip="Fraction of the steps where this VCU starts to apply."),
-        io.Float.Input(f"end{suffix}", default=1.0, min=0.0, max=1.0, step=0.01,
+        io.Float.Input(f"end{suffix}", default=1.0, min=0.0, max=1.0, step=0.01, optional=optional,
                        tooltip="Fraction of the steps where this VCU stops applying."),
     ]
 
@@ -102,8 +102,9 @@ class VaceSampler(io.ComfyNode):
             suffix = "" if i == 1 else f"_{i}"
             if streams.get(f"vcu{suffix}") is not None:
                 units.append(streams[f"vcu{suffix}"])
-                settings_per_stream.append(ContextStream(streams[f"strength{suffix}"], streams[f"start{suffix}"],
-                                                         streams[f"end{suffix}"]))
+                # streams 2 and 3 are optional (API prompts may leave their settings out): ContextStream's defaults
+                given = {k: streams[f"{k}{suffix}"] for k in ("strength", "start", "end") if f"{k}{suffix}" in streams}
+                settings_per_stream.append(ContextStream(**given))
         vae = memory.load(vace_vae)
         device = mm.get_torch_device()
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))

@@ -1,0 +1,1 @@
+"""Real-ComfyUI integration harness: server process, tiny checkpoints, UI -> API workflow conversion."""

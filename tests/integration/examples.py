@@ -1,0 +1,251 @@
+"""The example workflows (one per VACE task), described for `workflow_builder`, and the command that writes
+them to example_workflows/:
+
+    .venv/bin/python -m tests.integration.examples   # starts a temporary ComfyUI for /object_info
+
+They use the model file names ComfyUI users have, native loaders/savers for media and text, and this pack's
+nodes for everything VACE; each carries notes for a new user.
+"""
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .fixtures import DIT_NAME, TEXT_ENCODER_NAME, VAE_NAME
+from .workflow_builder import Node, Workflow
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "example_workflows"
+HF = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+MODELS = {
+    "dit": {"name": DIT_NAME, "url": f"{HF}/diffusion_models/{DIT_NAME}", "directory": "diffusion_models"},
+    "vae": {"name": VAE_NAME, "url": f"{HF}/vae/{VAE_NAME}", "directory": "vae"},
+    "text": {"name": TEXT_ENCODER_NAME, "url": f"{HF}/text_encoders/{TEXT_ENCODER_NAME}", "directory": "text_encoders"},
+}
+# Wan2.1's official default negative prompt
+NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，"
+            "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
+            "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+SIZE = {"width": 832, "height": 480, "length": 81}  # the 1.3B model's native size: 5 s at 16 fps
+CLIP, REFERENCE, REFERENCE_2 = "vace_example_clip.mp4", "vace_example_reference.png", "vace_example_reference_2.png"
+FIRST, LAST, MASK = "vace_example_first.png", "vace_example_last.png", "vace_example_mask.png"
+
+MODELS_NOTE = f"""## Models (put them in ComfyUI/models/...)
+- diffusion_models: [{DIT_NAME}]({MODELS['dit']['url']}) (or the 14B: wan2.1_vace_14B_fp16.safetensors, 1280x720)
+- vae: [{VAE_NAME}]({MODELS['vae']['url']})
+- text_encoders: [{TEXT_ENCODER_NAME}]({MODELS['text']['url']})
+
+Sizes are multiples of 16 and lengths 4n+1 (81 frames = 5 s at 16 fps). Masks: **white = generate**,
+black = keep (the opposite of Wan image-to-video). Settings are the official ones: 50 steps, cfg 5, shift 16,
+UniPC; 20-30 steps are a quicker preview."""
+
+
+def common(wf: Workflow, prompt: str) -> dict[str, Node]:
+    """Model, VAE and text nodes every example shares."""
+    clip = wf.add("CLIPLoader", models=[MODELS["text"]], clip_name=TEXT_ENCODER_NAME, type="wan")
+    return {
+        "model": wf.add("VACEModelLoader", models=[MODELS["dit"]], model_name=DIT_NAME),
+        "vae": wf.add("VACEVAELoader", models=[MODELS["vae"]], vae_name=VAE_NAME),
+        "positive": wf.add("CLIPTextEncode", title="Positive Prompt", text=prompt, clip=clip),
+        "negative": wf.add("CLIPTextEncode", title="Negative Prompt", text=NEGATIVE, clip=clip),
+    }
+
+
+def finish(wf: Workflow, base: dict, vcu: Node, name: str, fps: Node | tuple | None = None,
+           composite: bool = False, **streams) -> None:
+    """Sampler -> decode -> mp4. `composite` pastes the kept pixels back (editing tasks)."""
+    latent = wf.add("VACESampler", vace_model=base["model"], vace_vae=base["vae"], positive=base["positive"],
+                    negative=base["negative"], vcu=vcu, **streams)
+    images = wf.add("VACEDecode", vace_vae=base["vae"], samples=latent, **({"vcu": vcu} if composite else {}))
+    video = wf.add("CreateVideo", images=images, fps=fps or 16.0)
+    wf.add("SaveVideo", video=video, filename_prefix=f"video/vace_{name}")
+
+
+def load_clip(wf: Workflow) -> tuple[Node, tuple]:
+    """A video file -> (frames IMAGE, fps) with native nodes."""
+    parts = wf.add("GetVideoComponents", video=wf.add("LoadVideo", file=CLIP))
+    return (parts, 0), (parts, 2)
+
+
+def t2v(wf: Workflow):
+    wf.note("Text to video", "**T2V**: the VCU has no frames (all gray) and masks of 1 everywhere, so the "
+            "whole video is generated from the prompt alone. Set the size and length on **Build VCU**.")
+    base = common(wf, "a red fox trotting through fresh snow in a pine forest, morning light, tracking shot")
+    finish(wf, base, wf.add("VACEBuildVCU", **SIZE), "t2v")
+
+
+def r2v(wf: Workflow):
+    wf.note("Reference to video", "**R2V**: reference images (a subject, an object, a background) are encoded "
+            "before the video and steer what appears in it. Batch several with **Batch Images**. Plain "
+            "backgrounds work best; `letterbox` fits each on a white canvas as VACE was trained.")
+    base = common(wf, "a cup of coffee on a table next to a cat, the cat looks at the camera, soft light")
+    refs = wf.add("ImageBatch", image1=wf.add("LoadImage", image=REFERENCE),
+                  image2=wf.add("LoadImage", image=REFERENCE_2))
+    finish(wf, base, wf.add("VACEBuildVCU", references=refs, **SIZE), "r2v")
+
+
+def outpaint(wf: Workflow):
+    wf.note("Outpainting", "**Outpaint**: the video is placed on a larger canvas; the new border (mask 1) is "
+            "generated, the original area is kept. Sides are pixels (>= 1) or a fraction of the size (< 1). "
+            "width/height/length 0 keep the input's size plus the border.")
+    base = common(wf, "an astronaut in a white suit standing in a wide space station corridor")
+    frames, fps = load_clip(wf)
+    vcu = wf.add("VACEOutpaint", frames=frames, left=0.25, right=0.25, width=0, height=0, length=0)
+    finish(wf, base, vcu, "outpaint", fps, composite=True)
+
+
+def extension(wf: Workflow):
+    wf.note("Temporal extension", "**Extension**: the clip's frames are kept at the start (extend_after) or the "
+            "end (extend_before) of a longer video and the rest is generated, continuing the motion. "
+            "**Get Image or Mask Range From Batch** picks the frames to continue from.")
+    base = common(wf, "an astronaut turning slowly, the camera keeps panning right")
+    frames, fps = load_clip(wf)
+    clip = wf.add("ImageFromBatch", image=frames, batch_index=0, length=17)
+    vcu = wf.add("VACEFramePlacement", images=clip, placement="extend_after", **SIZE)
+    finish(wf, base, vcu, "extension", fps, composite=True)
+
+
+def first_last(wf: Workflow):
+    wf.note("First-last frame", "**Interpolation**: a first and a last frame are kept and everything between "
+            "them is generated. Batch the two images in order (first, last).")
+    base = common(wf, "a smooth camera pan across an astronaut portrait")
+    images = wf.add("ImageBatch", image1=wf.add("LoadImage", image=FIRST), image2=wf.add("LoadImage", image=LAST))
+    finish(wf, base, wf.add("VACEFramePlacement", images=images, placement="first_last", **SIZE), "first_last")
+
+
+def swap_anything(wf: Workflow):
+    wf.note("Swap anything", "**Reference + inpaint**: the masked area (white) of the video is regenerated to "
+            "show the reference subject; the rest is kept and pasted back exactly (Decode's vcu input). Draw "
+            "the mask in the mask editor, or use a mask video.")
+    base = common(wf, "a cup of coffee floating in front of the astronaut")
+    frames, fps = load_clip(wf)
+    mask = wf.add("LoadImageMask", image=MASK, channel="red")
+    vcu = wf.add("VACEBuildVCU", frames=frames, masks=mask, references=wf.add("LoadImage", image=REFERENCE), **SIZE)
+    finish(wf, base, vcu, "swap_anything", fps, composite=True)
+
+
+ANNOTATOR_MODELS = {
+    "depth": {"name": "depth_anything_v2_vitl.pth", "directory": "annotators",
+              "url": "https://huggingface.co/depth-anything/Depth-Anything-V2-Large/resolve/main/"
+                     "depth_anything_v2_vitl.pth"},
+    "sam2": {"name": "sam2.1_hiera_large.pt", "directory": "sam2",
+             "url": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt"},
+}
+CONTROL_NOTE = ("**Control video (V2V)**: the annotator turns the input video into a control video ({what}); "
+                "the VCU holds it with masks of 1 everywhere, so every pixel is generated following it. The prompt "
+                "says what the video shows. The preview shows the control video.")
+
+
+def controlled(wf: Workflow, name: str, what: str, prompt: str, annotator: str, models=None, **options):
+    """V2V: video -> annotator -> control VCU (previewed) -> video."""
+    wf.note(f"{what.capitalize()} control", CONTROL_NOTE.format(what=what))
+    base = common(wf, prompt)
+    frames, fps = load_clip(wf)
+    control = wf.add(annotator, models=models, frames=frames, **options)
+    wf.add("PreviewImage", images=control)
+    finish(wf, base, wf.add("VACEBuildVCU", frames=control, **SIZE), name, fps)
+
+
+def depth(wf: Workflow):
+    controlled(wf, "depth", "depth", "an astronaut statue made of bronze in a museum hall", "VACEDepthAnnotator",
+               [ANNOTATOR_MODELS["depth"]], backend="depth_anything_v2")
+
+
+def pose(wf: Workflow):
+    controlled(wf, "pose", "pose skeletons", "a dancer in a red dress on a stage, spotlight",
+               "VACEPoseAnnotator", backend="mediapipe")
+
+
+def flow(wf: Workflow):
+    controlled(wf, "flow", "optical flow drawn as colour", "a sailing boat crossing a calm bay at sunset",
+               "VACEFlowAnnotator", backend="dis")
+
+
+def gray(wf: Workflow):
+    controlled(wf, "gray", "grayscale frames: VACE colourises them",
+               "a vivid colour photo of an astronaut, blue sky, red and white flag", "VACEGrayAnnotator")
+
+
+def scribble(wf: Workflow):
+    controlled(wf, "scribble", "line drawings", "a watercolour painting of an astronaut, soft pastel colours",
+               "VACEScribbleAnnotator", backend="xdog")
+
+
+def inpaint_sam2(wf: Workflow):
+    wf.note("Inpainting with SAM2", "**Inpaint (MV2V)**: SAM2 segments the object you click (points 'x,y' on "
+            "`frame`, in pixels of the input video) and follows it through the video; the masked area (white) "
+            "is regenerated from the prompt, the rest is kept and pasted back. Needs the `sam2` package and a "
+            "SAM2.1 checkpoint in models/sam2. Grow the mask a little so edges blend.")
+    base = common(wf, "a golden retriever sitting in the same place, looking around")
+    frames, fps = load_clip(wf)
+    masks = wf.add("VACESAM2Masks", models=[ANNOTATOR_MODELS["sam2"]], frames=frames, points="416,240",
+                   checkpoint=ANNOTATOR_MODELS["sam2"]["name"])
+    grown = wf.add("VACECompositeMask", mask_a=masks, operation="grow", amount=8)
+    finish(wf, base, wf.add("VACEBuildVCU", frames=frames, masks=grown, **SIZE), "inpaint_sam2", fps, composite=True)
+
+
+def animate_anything(wf: Workflow):
+    wf.note("Animate anything", "**Reference + pose**: a character from a reference image moves as the person "
+            "in the video does. The pose annotator makes the control video; the reference image (a plain "
+            "background works best) is added to the same VCU.")
+    base = common(wf, "a cartoon cat character dancing, full body, clean background")
+    frames, fps = load_clip(wf)
+    poses = wf.add("VACEPoseAnnotator", frames=frames, backend="mediapipe")
+    vcu = wf.add("VACEBuildVCU", frames=poses, references=wf.add("LoadImage", image=REFERENCE_2), **SIZE)
+    finish(wf, base, vcu, "animate_anything", fps)
+
+
+def move_anything(wf: Workflow):
+    wf.note("Move anything", "**Image + layout**: the first frame is your image; the layout annotator draws a "
+            "box moving from `start_box` to `end_box` (x1,y1,x2,y2 in pixels) and **Compose VCUs** makes the "
+            "object inside the start box follow it. Describe the motion in the prompt.")
+    base = common(wf, "a cup of coffee sliding slowly across the table to the right")
+    first = wf.add("VACEFramePlacement", images=wf.add("LoadImage", image=REFERENCE), placement="first", **SIZE)
+    layout = wf.add("VACELayoutAnnotator", start_box="96,140,336,380", end_box="496,140,736,380", **SIZE)
+    vcu = wf.add("VACEComposeVCU", vcu_a=first, vcu_b=wf.add("VACEBuildVCU", frames=layout, **SIZE))
+    finish(wf, base, vcu, "move_anything")
+
+
+EXAMPLES: dict[str, Callable[[Workflow], None]] = {
+    "vace_t2v": t2v, "vace_r2v_two_references": r2v, "vace_depth": depth, "vace_pose": pose, "vace_flow": flow,
+    "vace_gray_colourise": gray, "vace_scribble": scribble, "vace_inpaint_sam2": inpaint_sam2,
+    "vace_outpaint": outpaint, "vace_temporal_extension": extension, "vace_first_last_frame": first_last,
+    "vace_swap_anything": swap_anything, "vace_animate_anything": animate_anything,
+    "vace_move_anything": move_anything,
+}
+
+
+def build(name: str, object_info: dict) -> dict:
+    wf = Workflow(object_info, name)
+    wf.note("About this workflow", MODELS_NOTE)
+    EXAMPLES[name](wf)
+    return wf.to_json()
+
+
+def write_all(object_info: dict, folder: Path = EXAMPLES_DIR) -> list[Path]:
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for name in EXAMPLES:
+        paths.append(folder / f"{name}.json")
+        paths[-1].write_text(json.dumps(build(name, object_info), indent=2, ensure_ascii=False) + "\n")
+    return paths
+
+
+def main() -> None:
+    from .comfy_server import RUNTIME_HINT, ComfyServer, find_runtime
+    from .fixtures import write_inputs, write_models
+
+    runtime = find_runtime()
+    if runtime is None:
+        sys.exit(RUNTIME_HINT)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_models(Path(tmp))
+        write_inputs(Path(tmp), 64, 64, 9)
+        with ComfyServer(runtime, Path(tmp)) as server:
+            for path in write_all(server.object_info()):
+                print(path)
+
+
+if __name__ == "__main__":
+    main()

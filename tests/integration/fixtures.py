@@ -1,0 +1,102 @@
+"""Tiny checkpoints under the real file names, and small real input media, in a ComfyUI base directory.
+
+Weights are random (fixed seeds): the tests check plumbing, errors and parity, never picture quality.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from safetensors.torch import save_file
+
+from vace_core.checkpoints import save_checkpoint, split_vace_module
+from vace_core.config import VaceConfig
+from vace_core.transformer import VaceTransformer
+from vace_core.vae import WanVAE, load_vae
+from vace_core.video_io import write_video
+
+DIT_NAME = "wan2.1_vace_1.3B_fp16.safetensors"
+VAE_NAME = "wan_2.1_vae.safetensors"
+TEXT_ENCODER_NAME = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+MODULE_NAME = "wan2.1_vace_module_only_fp16.safetensors"  # context blocks only: needs a base model
+SAM2_NAME = "sam2.1_hiera_tiny.pt"
+# real-shaped text (4096, umt5) and head dim (128, so RoPE splits like the real model); tiny otherwise
+TINY_DIT = VaceConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, vace_layers=(0, 2), text_dim=4096)
+TINY_VAE = dict(dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1, temporal_downsample=(False, True, True))
+FULL_VAE = dict(dim=96, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, temporal_downsample=(False, True, True))
+
+
+def write_models(base: Path, vae_shape: dict = TINY_VAE) -> dict[str, Path]:
+    """The DiT (fp16, official keys), the VAE (the shape given), and a VACE-module-only file."""
+    torch.manual_seed(0)
+    dit = VaceTransformer(TINY_DIT).state_dict()
+    paths = {"dit": base / "models" / "diffusion_models" / DIT_NAME,
+             "module": base / "models" / "diffusion_models" / MODULE_NAME,
+             "vae": base / "models" / "vae" / VAE_NAME}
+    save_checkpoint(dit, paths["dit"], "official", torch.float16)
+    save_checkpoint(split_vace_module(dit)[1], paths["module"], "official", torch.float16)
+    torch.manual_seed(1)
+    vae = WanVAE(**vae_shape)
+    paths["vae"].parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, paths["vae"])  # as shipped: 16 bit
+    assert load_vae(paths["vae"]).config == WanVAE(**vae_shape).config  # our loader reads the shape back
+    return paths
+
+
+def write_annotator_models(base: Path) -> Path:
+    """A tiny random MiDaS DPT-hybrid folder under the name the depth annotator looks for."""
+    from tests.test_annotators_depth import tiny_dpt_hybrid
+
+    torch.manual_seed(2)
+    folder = base / "models" / "annotators" / "dpt-hybrid-midas"
+    tiny_dpt_hybrid().save_pretrained(folder)
+    return folder
+
+
+def write_sam2_checkpoint(base: Path) -> Path:
+    """SAM2.1 hiera-tiny (the released architecture and file layout) with random weights."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    torch.manual_seed(3)
+    model = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
+    path = base / "models" / "sam2" / SAM2_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def photo(name: str, height: int, width: int) -> np.ndarray:
+    """A real photo from skimage.data, centre-cropped and resized: uint8 (H, W, 3)."""
+    from skimage import data
+
+    image = PIL.Image.fromarray(getattr(data, name)()).convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    scale = max(height, width) / side
+    image = image.resize((round(side * scale), round(side * scale)), PIL.Image.LANCZOS)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return np.asarray(image.crop((left, top, left + width, top + height)))
+
+
+def pan(image: np.ndarray, frames: int, height: int, width: int, step: int = 2) -> np.ndarray:
+    """A clip panning right across `image` by `step` px per frame: (T, H, W, 3)."""
+    return np.stack([image[:height, t * step:t * step + width] for t in range(frames)])
+
+
+def write_inputs(base: Path, height: int, width: int, frames: int) -> dict[str, str]:
+    """Images, a mask and a clip in input/, named as the example workflows name them."""
+    folder = base / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    wide = photo("astronaut", height, width + 2 * frames)
+    clip = pan(wide, frames, height, width)
+    write_video(folder / "vace_example_clip.mp4", torch.from_numpy(clip).float() / 255, 16.0)
+    PIL.Image.fromarray(photo("coffee", height, width)).save(folder / "vace_example_reference.png")
+    PIL.Image.fromarray(photo("chelsea", height, width)).save(folder / "vace_example_reference_2.png")
+    PIL.Image.fromarray(clip[0]).save(folder / "vace_example_first.png")
+    PIL.Image.fromarray(clip[-1]).save(folder / "vace_example_last.png")
+    mask = np.zeros((height, width), np.uint8)  # white = generate: a box in the middle
+    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
+    PIL.Image.fromarray(mask).save(folder / "vace_example_mask.png")
+    return {"clip": "vace_example_clip.mp4", "reference": "vace_example_reference.png"}

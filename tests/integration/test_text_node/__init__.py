@@ -1,0 +1,58 @@
+"""Test-only ComfyUI nodes. VACETestTextEncode stands in for CLIPLoader (umt5, type wan) + CLIPTextEncode.
+
+No real umt5-xxl encoder (~6 GB) exists on a test machine, so the tests swap the text pair of each example
+workflow for this node. It returns what ComfyUI's Wan text encoder returns in shape and layout: CONDITIONING
+[[features (1, 512, 4096), {}]], one feature row per word (+ the end token), zeros after them (ComfyUI pads
+umt5 tokens to 512 and zeroes the padded features). The values are deterministic in the prompt text.
+"""
+
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+TEXT_LEN, TEXT_DIM = 512, 4096
+
+
+def features(text: str) -> torch.Tensor:
+    tokens = min(len(text.split()) + 1, TEXT_LEN)
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    real = torch.randn(tokens, TEXT_DIM, generator=torch.Generator().manual_seed(seed)) * 0.2
+    return torch.nn.functional.pad(real, (0, 0, 0, TEXT_LEN - tokens))[None]
+
+
+class VACETestTextEncode:
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True, "default": ""})}}
+
+    def encode(self, text):
+        return ([[features(text), {}]],)
+
+
+class VACETestSigmas:
+    """Our sampler's sigmas (the official Wan grid) as SIGMAS, so native SamplerCustom can run the same grid."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("SIGMAS",)
+    FUNCTION = "sigmas"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"steps": ("INT", {"default": 4, "min": 1}), "shift": ("FLOAT", {"default": 5.0})}}
+
+    def sigmas(self, steps, shift):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root, for vace_core
+        from vace_core.sampling import flow_sigmas
+
+        return (flow_sigmas(steps, shift, "wan").float(),)
+
+
+NODE_CLASS_MAPPINGS = {"VACETestTextEncode": VACETestTextEncode, "VACETestSigmas": VACETestSigmas}
+NODE_DISPLAY_NAME_MAPPINGS = {"VACETestTextEncode": "VACE Test Text Encode (tests only)",
+                              "VACETestSigmas": "VACE Test Sigmas (tests only)"}

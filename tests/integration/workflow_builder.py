@@ -1,0 +1,133 @@
+"""Builds UI-format workflow JSON (the frontend's save format) from a short Python description.
+
+The example workflows in example_workflows/ are written by this builder (see `examples.py`) from the node
+definitions a running ComfyUI reports in /object_info, so widget order, sockets and slots always match the
+nodes; the integration test checks the shipped files against a fresh build.
+"""
+
+import uuid
+from dataclasses import dataclass, field
+
+from .workflow_api import UPLOAD_FLAGS, is_widget, ordered_inputs
+
+COLUMN_WIDTH, ROW_GAP, ROW_HEIGHT, HEADER = 400, 40, 26, 40
+NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    widgets: dict
+    inputs: dict  # input name -> (source Node, output index)
+    title: str | None = None
+    models: list = field(default_factory=list)
+    text: str | None = None  # MarkdownNote only
+    depth: int = 0
+
+
+def default_value(spec: list):
+    options = spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    if isinstance(spec[0], list) or spec[0] == "COMBO":
+        choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+        return choices[0] if choices else ""
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[spec[0]]
+
+
+def extra_values(spec: list) -> list:
+    """What the frontend stores after a widget: the seed's control mode, the upload button's value."""
+    options = spec[1] if len(spec) > 1 else {}
+    uploads = sum(bool(options.get(f)) for f in UPLOAD_FLAGS)
+    return ["fixed"] * bool(options.get("control_after_generate")) + ["image"] * uploads
+
+
+class Workflow:
+    def __init__(self, object_info: dict, name: str):
+        self.info, self.name = object_info, name
+        self.nodes: list[Node] = []
+
+    def add(self, type_: str, title: str | None = None, models: list | None = None, **kwargs) -> Node:
+        """A node; keyword arguments are widget values or links (a Node, or (Node, output index))."""
+        info = self.info[type_]
+        specs = dict(ordered_inputs(info))
+        unknown = set(kwargs) - set(specs)
+        if unknown:
+            raise KeyError(f"{type_} has no inputs {sorted(unknown)}; it has {list(specs)}")
+        links = {k: (v, 0) if isinstance(v, Node) else v for k, v in kwargs.items() if isinstance(v, Node | tuple)}
+        widgets = {k: v for k, v in kwargs.items() if k not in links}
+        depth = 1 + max((src.depth for src, _ in links.values()), default=-1)
+        node = Node(len(self.nodes) + 1, type_, widgets, links, title, models or [], depth=depth)
+        self.nodes.append(node)
+        return node
+
+    def note(self, title: str, text: str) -> Node:
+        node = Node(len(self.nodes) + 1, "MarkdownNote", {}, {}, title, text=text, depth=-1)
+        self.nodes.append(node)
+        return node
+
+    def _sockets(self, node: Node) -> tuple[list[dict], list]:
+        """(the node's `inputs` entries, its widgets_values)."""
+        entries, values = [], []
+        info = self.info[node.type]
+        optional = set(info.get("input_order", {}).get("optional", info["input"].get("optional", {})))
+        for name, spec in ordered_inputs(info):
+            kind = "COMBO" if isinstance(spec[0], list) else spec[0]
+            if is_widget(spec):
+                value = node.widgets[name] if name in node.widgets else default_value(spec)
+                values += [value, *extra_values(spec)]
+                if name in node.inputs:
+                    entries.append({"name": name, "type": kind, "widget": {"name": name}, "link": None})
+            else:
+                entry = {"name": name, "type": kind, "link": None}
+                entries.append({**entry, "shape": 7} if name in optional else entry)
+        return entries, values
+
+    def to_json(self) -> dict:
+        sockets = {n.id: self._sockets(n) for n in self.nodes if n.type != "MarkdownNote"}
+        outputs = {n.id: [[] for _ in self.info[n.type]["output"]] for n in self.nodes if n.type != "MarkdownNote"}
+        links = []
+        for node in self.nodes:
+            for name, (src, slot) in node.inputs.items():
+                link_id = len(links) + 1
+                entries = sockets[node.id][0]
+                to_slot = next(i for i, e in enumerate(entries) if e["name"] == name)
+                entries[to_slot]["link"] = link_id
+                outputs[src.id][slot].append(link_id)
+                links.append([link_id, src.id, slot, node.id, to_slot, self.info[src.type]["output"][slot]])
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-vace/{self.name}")), "revision": 0,
+            "last_node_id": len(self.nodes), "last_link_id": len(links),
+            "nodes": self._layout([self._node_json(n, sockets, outputs) for n in self.nodes]),
+            "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}}, "version": 0.4,
+        }
+
+    def _node_json(self, node: Node, sockets: dict, outputs: dict) -> dict:
+        if node.type == "MarkdownNote":
+            lines = sum(1 + len(line) // 60 for line in node.text.splitlines())
+            return {"id": node.id, "type": "MarkdownNote", "pos": [0, 0], "size": [COLUMN_WIDTH - 40, 60 + 18 * lines],
+                    "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "title": node.title,
+                    "properties": {}, "widgets_values": [node.text], **NOTE_COLOR}
+        info = self.info[node.type]
+        entries, values = sockets[node.id]
+        out = [{"name": name, "type": kind, "slot_index": i, "links": outputs[node.id][i]}
+               for i, (name, kind) in enumerate(zip(info["output_name"], info["output"], strict=True))]
+        properties = {"Node name for S&R": node.type, **({"models": node.models} if node.models else {})}
+        rows = max(len(entries), len(out)) + len(values)
+        result = {"id": node.id, "type": node.type, "pos": [0, 0],
+                  "size": [COLUMN_WIDTH - 60, HEADER + ROW_HEIGHT * rows], "flags": {}, "order": 0, "mode": 0,
+                  "inputs": entries, "outputs": out, "properties": properties, "widgets_values": values}
+        return {**result, "title": node.title} if node.title else result
+
+    def _layout(self, nodes: list[dict]) -> list[dict]:
+        """Columns by graph depth (notes first), stacked top to bottom; `order` is the execution order."""
+        depth = {n.id: n.depth for n in self.nodes}
+        tops: dict[int, float] = {}
+        for order, node in enumerate(sorted(nodes, key=lambda n: (depth[n["id"]], n["id"]))):
+            column = depth[node["id"]] + 1
+            node["pos"] = [column * COLUMN_WIDTH, tops.get(column, 0)]
+            node["order"] = order
+            tops[column] = tops.get(column, 0) + node["size"][1] + ROW_GAP
+        return nodes

@@ -1,0 +1,272 @@
+"""The pack inside a real ComfyUI server, driven over HTTP as the frontend and API users drive it.
+
+One server per module: a temporary base directory with this pack (and a test-only node) linked into
+custom_nodes/, tiny random checkpoints written under the real file names (wan2.1_vace_1.3B_fp16.safetensors,
+wan_2.1_vae.safetensors), and small inputs made from skimage photos.
+
+Text: no real umt5-xxl text encoder exists here, so when an example workflow is converted to the API format
+its CLIPLoader + CLIPTextEncode pair is replaced by the test-only node VACETestTextEncode
+(tests/integration/test_text_node), which returns CONDITIONING shaped as ComfyUI's Wan encoder does
+((1, 512, 4096) umt5 features, zero after the prompt's tokens). Sizes and steps are shrunk for the CPU
+(64x64, 9 frames, 2 steps), the VAE runs in fp32 (bf16 convolutions crawl on a CPU), the depth annotator
+uses its MiDaS backend with a tiny random DPT-hybrid folder (no tiny Depth-Anything-V2 file exists), and the
+layout boxes / SAM2 clicks move inside the small frame; everything else runs as shipped. Workflows whose
+annotator needs a package the runtime lacks (MediaPipe for pose, sam2 for SAM2) are skipped, saying so.
+"""
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.comfy_server import (
+    RUNTIME_HINT,
+    ComfyServer,
+    PromptRejected,
+    find_runtime,
+    messages,
+    output_files,
+    runtime_has,
+)
+from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, build
+from tests.integration.fixtures import (
+    DIT_NAME,
+    MODULE_NAME,
+    SAM2_NAME,
+    VAE_NAME,
+    write_annotator_models,
+    write_inputs,
+    write_models,
+    write_sam2_checkpoint,
+)
+from tests.integration.workflow_api import to_api
+from vace_core.video_io import read_video
+
+RUNTIME = find_runtime()
+if RUNTIME is None:
+    pytest.skip(RUNTIME_HINT, allow_module_level=True)
+
+H, W, FRAMES, STEPS = 64, 64, 9, 2
+PACK = Path(__file__).resolve().parents[1]
+SHRINK = {"width": W, "height": H, "length": FRAMES}  # on VACE nodes (0 = "keep the input's" stays 0)
+# bf16 (the VAE loader's default, right for GPUs) runs convolutions ~6x slower than fp32 on a CPU
+PER_CLASS = {"VACESampler": {"steps": STEPS}, "VACEVAELoader": {"dtype": "fp32"}, "ImageFromBatch": {"length": 5},
+             "VACEDepthAnnotator": {"backend": "midas"}, "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
+             "VACELayoutAnnotator": {"start_box": "4,16,28,40", "end_box": "36,16,60,40"}}
+NEEDS = {"vace_pose": "mediapipe", "vace_animate_anything": "mediapipe", "vace_inpaint_sam2": "sam2"}
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    write_models(base)
+    write_annotator_models(base)
+    write_sam2_checkpoint(base)
+    write_inputs(base, H, W + 32, FRAMES)  # wider than the output: Build VCU centre-crops
+    with ComfyServer(RUNTIME, base) as server:
+        server.info = server.object_info()
+        yield server
+
+
+def with_test_text(api: dict) -> dict:
+    """CLIPLoader + CLIPTextEncode -> VACETestTextEncode (see the module docstring)."""
+    api = {k: v for k, v in api.items() if v["class_type"] != "CLIPLoader"}
+    for node in api.values():
+        if node["class_type"] == "CLIPTextEncode":
+            node["class_type"] = "VACETestTextEncode"
+            node["inputs"] = {"text": node["inputs"]["text"]}
+    return api
+
+
+def shrink(api: dict) -> dict:
+    for node in api.values():
+        sizes = SHRINK if node["class_type"].startswith("VACE") else {}
+        for name, value in {**sizes, **PER_CLASS.get(node["class_type"], {})}.items():
+            if isinstance(node["inputs"].get(name), int | float | str) and node["inputs"][name]:
+                node["inputs"][name] = value
+    return api
+
+
+def runnable(workflow: dict, info: dict) -> dict:
+    return shrink(with_test_text(to_api(workflow, info)))
+
+
+def t2v_prompt(seed: int = 0, steps: int = 1) -> dict:
+    """A small T2V graph in API format, written the way API users write them (unused streams left out)."""
+    return {
+        "model": {"class_type": "VACEModelLoader", "inputs": {
+            "model_name": DIT_NAME, "base_model": "none (the file is a full VACE model)", "weight_dtype": "default",
+            "compute_dtype": "auto", "attention": "auto", "block_swap": 0}},
+        "vae": {"class_type": "VACEVAELoader", "inputs": {"vae_name": VAE_NAME, "dtype": "fp32"}},
+        "pos": {"class_type": "VACETestTextEncode", "inputs": {"text": "a fox in the snow"}},
+        "neg": {"class_type": "VACETestTextEncode", "inputs": {"text": "blurry"}},
+        "vcu": {"class_type": "VACEBuildVCU", "inputs": {"width": W, "height": H, "length": FRAMES,
+                                                          "reference_mode": "letterbox"}},
+        "sample": {"class_type": "VACESampler", "inputs": {
+            "vace_model": ["model", 0], "vace_vae": ["vae", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+            "vcu": ["vcu", 0], "strength": 1.0, "start": 0.0, "end": 1.0, "steps": steps, "cfg": 5.0, "shift": 16.0,
+            "sampler": "unipc", "seed": seed, "offload_after": False}},
+        "decode": {"class_type": "VACEDecode", "inputs": {
+            "vace_vae": ["vae", 0], "samples": ["sample", 0], "tiling": "auto", "tile_size": 272, "tile_overlap": 64,
+            "trim_latent": 0, "feather": 8}},
+        "save": {"class_type": "SaveAnimatedWEBP", "inputs": {
+            "images": ["decode", 0], "filename_prefix": f"t2v_{seed}", "fps": 16.0, "lossless": False,
+            "quality": 80, "method": "fastest"}},
+    }
+
+
+def assert_success(server: ComfyServer, entry: dict):
+    events = messages(entry)
+    assert entry["status"]["status_str"] == "success", json.dumps(events.get("execution_error", events))[:3000]
+
+
+def pack_node_ids() -> set[str]:
+    """Every node_id the pack's node modules declare."""
+    return {m for path in (PACK / "nodes").glob("*.py") for m in re.findall(r'node_id="(\w+)"', path.read_text())}
+
+
+def test_object_info_lists_every_node_with_inputs(comfy):
+    ids = pack_node_ids()
+    assert len(ids) >= 10
+    missing = ids - set(comfy.info)
+    assert not missing, f"nodes that failed to register (see the server log):\n{missing}\n{comfy.log_tail()}"
+    for node_id in ids:
+        info = comfy.info[node_id]
+        assert info["category"].startswith("VACE"), node_id
+        assert info["description"], f"{node_id} has no description"
+        assert info["input"]["required"] or info["input"].get("optional"), f"{node_id} lists no inputs"
+        assert info["output"], f"{node_id} lists no outputs"
+        for group in info["input"].values():
+            for name, spec in group.items():
+                options = spec[1] if len(spec) > 1 else {}
+                assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_example_workflows_are_current(comfy):
+    """The shipped JSON equals a fresh build from today's node definitions (else: regenerate them with
+    `.venv/bin/python -m tests.integration.examples`); every task has its file."""
+    shipped = {p.stem for p in EXAMPLES_DIR.glob("*.json")}
+    assert shipped == set(EXAMPLES)
+    for name in EXAMPLES:
+        shipped_json = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+        assert shipped_json == json.loads(json.dumps(build(name, comfy.info))), f"{name}.json is stale"
+
+
+def test_example_workflows_carry_models_and_notes():
+    for path in sorted(EXAMPLES_DIR.glob("*.json")):
+        nodes = json.loads(path.read_text())["nodes"]
+        models = {m["name"]: m for n in nodes for m in n["properties"].get("models", [])}
+        assert {DIT_NAME, VAE_NAME, "umt5_xxl_fp8_e4m3fn_scaled.safetensors"} <= set(models), path.name
+        assert all(m["url"].startswith("https://") and m["url"].endswith(name) and m["directory"]
+                   for name, m in models.items())
+        notes = [n["widgets_values"][0] for n in nodes if n["type"] == "MarkdownNote"]
+        assert len(notes) >= 2 and all(len(t) > 80 for t in notes), path.name
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_workflow_runs(comfy, name):
+    if name in NEEDS and not runtime_has(comfy.runtime, NEEDS[name]):
+        pytest.skip(f"{name} needs `{NEEDS[name]}` in the ComfyUI runtime ({comfy.runtime.python} -m pip install "
+                    f"{NEEDS[name]}); it is not installed there")
+    workflow = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+    entry = comfy.run(runnable(workflow, comfy.info), timeout=300)
+    assert_success(comfy, entry)
+    [video] = output_files(comfy.base_dir, entry)
+    frames, fps = read_video(video)
+    assert frames.shape[0] == FRAMES and fps == 16
+    assert frames.shape[1:3] == ((H, 144) if name == "vace_outpaint" else (H, W))  # outpaint: 96 + 25% + 25%
+    assert frames.std() > 0.01  # a real picture, not one flat colour
+
+
+def bad_model(prompt: dict) -> dict:
+    prompt["model"]["inputs"]["model_name"] = "wan2.1_vace_1.3B_missing.safetensors"
+    return prompt
+
+
+def module_without_base(prompt: dict) -> dict:
+    prompt["model"]["inputs"]["model_name"] = MODULE_NAME
+    return prompt
+
+
+def missing_vae(prompt: dict) -> dict:
+    prompt["vae"]["inputs"]["vae_name"] = "missing_vae.safetensors"
+    return prompt
+
+
+def too_small(prompt: dict) -> dict:
+    prompt["vcu"]["inputs"]["width"] = 8
+    return prompt
+
+
+def mismatched_streams(prompt: dict) -> dict:
+    prompt["vcu2"] = {"class_type": "VACEBuildVCU", "inputs": {"width": W, "height": H, "length": FRAMES + 4,
+                                                               "reference_mode": "letterbox"}}
+    prompt["sample"]["inputs"]["vcu_2"] = ["vcu2", 0]
+    return prompt
+
+
+def inpaint(masks: dict, frames: int = FRAMES):
+    def edit(prompt: dict) -> dict:
+        prompt["clip"] = {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": frames,
+                                                                 "color": 0x808080}}
+        prompt["masks"] = masks
+        prompt["vcu"]["inputs"].update({"frames": ["clip", 0], "masks": ["masks", 0]})
+        return prompt
+    return edit
+
+
+EMPTY_MASK = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": W, "height": H}}
+HALF_SIZE_MASKS = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": W // 2, "height": H // 2}}
+# (graph edit, where it fails: "validation" (/prompt refuses it) or the node type, the exception, a phrase of
+# the message). Missing files fail in the loader with ComfyUI's own FileNotFoundError naming file and folder.
+BAD_INPUTS = {
+    "missing model file": (bad_model, "VACEModelLoader", "FileNotFoundError",
+                           "'diffusion_models' with filename 'wan2.1_vace_1.3B_missing.safetensors' not found"),
+    "missing vae file": (missing_vae, "VACEVAELoader", "FileNotFoundError",
+                         "'vae' with filename 'missing_vae.safetensors' not found"),
+    "size below the minimum": (too_small, "validation", None, "Value 8 smaller than min of 16"),
+    "vace module with no base": (module_without_base, "VACEModelLoader", "VaceError", "T2V base model"),
+    "streams of different lengths": (mismatched_streams, "VACESampler", "VaceError", "different latents"),
+    "masks at another size": (inpaint(HALF_SIZE_MASKS), "VACEBuildVCU", "VaceError", "disagree with the video"),
+    "fewer frames than the length": (inpaint({"class_type": "SolidMask", "inputs": {
+        "value": 1.0, "width": W, "height": H}}, frames=3), "VACEBuildVCU", "VaceError", "has 3 frames but 9"),
+    "empty masks": (inpaint(EMPTY_MASK), "VACEBuildVCU", "VaceError", "masks are empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gives_a_clear_error_and_the_server_goes_on(comfy, case):
+    edit, where, exception, phrase = BAD_INPUTS[case]
+    if where == "validation":
+        with pytest.raises(PromptRejected) as rejected:
+            comfy.queue(edit(t2v_prompt()))
+        text = json.dumps(rejected.value.body["node_errors"])
+    else:
+        entry = comfy.run(edit(t2v_prompt()), timeout=120)
+        error = messages(entry).get("execution_error")
+        assert error is not None, f"{case}: no error; status {entry['status']}"
+        assert (error["node_type"], error["exception_type"].split(".")[-1]) == (where, exception)
+        text = error["exception_message"]
+    assert phrase in text, f"{case}: {text}"
+    assert comfy.alive()
+    assert_success(comfy, comfy.run(t2v_prompt(seed=len(case)), timeout=120))  # the next prompt runs
+
+
+def test_interrupt_stops_a_long_run(comfy):
+    long = t2v_prompt(seed=7, steps=200)
+    prompt_id = comfy.queue(long)
+    deadline = time.monotonic() + 60
+    while not comfy.get("/queue")["queue_running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # well inside sampling (loaders and encoding take well under this)
+    interrupted_at = time.monotonic()
+    comfy.interrupt()
+    entry = comfy.wait(prompt_id, timeout=60)
+    stopped_after = time.monotonic() - interrupted_at
+    events = messages(entry)
+    assert "execution_interrupted" in events, entry["status"]
+    assert events["execution_interrupted"]["node_type"] == "VACESampler"
+    assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
+    assert_success(comfy, comfy.run(t2v_prompt(seed=8), timeout=120))
