@@ -97,6 +97,17 @@ def test_depth_from_transformers_folder(tmp_path, kind, make):
     assert (out[..., 0] - (d - lo) / (hi - lo)).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("size", [(100, 140), (64, 96), (96, 64)])
+def test_midas_runs_at_sizes_other_than_its_config(tmp_path, size):
+    """Real MiDaS files say 384x384; VACE feeds e.g. 512x832. Other and non-square working sizes (128x128,
+    64x128, 128x64) work on a 64x64 config (at the config's size the output equals the model's: test above)."""
+    torch.manual_seed(0)
+    tiny_dpt_hybrid().save_pretrained(tmp_path / "tiny-depth")
+    out = Depth("midas", weight="tiny-depth", search_dirs=[tmp_path], device="cpu")(torch.rand(2, *size, 3))
+    assert out.shape == (2, *size, 3) and torch.isfinite(out).all()
+    assert torch.allclose(out[..., 0].flatten(1).amax(1), torch.ones(2), atol=1e-6)
+
+
 def test_working_sizes_follow_vace():
     assert working_size(480, 832, 518, 14, True) == (518, 896)  # Depth-Anything-V2: short side 518, x14
     assert working_size(720, 1280, 1024, 64, False) == (704, 1280)  # MiDaS: short side min(1024, 720), x64

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ def load_depth_model(path: Path):
     """A transformers depth model from a transformers folder or an original Depth-Anything-V2 .pth."""
     transformers = require("transformers")
     if path.is_dir():
-        return transformers.AutoModelForDepthEstimation.from_pretrained(path)
+        return any_input_size(transformers.AutoModelForDepthEstimation.from_pretrained(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
     if any(k.startswith("pretrained.blocks.") for k in state):
         return depth_anything_v2_from_original(state)
@@ -32,6 +33,26 @@ def load_depth_model(path: Path):
         f"'{path.name}' is not a layout this pack reads: give an original Depth-Anything-V2 .pth or a transformers "
         "model folder (config.json + weights), e.g. Intel/dpt-hybrid-midas for MiDaS DPT-hybrid"
     )
+
+
+def any_input_size(model):
+    """MiDaS DPT-hybrid runs at any multiple of 32 (VACE feeds e.g. 512x832), but transformers' version only
+    at its config's square size: its embeddings refuse other sizes unless told `interpolate_pos_encoding`
+    (which DPTModel never passes), and its neck assumes a square token grid. Both are given the real grid."""
+    if not getattr(model.config, "is_hybrid", False):
+        return model
+    embeddings = model.dpt.embeddings
+    embeddings.forward = functools.partial(embeddings.forward, interpolate_pos_encoding=True)
+    grid = {}
+
+    def remember_grid(_, args, kwargs):
+        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        grid["hw"] = tuple(side // model.config.patch_size for side in pixels.shape[-2:])
+
+    model.register_forward_pre_hook(remember_grid, with_kwargs=True)
+    neck_forward = model.neck.forward
+    model.neck.forward = lambda hidden_states, *_: neck_forward(hidden_states, *grid["hw"])
+    return model
 
 
 def working_size(h: int, w: int, short: int, multiple: int, lower_bound: bool) -> tuple[int, int]:
