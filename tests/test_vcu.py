@@ -164,6 +164,8 @@ def test_context_latent_layout_with_references():
 def test_bad_inputs_say_what_and_how():
     with pytest.raises(VaceError, match=r"masks \(3, 32, 48\) disagree with the video's \(T, H, W\) \(9, 32, 48\)"):
         inpaint(clip(), torch.zeros(3, 32, 48))
+    with pytest.raises(VaceError, match="masks are empty .* white \\(1\\) marks what to generate"):
+        inpaint(clip(), torch.zeros(32, 48))
     with pytest.raises(VaceError, match="must match the frames"):
         VCU(torch.zeros(3, 5, 16, 16), torch.zeros(5, 16, 32))
     with pytest.raises(VaceError, match="each reference must be one image"):

@@ -44,6 +44,10 @@ def inpaint(video: Tensor, masks: Tensor, height: int | None = None, width: int 
     if masks.shape != frames.shape[1:]:
         raise VaceError(f"masks {tuple(masks.shape)} disagree with the video's (T, H, W) {tuple(frames.shape[1:])}: "
                         "give one mask (or one per frame) at the video's size")
+    if not masks.any():  # binarised at 0.5: nothing would be generated
+        raise VaceError("the inpainting masks are empty (all black = keep every pixel), so nothing would be "
+                        "generated: white (1) marks what to generate. A mask loaded from an image's alpha "
+                        "channel is empty when the image has none (in ComfyUI: Load Image (as Mask), channel red).")
     frames = _fit(frames, height, width, length)
     masks = (resize_cover(masks[None], frames.shape[2:], nearest=True)[0][: frames.shape[1]] > 0.5).float()
     return VCU(frames * (1 - masks), masks, kind="repaint")
