@@ -72,16 +72,16 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *(1,) * spatial_dims))
 
     def forward(self, x: Tensor) -> Tensor:
-        # the sum of squares overflows in fp16: normalise in fp32
-        return F.normalize(x.float(), dim=1).to(x.dtype) * self.scale * self.gamma.to(x)
+        # the sum of squares overflows in fp16: normalise in fp32; in place after that (activations dominate memory)
+        return F.normalize(x.float(), dim=1).to(x.dtype).mul_(self.scale).mul_(self.gamma.to(x))
 
 
 class ResidualBlock(CausalBlock):
     def __init__(self, in_dim: int, out_dim: int, ops=nn):
         super().__init__()
         self.residual = nn.Sequential(
-            RMSNorm(in_dim, 3), nn.SiLU(), ops.Conv3d(in_dim, out_dim, 3),
-            RMSNorm(out_dim, 3), nn.SiLU(),
+            RMSNorm(in_dim, 3), nn.SiLU(inplace=True), ops.Conv3d(in_dim, out_dim, 3),  # on the norm's fresh output
+            RMSNorm(out_dim, 3), nn.SiLU(inplace=True),
             nn.Identity(),  # the official dropout slot: keeps `residual.6` at its index
             ops.Conv3d(out_dim, out_dim, 3),
         )
@@ -149,7 +149,7 @@ def middle(dim: int, ops) -> nn.Sequential:
 
 
 def head(dim: int, out_dim: int, ops) -> nn.Sequential:
-    return nn.Sequential(RMSNorm(dim, 3), nn.SiLU(), ops.Conv3d(dim, out_dim, 3))
+    return nn.Sequential(RMSNorm(dim, 3), nn.SiLU(inplace=True), ops.Conv3d(dim, out_dim, 3))
 
 
 class Encoder(nn.Module):
