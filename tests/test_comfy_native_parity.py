@@ -15,10 +15,12 @@ sigma_max = 0.999, integer timesteps, starting from pure noise), ComfyUI's "simp
 sigma 1 and passes fractional timesteps. The encoded VCU and the DiT forward are the same math.
 """
 
+import numpy as np
+import PIL.Image
 import pytest
 
-from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime
-from tests.integration.fixtures import FULL_VAE, write_inputs, write_models
+from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
+from tests.integration.fixtures import FULL_VAE, VAE_NAME, write_inputs, write_models
 from tests.integration.native_graphs import FRAMES, H, W, native, native_same_sigmas, ours, run_latent
 
 RUNTIME = find_runtime()
@@ -54,3 +56,26 @@ def test_same_latent_as_native_wan_vace(comfy):
     # a different seed moves the result far more than our difference from native: the difference is not noise
     c, _ = run_latent(comfy, native(4, seed=6))
     assert (c - b).norm() / b.norm() > 20 * relative
+
+
+def test_native_vae_decode_reads_our_latent(comfy):
+    """Our LATENT is in ComfyUI's Wan 2.1 convention: native VAE Decode gives the same frames as VACE Decode."""
+    graph = ours(2, seed=7)
+    del graph["save"]
+    graph["native_vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": VAE_NAME}}
+    graph["native_decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["native_vae", 0]}}
+    graph["ours_decode"] = {"class_type": "VACEDecode", "inputs": {
+        "vace_vae": ["vae", 0], "samples": ["sample", 0], "tiling": "off", "tile_size": 272, "tile_overlap": 64,
+        "trim_latent": 0, "feather": 8}}
+    for name in ("native", "ours"):
+        graph[f"save_{name}"] = {"class_type": "SaveImage", "inputs": {
+            "images": [f"{name}_decode", 0], "filename_prefix": f"decode_{name}"}}
+    entry = comfy.run(graph, timeout=600)
+    assert entry["status"]["status_str"] == "success", messages(entry).get("execution_error")
+    files = sorted(output_files(comfy.base_dir, entry))
+    frames = {name: [np.asarray(PIL.Image.open(p), np.float32) / 255 for p in files
+                     if p.name.startswith(f"decode_{name}")] for name in ("native", "ours")}
+    assert len(frames["ours"]) == len(frames["native"]) == FRAMES
+    diff = np.abs(np.stack(frames["ours"]) - np.stack(frames["native"]))
+    print(f"\nVACE Decode vs native VAE Decode on our LATENT: max |diff| {diff.max():.4f}, mean {diff.mean():.5f}")
+    assert diff.max() <= 2 / 255  # 8-bit rounding of the same float frames
