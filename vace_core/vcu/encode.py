@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from ..vae.model import SPATIAL_STRIDE
 from .unit import VCU
-
-VAE_STRIDE = 8
 
 
 def decouple(vcu: VCU) -> tuple[Tensor, Tensor]:
@@ -25,7 +24,7 @@ def decouple(vcu: VCU) -> tuple[Tensor, Tensor]:
 
 def tokenise_masks(masks: Tensor, latent_frames: int) -> Tensor:
     """(T, H, W) -> (64, T_lat, H/8, W/8): channel py*8+px holds pixel (py, px) of each 8x8 cell."""
-    cells = rearrange(masks, "t (h py) (w px) -> (py px) t h w", py=VAE_STRIDE, px=VAE_STRIDE)
+    cells = rearrange(masks, "t (h py) (w px) -> (py px) t h w", py=SPATIAL_STRIDE, px=SPATIAL_STRIDE)
     return F.interpolate(cells[None], size=(latent_frames, *cells.shape[2:]), mode="nearest-exact")[0]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from ..errors import VaceError
+from ..vae.model import SPATIAL_STRIDE, TEMPORAL_STRIDE, check_frame_count
 
 log = logging.getLogger("vace")
 
@@ -35,7 +36,7 @@ class VCU:
         if self.kind not in KINDS:
             raise VaceError(f"VCU kind {self.kind!r} is not one of {KINDS}")
         check_size(*self.size)
-        check_length(self.length)
+        check_frame_count(self.length)
 
     @property
     def length(self) -> int:
@@ -48,17 +49,13 @@ class VCU:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(T_lat incl. references, H/8, W/8) of the latent this VCU conditions."""
-        return (len(self.references) + (self.length - 1) // 4 + 1, self.size[0] // 8, self.size[1] // 8)
+        return (len(self.references) + (self.length - 1) // TEMPORAL_STRIDE + 1,
+                self.size[0] // SPATIAL_STRIDE, self.size[1] // SPATIAL_STRIDE)
 
 
 def check_size(height: int, width: int):
     if height % SPATIAL_MULTIPLE or width % SPATIAL_MULTIPLE or height <= 0 or width <= 0:
         raise VaceError(f"frame size {height}x{width} must be positive multiples of {SPATIAL_MULTIPLE}")
-
-
-def check_length(length: int):
-    if length < 1 or (length - 1) % 4:
-        raise VaceError(f"{length} frames: VACE needs 4n+1 frames (1, 5, ..., 81) for the VAE's 4x time stride")
 
 
 def fit_size(height: int, width: int) -> tuple[int, int]:
@@ -73,7 +70,7 @@ def fit_length(length: int) -> int:
     """Rounds a frame count down to 4n+1 (never below 1), saying so when it changes."""
     if length < 1:
         raise VaceError(f"a VCU needs at least 1 frame, got {length}")
-    fitted = (length - 1) // 4 * 4 + 1
+    fitted = (length - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1
     if fitted != length:
         log.warning("VACE: %d frames is not 4n+1; using the first %d", length, fitted)
     return fitted
