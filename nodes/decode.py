@@ -5,9 +5,9 @@ from comfy_api.latest import io
 
 from ..vace_core.pipeline import composite
 from ..vace_core.vae import Tiling, from_comfy_latent
+from ..vace_core.vcu import to_images
 from . import memory
 from .types import CATEGORY, VCU, VaceVAE
-from .vcu_nodes import image_out
 
 
 class VaceDecode(io.ComfyNode):
@@ -45,7 +45,7 @@ class VaceDecode(io.ComfyNode):
         video = vae.decode(latent, tiling=plan)[0].to(mm.intermediate_device())
         if vcu is not None:
             video = composite(video, vcu, feather)
-        return io.NodeOutput(image_out(video))
+        return io.NodeOutput(to_images(video))
 
 
 NODES = [VaceDecode]

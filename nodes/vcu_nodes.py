@@ -2,7 +2,6 @@
 
 import torch
 from comfy_api.latest import io
-from einops import rearrange
 
 from ..vace_core import vcu as V
 from ..vace_core.errors import VaceError
@@ -22,11 +21,6 @@ def size_inputs(default_w=832, default_h=480, default_len=81, allow_auto=False):
         io.Int.Input("length", default=0 if allow_auto else default_len, min=0 if allow_auto else 1, max=1025, step=4,
                      tooltip=f"Frames, 4n+1 (81 = 5 s at 16 fps); others are rounded down.{auto}"),
     ]
-
-
-def image_out(frames: torch.Tensor) -> torch.Tensor:
-    """(3, T, H, W) in [-1, 1] -> IMAGE (T, H, W, 3) in 0..1."""
-    return rearrange((frames.float() + 1) / 2, "c t h w -> t h w c").clamp(0, 1)
 
 
 def _auto(v):
@@ -197,7 +191,7 @@ class ConceptDecouple(io.ComfyNode):
     def execute(cls, vcu) -> io.NodeOutput:
         inactive, reactive = V.decouple(vcu)
         refs = torch.stack(vcu.references, dim=1) if vcu.references else torch.ones(3, 1, *vcu.size)
-        return io.NodeOutput(image_out(inactive), image_out(reactive), vcu.masks.clone(), image_out(refs))
+        return io.NodeOutput(V.to_images(inactive), V.to_images(reactive), vcu.masks.clone(), V.to_images(refs))
 
 
 NODES = [BuildVCU, FramePlacement, Outpaint, AddReferences, ComposeVCU, ConceptDecouple]

@@ -3,10 +3,9 @@
 from pathlib import Path
 
 import numpy as np
-from einops import rearrange
 from PIL import Image, ImageDraw
 
-from .vcu import VCU
+from .vcu import VCU, to_images
 
 THUMB = 128
 COLUMNS = 6
@@ -30,11 +29,11 @@ def _row(label: str, frames: list[np.ndarray]) -> tuple[str, list[Image.Image]]:
 
 def rows_for(name: str, vcu: VCU, output) -> list[tuple[str, list[Image.Image]]]:
     """Rows: VCU frames, masks, references, output frames. output: (3, T, H, W) in [-1, 1]."""
-    pixels = lambda v: list(rearrange((v.float() + 1) / 2, "c t h w -> t h w c").numpy())  # noqa: E731
+    pixels = lambda v: list(to_images(v).numpy())  # noqa: E731
     return [
         _row(f"{name}: frames F", pixels(vcu.frames)),
         _row(f"{name}: masks M (white = generate)", list(vcu.masks.float().numpy())),
-        (f"{name}: references", [_thumb((r.float().permute(1, 2, 0).numpy() + 1) / 2) for r in vcu.references]),
+        (f"{name}: references", [_thumb(to_images(r[:, None])[0].numpy()) for r in vcu.references]),
         _row(f"{name}: output", pixels(output)),
     ]
 

@@ -91,5 +91,5 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str, settings: Sample
     video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling)
     if feather is not None:
         video = composite(video, unit, feather)
-    write_video(out, ((video + 1) / 2).permute(1, 2, 3, 0), fps)
+    write_video(out, V.to_images(video), fps)
     return unit, video

@@ -15,10 +15,11 @@ from .builders import (
 )
 from .compose import compose
 from .encode import decouple, encode_vcu, tokenise_masks
+from .pixels import to_images
 from .unit import VCU, fit_length, fit_size
 
 __all__ = [
     "VCU", "compose", "control", "decouple", "encode_vcu", "every_kth", "extend", "first_frame", "first_last",
     "fit_length", "fit_size", "inpaint", "last_frame", "outpaint", "place_frames", "text_to_video",
-    "tokenise_masks", "with_references",
+    "to_images", "tokenise_masks", "with_references",
 ]

@@ -27,6 +27,11 @@ def to_video(images: Tensor, what: str = "video") -> Tensor:
     return rearrange(images.clamp(0, 1) * 2 - 1, "t h w c -> c t h w")
 
 
+def to_images(video: Tensor) -> Tensor:
+    """The inverse of to_video: (3, T, H, W) in [-1, 1] -> (T, H, W, 3) floats in 0..1 (ComfyUI IMAGE)."""
+    return rearrange((video.float() + 1) / 2, "c t h w -> t h w c").clamp(0, 1)
+
+
 def to_masks(masks: Tensor) -> Tensor:
     """(T, H, W) or (H, W) floats (ComfyUI MASK) -> (T, H, W) binarised at 0.5."""
     masks = torch.as_tensor(masks, dtype=torch.float32)
