@@ -9,6 +9,7 @@ State-dict keys are the official Wan layout (see DESIGN.md §4), so checkpoints 
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -26,6 +27,22 @@ def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float64) / half)
     angles = torch.outer(t.double(), freqs)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+@dataclass
+class Tokens:
+    """One forward's inputs as tokens. x, x0 (B, L, dim) fp32: residual stream and patch-embedded latent;
+    streams: (B, L, dim) fp32 per VACE context stream; e (B, 6, dim) and t_emb (B, dim) fp32 time embeddings;
+    text (B, 512, dim) in the compute dtype; rope = (cos, sin) each (1, L, 1, head_dim/2); grid (T, H, W)."""
+
+    x: torch.Tensor
+    x0: torch.Tensor
+    streams: list
+    e: torch.Tensor
+    t_emb: torch.Tensor
+    text: torch.Tensor
+    rope: tuple
+    grid: tuple
 
 
 class Attention(nn.Module):
@@ -151,17 +168,10 @@ class VaceTransformer(nn.Module):
         if context.shape[1] > self.config.text_len:
             raise VaceError(f"text context has {context.shape[1]} tokens; at most {self.config.text_len}.")
 
-    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None):
-        """Predicts the flow velocity.
-
-        x (B, in_dim, T, H, W) noisy latent (reference latents first along T), its dtype is the compute dtype;
-        t (B,) timesteps in [0, 1000]; context (B, L<=512, text_dim) text features (zero-padded to 512 here,
-        as the reference attends all 512 positions); vace_context: one (B or 1, 96, T, H, W) tensor per
-        context stream; vace_scale: one strength per stream. Returns (B, out_dim, T, H, W) in x's dtype.
-        """
+    def embed(self, x, t, context, vace_context=()) -> Tokens:
+        """The inputs as tokens: everything the blocks read (see `Tokens`)."""
         cfg, cd = self.config, x.dtype
         hp = upcast(x).dtype  # the fp32 islands: residual stream, time embedding, modulation, norms
-        self._check(x, context, vace_context, vace_scale)
         pt, ph, pw = cfg.patch_size
         grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
         rope = rope_cos_sin(rope_angles(grid, cfg.head_dim, device=x.device), hp)
@@ -172,17 +182,41 @@ class VaceTransformer(nn.Module):
         text = self.text_embedding(text.to(cd))
 
         x = self._patchify(self.patch_embedding, x, hp)
-        x0 = x
         streams = [self._patchify(self.vace_patch_embedding, c, hp).expand_as(x) for c in vace_context]
+        return Tokens(x, x, streams, e, t_emb, text, rope, grid)
+
+    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None) -> torch.Tensor:
+        """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim)."""
+        x, streams = tokens.x, list(tokens.streams)
+        e, text, rope = tokens.e, tokens.text, tokens.rope
         for i, block in enumerate(self.blocks):
             x = block(x, e, text, rope, self_bias, cross_bias)
             j = self.context_block_after.get(i)
             if j is None:
                 continue
             for s, scale in enumerate(vace_scale):  # interleaved: one hint alive at a time
-                streams[s], hint = self.vace_blocks[j](streams[s], x0, e, text, rope)
+                streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope)
                 x = x + hint * scale
+        return x
 
-        out = self.head(x, t_emb)
+    def unpatchify(self, x, tokens: Tokens, dtype) -> torch.Tensor:
+        """Head over the residual stream (B, L, dim) -> (B, out_dim, T, H, W) in `dtype`."""
+        (t, h, w), (pt, ph, pw) = tokens.grid, self.config.patch_size
+        out = self.head(x, tokens.t_emb)
         return rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
-                         t=grid[0], h=grid[1], w=grid[2], pt=pt, ph=ph, pw=pw).to(cd)
+                         t=t, h=h, w=w, pt=pt, ph=ph, pw=pw).to(dtype)
+
+    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None):
+        """Predicts the flow velocity.
+
+        x (B, in_dim, T, H, W) noisy latent (reference latents first along T), its dtype is the compute dtype;
+        t (B,) timesteps in [0, 1000]; context (B, L<=512, text_dim) text features (zero-padded to 512 here,
+        as the reference attends all 512 positions); vace_context: one (B or 1, 96, T, H, W) tensor per
+        context stream; vace_scale: one strength per stream. Returns (B, out_dim, T, H, W) in x's dtype.
+
+        The three stages (embed, run_blocks, unpatchify) are public so wrappers (step caching, sequence
+        parallelism) can work between them.
+        """
+        self._check(x, context, vace_context, vace_scale)
+        tokens = self.embed(x, t, context, vace_context)
+        return self.unpatchify(self.run_blocks(tokens, vace_scale, self_bias, cross_bias), tokens, x.dtype)
