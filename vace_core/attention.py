@@ -1,8 +1,9 @@
 """One attention function for every block, with switchable kernels.
 
 `bias` is the hook for space-time attention modulation (regional prompts, VideoGrain): an additive float
-bias or a boolean keep-mask, broadcastable to (B, heads, Lq, Lk). Kernels that cannot take a bias
-(flash-attn, SageAttention) fall back to PyTorch SDPA for that call.
+bias or a boolean keep-mask, broadcastable to (B, heads, Lq, Lk), or a modulation object with its own
+`attend(q, k, v, backend)` (vace_core.regional.STLayoutAttention), which then computes the attention.
+Kernels that cannot take a bias (flash-attn, SageAttention) fall back to PyTorch SDPA for that call.
 """
 
 import importlib.util
@@ -35,8 +36,18 @@ def resolve_backend(name: str) -> str:
     return name
 
 
+def block_bias(bias, block):
+    """The bias that `block` (a main block's index, or "context") uses: a modulation object chooses its blocks;
+    a plain tensor applies to the main blocks only."""
+    if hasattr(bias, "for_block"):
+        return bias.for_block(block)
+    return None if block == "context" else bias
+
+
 def attention(q, k, v, backend: str = "sdpa", bias=None):
     """q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H*D)."""
+    if hasattr(bias, "attend"):
+        return bias.attend(q, k, v, backend)
     fast = bias is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     if fast and backend == "flash":
         from flash_attn import flash_attn_func

@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .attention import attention, resolve_backend
+from .attention import attention, block_bias, resolve_backend
 from .config import VaceConfig
 from .errors import VaceError
 from .rope import apply_rope, rope_angles, rope_cos_sin, upcast
@@ -107,11 +107,11 @@ class ContextBlock(WanBlock):
             self.before_proj = ops.Linear(cfg.dim, cfg.dim, **factory)
         self.after_proj = ops.Linear(cfg.dim, cfg.dim, **factory)
 
-    def forward(self, c, x0, e, text, rope):
+    def forward(self, c, x0, e, text, rope, self_bias=None, cross_bias=None):
         """c (B, L, dim) fp32 context stream -> (next c, hint (B, L, dim) fp32)."""
         if hasattr(self, "before_proj"):
             c = self.before_proj(c.to(text.dtype)).to(x0.dtype) + x0
-        c = super().forward(c, e, text, rope)
+        c = super().forward(c, e, text, rope, self_bias, cross_bias)
         return c, self.after_proj(c.to(text.dtype)).to(c.dtype)
 
 
@@ -189,13 +189,14 @@ class VaceTransformer(nn.Module):
         """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim)."""
         x, streams = tokens.x, list(tokens.streams)
         e, text, rope = tokens.e, tokens.text, tokens.rope
+        context_bias = block_bias(self_bias, "context"), block_bias(cross_bias, "context")
         for i, block in enumerate(self.blocks):
-            x = block(x, e, text, rope, self_bias, cross_bias)
+            x = block(x, e, text, rope, block_bias(self_bias, i), block_bias(cross_bias, i))
             j = self.context_block_after.get(i)
             if j is None:
                 continue
             for s, scale in enumerate(vace_scale):  # interleaved: one hint alive at a time
-                streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope)
+                streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope, *context_bias)
                 x = x + hint * scale
         return x
 
@@ -213,6 +214,8 @@ class VaceTransformer(nn.Module):
         t (B,) timesteps in [0, 1000]; context (B, L<=512, text_dim) text features (zero-padded to 512 here,
         as the reference attends all 512 positions); vace_context: one (B or 1, 96, T, H, W) tensor per
         context stream; vace_scale: one strength per stream. Returns (B, out_dim, T, H, W) in x's dtype.
+        self_bias / cross_bias: `attention.attention`'s bias for the main blocks' self-/cross-attention, or a
+        modulation object that also chooses its blocks (regional prompts: `regional.STLayoutAttention`).
 
         The three stages (embed, run_blocks, unpatchify) are public so wrappers (step caching, sequence
         parallelism) can work between them.

@@ -1,0 +1,227 @@
+"""Regional prompts (vace_core.regional): the chunked ST-Layout attention against VideoGrain's formula computed
+densely, its limits, the layout on the token grid, the composed text, and a regional run of the tiny model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vace_core.attention import attention
+from vace_core.errors import VaceError
+from vace_core.regional import (
+    Regions,
+    STLayoutAttention,
+    compose_text,
+    encode_text,
+    time_weight,
+    token_membership,
+)
+
+
+def videograin_dense(q, k, v, same, weight):
+    """VideoGrain's ST_Layout_Attn_Control.forward, dense: sim = QKᵀ/√d, then in place
+    sim += R·w·(max − sim); sim −= (1 − R)·w·(sim − min); softmax; @ v. q (B, Lq, H, D), same (Lq, Lk) binary,
+    weight (B, Lq) the per-query w = c·treg·size_reg."""
+    q, k, v = (t.transpose(1, 2).double() for t in (q, k, v))
+    sim = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    mn, mx = sim.min(-1, keepdim=True)[0], sim.max(-1, keepdim=True)[0]
+    mask, w = same.bool()[None, None], weight.double()[:, None, :, None]
+    sim = sim + mask * w * (mx - sim)
+    sim = sim - ~mask * w * (sim - mn)
+    out = sim.softmax(-1) @ v
+    return out.transpose(1, 2).flatten(2)
+
+
+def onehot(labels, groups):
+    return F.one_hot(labels, groups).float()
+
+
+def qkv(batch, lq, lk, heads=2, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, lq, heads, dim, generator=g), torch.randn(batch, lk, heads, dim, generator=g),
+            torch.randn(batch, lk, heads, dim, generator=g))
+
+
+LAYOUTS = {  # (query labels, key labels, groups): self-attention when the keys are the queries
+    "two halves": (torch.arange(60) % 12 >= 6, None, 2),
+    "three blocks": (torch.arange(75) // 25, None, 3),
+    "stripes, 4 groups": (torch.arange(96) % 4, None, 4),
+    "cross, 3 prompts": (torch.arange(70) // 24, torch.tensor([-1] * 5 + [1] * 4 + [2] * 6 + [0] * 3 + [-1] * 22), 3),
+}
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_chunked_equals_videograin_dense(name, chunk):
+    labels, key_labels, groups = LAYOUTS[name]
+    a = onehot(labels.long(), groups)
+    b = a if key_labels is None else onehot(key_labels.clamp(min=0), groups) * (key_labels >= 0)[:, None]
+    q, k, v = qkv(2, len(a), len(b), seed=len(name))
+    weight = torch.rand(2, len(a), generator=torch.Generator().manual_seed(1)) * 0.9
+    weight[1, ::3] = 0  # some rows unmodulated, and the two batch rows differ (CFG)
+    out = STLayoutAttention(a, b, weight, chunk=chunk).attend(q, k, v)
+    ref = videograin_dense(q, k, v, a @ b.T, weight)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_soft_membership_is_the_linear_form():
+    """Soft edges: s' = (1 − w)s + w·mn + w·(mx − mn)·R with R = A_q A_kᵀ in [0, 1] (the seed's two lines
+    applied at once; for binary R they are the seed's formula)."""
+    a = torch.rand(40, 3, generator=torch.Generator().manual_seed(2))
+    a = a / a.sum(1, keepdim=True)
+    q, k, v = qkv(2, 40, 40, seed=3)
+    weight = torch.full((2, 40), 0.6)
+    out = STLayoutAttention(a, a, weight, chunk=9).attend(q, k, v)
+    qd, kd, vd = (t.transpose(1, 2).double() for t in (q, k, v))
+    s = qd @ kd.transpose(-1, -2) / 4
+    mn, mx = s.amin(-1, keepdim=True), s.amax(-1, keepdim=True)
+    s = 0.4 * s + 0.6 * mn + 0.6 * (mx - mn) * (a @ a.T).double()
+    torch.testing.assert_close(out.double(), (s.softmax(-1) @ vd).transpose(1, 2).flatten(2), rtol=1e-5, atol=1e-6)
+
+
+def test_zero_weight_is_exactly_the_plain_attention():
+    q, k, v = qkv(2, 30, 30)
+    a = onehot(torch.arange(30) % 2, 2)
+    assert torch.equal(STLayoutAttention(a, a, torch.zeros(2, 30)).attend(q, k, v), attention(q, k, v))
+
+
+def test_large_strength_cuts_cross_region_attention_below_1e3():
+    """The mass a region's queries give to other regions' prompt tokens, measured through the chunked path
+    (v = indicator of the other regions' tokens, so the output is that mass)."""
+    labels = torch.arange(64) // 32  # two regions of queries
+    key_labels = torch.tensor([1] * 6 + [2] * 6 + [-1] * 20) - 1  # region 0's tokens, region 1's, unrelated
+    a, b = onehot(labels, 2), onehot(key_labels.clamp(min=0), 2) * (key_labels >= 0)[:, None]
+    q, k, _ = qkv(2, 64, 32, heads=2, dim=16, seed=5)
+    other = (b @ a.T).T == 0  # (Lq, Lk): key k is not q's region's prompt
+    v = torch.zeros(2, 32, 2, 16)
+    masses = {}
+    for strength in (0.0, 1.0, 100.0):
+        for region in (0, 1):
+            v[..., 0] = other[region * 32].float()[None, :, None]
+            out = STLayoutAttention(a, b, torch.full((2, 64), strength)).attend(q, k, v)
+            masses[strength, region] = out.view(2, 64, 2, 16)[:, region * 32:(region + 1) * 32, :, 0].max().item()
+    assert min(masses[0.0, r] for r in (0, 1)) > 0.3  # unmodulated: most attention goes elsewhere
+    assert max(masses[100.0, r] for r in (0, 1)) < 1e-3, masses
+
+
+def tiny_text(n_tokens=6, dim=8, seed=0):
+    """A fake encoder: word ids from a vocabulary, features deterministic in the words and their order."""
+    vocab = {}
+
+    def encode(text):
+        ids = [vocab.setdefault(word, len(vocab) + 2) for word in text.split()] + [1]
+        g = torch.Generator().manual_seed(hash(text) % 2**31)
+        return ids, torch.randn(len(ids), dim, generator=g)
+    return encode
+
+
+def test_compose_text_replaces_verbatim_prompts_and_appends_the_rest():
+    encode = tiny_text()
+    text = encode_text(encode, "a man and a woman on a beach", ["a woman", "red dragon"], "a beach")
+    ids, features = encode("a man and a woman on a beach")
+    woman, dragon, beach = encode("a woman"), encode("red dragon"), encode("a beach")
+    assert text.token_group.tolist() == [-1, -1, -1, 1, 1, -1, 0, 0, -1, 2, 2]  # EOS kept, "red dragon" appended
+    assert torch.equal(text.features[3:5], woman[1][:2]) and torch.equal(text.features[6:8], beach[1][:2])
+    assert torch.equal(text.features[9:], dragon[1][:2]) and torch.equal(text.features[:3], features[:3])
+
+
+def test_compose_text_refuses_past_512_tokens():
+    encode = tiny_text()
+    with pytest.raises(VaceError, match="at most 512"):
+        compose_text(encode(" ".join(f"w{i}" for i in range(400))),
+                     [None, encode(" ".join(f"x{i}" for i in range(200)))])
+
+
+def test_membership_majority_soft_and_references():
+    """Tokens are 16x16 pixels of frame 0, then of 4 frames each; references come first and belong to none."""
+    masks = torch.zeros(1, 5, 32, 48)
+    masks[0, :, :, :20] = 1  # token column 0 fully, column 1 a quarter (4 of 16 px)
+    masks[0, 1:3, :, 20:32] = 1  # frames 1, 2 of latent frame 1 cover column 1 more: (4*4 + 2*12)/64 = 0.625
+    hard = token_membership(masks, (3, 2, 3), references=1, soft=False)
+    soft = token_membership(masks, (3, 2, 3), references=1, soft=True)
+    assert hard.shape == (18, 2) and not hard[:6].any()
+    region = soft[6:, 1].view(2, 2, 3)
+    assert region[0, :, 0].eq(1).all() and region[0, :, 1].eq(0.25).all() and region[1, :, 1].eq(0.625).all()
+    assert hard[6:, 1].view(2, 2, 3)[:, :, 1].tolist() == [[0, 0], [1, 1]]
+    assert torch.equal(soft[6:].sum(1), torch.ones(12))
+
+
+def test_membership_needs_the_video_length():
+    with pytest.raises(VaceError, match="7 frames but the video has 9"):
+        token_membership(torch.ones(1, 7, 16, 16), (3, 1, 1), 0, False)
+
+
+def regions_for(masks, strength=1.0, end=1.0, background=""):
+    encode = tiny_text(dim=32)
+    prompts = ["a red car", "a blue bus"][: len(masks)]
+    text = encode_text(encode, "a red car next to a blue bus", prompts, background)
+    return Regions(text, masks, self_strength=strength, cross_strength=strength, end=end)
+
+
+def test_weights_follow_region_sizes_time_and_steps():
+    masks = torch.zeros(2, 5, 32, 64)
+    masks[0, :, :, :16] = 1  # region 1: a quarter of every frame
+    masks[1, 1:, :, 32:] = 1  # region 2: half of the frames 1-4 only (absent from frame 0)
+    layout = regions_for(masks, end=0.3).layout((2, 2, 4))
+    first = layout.membership.view(2, 2, 4, 3)
+    assert first[0, :, 2:, 2].sum() == 0 and first[1, :, 2:, 2].eq(1).all()  # time-varying region respected
+    size = torch.tensor([8 / 16, 4 / 16, 4 / 16])[first.argmax(-1).flatten()]
+    torch.testing.assert_close(layout.self_weight, 1 - size)
+    biases = layout.biases(t=801.0, step=2, steps=10, batch=2)
+    xi = (800 / 1000) ** 5
+    torch.testing.assert_close(biases["self_bias"].weight, xi * (1 - size)[None])  # every batch row
+    assert biases["cross_bias"].weight[1].eq(0).all()  # the negative prompt's row is not modulated
+    background = first.argmax(-1).flatten() == 0
+    assert biases["cross_bias"].weight[0][background].eq(0).all()  # no background prompt: not modulated
+    assert layout.biases(t=500.0, step=3, steps=10, batch=2) == {}  # past end = 0.3
+    assert time_weight(1.0) == 0 and time_weight(1001.0) == 1
+
+
+def test_one_region_one_prompt_is_exactly_unmodulated():
+    """One region over every token and the prompt its own: S = 1, so w = 0 and every block is unmodulated."""
+    from vace_core.embedded import tiny_model
+
+    model = tiny_model().eval()
+    encode = tiny_text(dim=model.config.text_dim)
+    text = encode_text(encode, "a cat", ["a cat"])
+    layout = Regions(text, torch.ones(1, 5, 32, 32), 1.0, 1.0, 1.0).layout((2, 2, 2))
+    x, ctx = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 96, 2, 4, 4)
+    t, features = torch.tensor([900.0]), text.features[None]
+    with torch.no_grad():
+        plain = model(x, t, features, [ctx], [1.0])
+        regional = model(x, t, features, [ctx], [1.0], **layout.biases(900.0, 0, 10, 1))
+    assert torch.equal(plain, regional)
+
+
+def test_regional_run_changes_the_output_and_context_blocks_are_optional():
+    from vace_core.embedded import tiny_model
+
+    model = tiny_model().eval()
+    masks = torch.zeros(2, 5, 32, 32)
+    masks[0, :, :, :16], masks[1, :, :, 16:] = 1, 1
+    encode = tiny_text(dim=model.config.text_dim)
+    text = encode_text(encode, "a red car next to a blue bus", ["a red car", "a blue bus"])
+    x, ctx = torch.randn(2, 16, 2, 4, 4), torch.randn(1, 96, 2, 4, 4)
+    t, features = torch.tensor([900.0, 900.0]), text.features[None].expand(2, -1, -1)
+    outs = []
+    for context_blocks in (False, True):
+        layout = Regions(text, masks, context_blocks=context_blocks).layout((2, 2, 2))
+        with torch.no_grad():
+            outs.append(model(x, t, features, [ctx], [1.0], **layout.biases(900.0, 0, 10, 2)))
+    with torch.no_grad():
+        plain = model(x, t, features, [ctx], [1.0])
+    assert torch.isfinite(outs[0]).all()
+    assert (outs[0] - plain).abs().max() > 1e-4 and (outs[1] - outs[0]).abs().max() > 1e-6
+
+
+def test_regions_check_their_inputs():
+    masks = torch.zeros(1, 5, 32, 32)
+    masks[0, :, :, :16] = 1
+    with pytest.raises(VaceError, match="end 2"):
+        regions_for(masks, end=2.0)
+    regions = regions_for(masks)
+    with pytest.raises(VaceError, match="not the regional prompts' text"):
+        regions.check_text(torch.randn(1, 12, 32))
+    regions.check_text(F.pad(regions.text.features, (0, 0, 0, 500))[None])  # zero padding is fine
+    text = regions.text
+    with pytest.raises(VaceError, match="region 2 has a mask but no prompt"):
+        Regions(text, torch.zeros(2, 5, 32, 32))
