@@ -12,7 +12,7 @@ from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream
 from ..vace_core.vae import to_comfy_latent
 from . import memory
-from .types import CATEGORY, VCU, VaceModel, VaceVAE
+from .types import CATEGORY, VCU, RegionsType, VaceModel, VaceVAE
 
 STREAMS = 3
 SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m"}
@@ -90,13 +90,16 @@ class VaceSampler(io.ComfyNode):
                              tooltip="Noise seed: the same seed gives the same noise on every device."),
                 io.Boolean.Input("offload_after", default=False,
                                  tooltip="Move the model off the GPU when done (frees VRAM for decoding)."),
+                RegionsType.Input("regions", optional=True,
+                                  tooltip="From Regional Prompts: a prompt per masked region. Its `positive` output "
+                                          "must be this sampler's positive."),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
-                **streams) -> io.NodeOutput:
+                regions=None, **streams) -> io.NodeOutput:
         units, settings_per_stream = [], []
         for i in range(1, STREAMS + 1):
             suffix = "" if i == 1 else f"_{i}"
@@ -117,7 +120,8 @@ class VaceSampler(io.ComfyNode):
         try:
             latent = sample_latent(model, contexts, text_features(positive, "positive"),
                                    text_features(negative, "negative"), settings_per_stream, settings,
-                                   progress(steps, device, len(units[0].references)), device)
+                                   progress(steps, device, len(units[0].references)), device,
+                                   regions.for_vcu(units[0]) if regions is not None else None)
         finally:
             for hook in hooks:
                 hook.remove()

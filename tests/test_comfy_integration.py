@@ -55,7 +55,8 @@ SHRINK = {"width": W, "height": H, "length": FRAMES}  # on VACE nodes (0 = "keep
 PER_CLASS = {"VACESampler": {"steps": STEPS}, "VACEVAELoader": {"dtype": "fp32"}, "ImageFromBatch": {"length": 5},
              "VACEDepthAnnotator": {"backend": "midas"}, "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
              "VACELayoutAnnotator": {"start_box": "4,16,28,40", "end_box": "36,16,60,40"}}
-NEEDS = {"vace_pose": "mediapipe", "vace_animate_anything": "mediapipe", "vace_inpaint_sam2": "sam2"}
+NEEDS = {"vace_pose": "mediapipe", "vace_animate_anything": "mediapipe", "vace_inpaint_sam2": "sam2",
+         "vace_regional_boxing_cats": "sam2", "vace_regional_pose": "mediapipe"}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,11 @@ def comfy(tmp_path_factory):
 
 
 def with_test_text(api: dict) -> dict:
-    """CLIPLoader + CLIPTextEncode -> VACETestTextEncode (see the module docstring)."""
-    api = {k: v for k, v in api.items() if v["class_type"] != "CLIPLoader"}
+    """CLIPLoader + CLIPTextEncode -> VACETestTextEncode; a CLIPLoader other nodes take -> VACETestCLIPLoader
+    (see the module docstring)."""
+    for node in api.values():
+        if node["class_type"] == "CLIPLoader":
+            node["class_type"], node["inputs"] = "VACETestCLIPLoader", {}
     for node in api.values():
         if node["class_type"] == "CLIPTextEncode":
             node["class_type"] = "VACETestTextEncode"

@@ -57,7 +57,9 @@ def _run(args):
     inputs = TaskInputs(prompt=args.prompt, negative=args.negative, video=args.video, mask=args.mask,
                         outpaint=tuple(args.outpaint) if args.outpaint else None, extend_to=args.extend_to,
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
-                        length=args.length)
+                        length=args.length, regions=[tuple(r) for r in args.region],
+                        background_prompt=args.background_prompt, region_strength=tuple(args.region_strength),
+                        region_end=args.region_end)
     settings = SamplerSettings(args.steps, args.cfg, args.shift, args.sampler, "wan", args.seed)
     model, vae, text = _models(args)
     unit, _ = run(inputs, model, vae, text, args.out, settings, feather=args.composite, tiling="auto")
@@ -97,6 +99,14 @@ def _run_parser(sub):
     run.add_argument("--first", help="first frame image (image-to-video / interpolation)")
     run.add_argument("--last", help="last frame image (interpolation)")
     run.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
+    run.add_argument("--region", nargs=2, action="append", default=[], metavar=("PROMPT", "MASK"),
+                     help="regional prompt: a region's prompt and its mask image or video (white = the region); "
+                          "repeatable. Best written word for word inside --prompt")
+    run.add_argument("--background-prompt", default="", help="with --region: what the area outside every mask shows")
+    run.add_argument("--region-strength", type=float, nargs=2, default=(0.3, 1.0), metavar=("SELF", "CROSS"),
+                     help="with --region: self- and cross-attention strengths (VideoGrain: 0.3 1.0)")
+    run.add_argument("--region-end", type=float, default=0.3,
+                     help="with --region: fraction of the steps with the modulation (VideoGrain: 0.3 = 15 of 50)")
     run.add_argument("--width", type=int, default=832)
     run.add_argument("--height", type=int, default=480)
     run.add_argument("--length", type=int, default=81, help="frames, 4n+1")

@@ -46,12 +46,13 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None) -> Tensor:
+                  callback=None, device=None, regions=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     streams: (strength, start, end) per context, default full strength over every step. Guidance runs the
     negative prompt in the same batch (with the same contexts, as the reference does); guidance 1 skips it.
-    callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
+    callback(step, total, x, x0_preview) may stop the run (see sampling.sample). regions: a
+    `regional.RegionalLayout` (`Regions.for_vcu`): regional prompts, `positive` being their composed text.
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
@@ -64,13 +65,17 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     text = _text_batch(positive, negative if guided else None, dtype).to(device)
     contexts = [c.to(device, dtype) for c in contexts]
     sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
+    if regions is not None:
+        regions.regions.check_text(positive)
 
     def denoise(x, sigma, step):
-        t = torch.full((text.shape[0],), sigma_to_timestep(sigma, settings.schedule), device=device)
+        timestep = sigma_to_timestep(sigma, settings.schedule)
+        t = torch.full((text.shape[0],), timestep, device=device)
         active = [(c, s) for c, s in zip(contexts, context_strengths(streams, step, settings.steps), strict=True) if s]
+        bias = regions.biases(timestep, step, settings.steps, text.shape[0]) if regions is not None else {}
         with torch.no_grad():
             v = model(x.to(dtype).expand(text.shape[0], -1, -1, -1, -1), t, text,
-                      [c for c, _ in active], [s for _, s in active]).float()
+                      [c for c, _ in active], [s for _, s in active], **bias).float()
         return cfg(v[:1], v[1:], settings.guidance) if guided else v
 
     noise = make_noise((1, 16, *contexts[0].shape[2:]), settings.seed, device)
@@ -95,12 +100,13 @@ def composite(video: Tensor, vcu: VCU, feather: int = 0) -> Tensor:
 
 def generate(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: Tensor | None = None,
              streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-             callback=None, tiling=None, composite_feather: int | None = None) -> Tensor:
+             callback=None, tiling=None, composite_feather: int | None = None, regions=None) -> Tensor:
     """A whole VACE task: -> video (3, T, H, W) in [-1, 1]. composite_feather: paste the first VCU's kept
-    pixels back (None: no compositing)."""
+    pixels back (None: no compositing). regions: `regional.Regions` (positive = their composed text)."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
+    layout = regions.for_vcu(vcus[0]) if regions is not None else None
     with torch.no_grad():
         contexts = encode_contexts(vcus, lambda v: vae.encode(v, tiling=tiling))
-        latent = sample_latent(model, contexts, positive, negative, streams, settings, callback)
+        latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, regions=layout)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), len(vcus[0].references))
     return video if composite_feather is None else composite(video, vcus[0], composite_feather)

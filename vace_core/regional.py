@@ -130,9 +130,10 @@ def token_membership(masks: Tensor, grid: tuple[int, int, int], references: int,
     length = (t_video - 1) * TEMPORAL_STRIDE + 1
     if frames == 1:
         masks = masks.expand(-1, length, -1, -1)
-    elif frames != length:
+    elif frames < length:
         raise VaceError(f"the region masks have {frames} frames but the video has {length}: give one mask per "
                         "frame, or a single mask for all frames")
+    masks = masks[:, :length]  # like the VCU builders, the first frames of a longer clip
     masks = resize_cover(masks.float(), (h * TOKEN_STRIDE, w * TOKEN_STRIDE), nearest=True)
     onehot = F.one_hot(pixel_groups(masks), n + 1).float()  # (T, H, W, G)
     pooled = F.avg_pool2d(rearrange(onehot, "t h w g -> (t g) h w"), TOKEN_STRIDE)
@@ -235,9 +236,14 @@ class Regions:
     blocks: frozenset | None = None
 
     def __post_init__(self):
-        self.masks = torch.stack([to_masks(m) for m in self.masks]) if len(self.masks) else self.masks
-        if not len(self.masks):
+        masks = [to_masks(m) for m in self.masks]  # each (T, H, W): one mask for all frames, or one per frame
+        if not masks:
             raise VaceError("regional prompts need at least one region: a prompt and a mask")
+        frames = max(len(m) for m in masks)
+        if any(m.shape[1:] != masks[0].shape[1:] or len(m) not in (1, frames) for m in masks):
+            raise VaceError(f"the region masks differ in size or frame count ({[tuple(m.shape) for m in masks]}): "
+                            "make them at one size, each with one frame or one per frame")
+        self.masks = torch.stack([m.expand(frames, -1, -1) for m in masks])
         if not 0 <= self.end <= 1:
             raise VaceError(f"end {self.end} must be a fraction of the steps, from 0 to 1 (VideoGrain: 0.3)")
         for name in ("self_strength", "cross_strength"):
@@ -254,6 +260,11 @@ class Regions:
         if len(real) < len(text) or not torch.equal(real[:len(text)], text) or real[len(text):].any():
             raise VaceError("the positive conditioning is not the regional prompts' text: connect the Regional "
                             "Prompts node's `positive` output to the sampler's positive input")
+
+    def for_vcu(self, vcu) -> "RegionalLayout":
+        """The layout on the token grid of the latent `vcu` conditions (its references first)."""
+        t, h, w = vcu.latent_shape
+        return self.layout((t, h // 2, w // 2), len(vcu.references))
 
     def layout(self, grid: tuple[int, int, int], references: int = 0) -> "RegionalLayout":
         """The layout on the token grid (T_lat incl. references, H/16, W/16)."""

@@ -17,6 +17,7 @@ import torch
 from . import vcu as V
 from .errors import VaceError
 from .pipeline import SamplerSettings, composite, generate
+from .regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, encode_text
 from .video_io import read_image, read_video, write_video
 
 log = logging.getLogger("vace")
@@ -36,6 +37,10 @@ class TaskInputs:
     width: int = 832
     height: int = 480
     length: int = 81
+    regions: list[tuple[str, str]] = field(default_factory=list)  # (prompt, mask file): regional prompts
+    background_prompt: str = ""
+    region_strength: tuple[float, float] = (SELF_STRENGTH, CROSS_STRENGTH)  # self, cross
+    region_end: float = END
 
 
 def _masks(path: str) -> torch.Tensor:
@@ -79,16 +84,24 @@ def build_vcu(inputs: TaskInputs) -> tuple[V.VCU, float]:
     return unit, fps
 
 
+def build_regions(inputs: TaskInputs, text_encoder) -> Regions:
+    """--region PROMPT MASK (repeated) -> regional prompts over the global --prompt."""
+    text = encode_text(lambda p: (text_encoder.token_ids(p), text_encoder.encode(p)), inputs.prompt,
+                       [p for p, _ in inputs.regions], inputs.background_prompt)
+    return Regions(text, [_masks(m) for _, m in inputs.regions], *inputs.region_strength, inputs.region_end)
+
+
 def run(inputs: TaskInputs, model, vae, text_encoder, out: str, settings: SamplerSettings | None = None,
         feather: int | None = None, tiling=None) -> tuple[V.VCU, torch.Tensor]:
     """Builds the VCU, samples, writes the video; returns (VCU, video (3, T, H, W) in [-1, 1])."""
     settings = settings or SamplerSettings()
     unit, fps = build_vcu(inputs)
-    positive = text_encoder.encode(inputs.prompt)
+    regions = build_regions(inputs, text_encoder) if inputs.regions else None
+    positive = text_encoder.encode(inputs.prompt) if regions is None else regions.text.features
     negative = text_encoder.encode_negative(inputs.negative)
     log.info("VACE: %s VCU, %d frames at %dx%d, %d reference(s)", unit.kind, unit.length, *unit.size,
              len(unit.references))
-    video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling)
+    video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling, regions=regions)
     if feather is not None:
         video = composite(video, unit, feather)
     write_video(out, V.to_images(video), fps)

@@ -41,15 +41,15 @@ black = keep (the opposite of Wan image-to-video). Settings are the official one
 UniPC; 20-30 steps are a quicker preview."""
 
 
-def common(wf: Workflow, prompt: str) -> dict[str, Node]:
-    """Model, VAE and text nodes every example shares."""
+def common(wf: Workflow, prompt: str | None) -> dict[str, Node]:
+    """Model, VAE and text nodes every example shares (no positive prompt node when `prompt` is None)."""
     clip = wf.add("CLIPLoader", models=[MODELS["text"]], clip_name=TEXT_ENCODER_NAME, type="wan")
-    return {
-        "model": wf.add("VACEModelLoader", models=[MODELS["dit"]], model_name=DIT_NAME),
-        "vae": wf.add("VACEVAELoader", models=[MODELS["vae"]], vae_name=VAE_NAME),
-        "positive": wf.add("CLIPTextEncode", title="Positive Prompt", text=prompt, clip=clip),
-        "negative": wf.add("CLIPTextEncode", title="Negative Prompt", text=NEGATIVE, clip=clip),
-    }
+    base = {"clip": clip, "model": wf.add("VACEModelLoader", models=[MODELS["dit"]], model_name=DIT_NAME),
+            "vae": wf.add("VACEVAELoader", models=[MODELS["vae"]], vae_name=VAE_NAME)}
+    if prompt is not None:
+        base["positive"] = wf.add("CLIPTextEncode", title="Positive Prompt", text=prompt, clip=clip)
+    base["negative"] = wf.add("CLIPTextEncode", title="Negative Prompt", text=NEGATIVE, clip=clip)
+    return base
 
 
 def finish(wf: Workflow, base: dict, vcu: Node, name: str, fps: Node | tuple | None = None,
@@ -207,12 +207,69 @@ def move_anything(wf: Workflow):
     finish(wf, base, vcu, "move_anything")
 
 
+CATS = "boxing_cats_720p_81f.mp4"  # 1280x720, 81 frames: two cats boxing (VideoGrain-style multi-instance edit)
+REGIONAL_NOTE = ("**Regional prompts** (VideoGrain's space-time layout attention): each region's prompt steers only "
+                 "its masked pixels (cross-attention) and the regions' features stay apart (self-attention) during "
+                 "the first 30% of the steps. Write each region's prompt word for word inside the global prompt. "
+                 "Regional Prompts' `positive` goes to the sampler's positive, `regions` to its regions input. "
+                 "{what}")
+
+
+def regional_prompts(wf: Workflow, base: dict, prompt: str, regions: list, background: str = "") -> tuple:
+    """Regional Prompts over (prompt, mask) pairs: sets base's positive, returns the REGIONS output."""
+    inputs = {f"{key}_{i}": value for i, (text, mask) in enumerate(regions, 1)
+              for key, value in (("prompt", text), ("mask", mask))}
+    node = wf.add("VACERegionalPrompts", clip=base["clip"], prompt=prompt, background_prompt=background, **inputs)
+    base["positive"] = (node, 0)
+    return node, 1
+
+
+def regional_boxing_cats(wf: Workflow):
+    wf.note("Multi-instance edit", REGIONAL_NOTE.format(
+        what="Here SAM2 masks each cat from one click (x,y in the input video's pixels), the depth video keeps "
+             "the motion, and the prompts turn the left cat into a tiger, the right one into a panda and the "
+             "ring into a snowy mountain top."))
+    base = common(wf, None)
+    parts = wf.add("GetVideoComponents", video=wf.add("LoadVideo", file=CATS))
+    frames, fps = (parts, 0), (parts, 2)
+    sam2 = {"models": [ANNOTATOR_MODELS["sam2"]], "frames": frames, "checkpoint": ANNOTATOR_MODELS["sam2"]["name"]}
+    left = wf.add("VACESAM2Masks", title="Left cat", points="260,380", **sam2)
+    right = wf.add("VACESAM2Masks", title="Right cat", points="960,420", **sam2)
+    depth = wf.add("VACEDepthAnnotator", models=[ANNOTATOR_MODELS["depth"]], frames=frames, backend="depth_anything_v2")
+    regions = regional_prompts(wf, base, "a tiger and a panda boxing on a snowy mountain top, cinematic light",
+                               [("a tiger", left), ("a panda", right)], "a snowy mountain top")
+    finish(wf, base, wf.add("VACEBuildVCU", frames=depth, **SIZE), "regional_boxing_cats", fps, regions=regions)
+
+
+def half_mask(wf: Workflow, side: str) -> Node:
+    """The left or right half of the frame, white, with native mask nodes."""
+    width, height = SIZE["width"], SIZE["height"]
+    half = wf.add("SolidMask", value=1.0, width=width // 2, height=height)
+    return wf.add("MaskComposite", destination=wf.add("SolidMask", value=0.0, width=width, height=height),
+                  source=half, x=0 if side == "left" else width // 2, y=0, operation="add")
+
+
+def regional_pose(wf: Workflow):
+    wf.note("Regional prompts + pose", REGIONAL_NOTE.format(
+        what="Here a pose video drives the motion and the frame is split in halves: an astronaut on the left, a "
+             "knight on the right. Masks can be any MASK: halves, boxes, SAM2 or person masks."))
+    base = common(wf, None)
+    frames, fps = load_clip(wf)
+    poses = wf.add("VACEPoseAnnotator", frames=frames, backend="mediapipe")
+    halves = [("an astronaut in a white suit", half_mask(wf, "left")),
+              ("a knight in silver armour", half_mask(wf, "right"))]
+    regions = regional_prompts(wf, base, "an astronaut in a white suit and a knight in silver armour dancing on a "
+                               "theatre stage", halves, "a theatre stage")
+    finish(wf, base, wf.add("VACEBuildVCU", frames=poses, **SIZE), "regional_pose", fps, regions=regions)
+
+
 EXAMPLES: dict[str, Callable[[Workflow], None]] = {
     "vace_t2v": t2v, "vace_r2v_two_references": r2v, "vace_depth": depth, "vace_pose": pose, "vace_flow": flow,
     "vace_gray_colourise": gray, "vace_scribble": scribble, "vace_inpaint_sam2": inpaint_sam2,
     "vace_outpaint": outpaint, "vace_temporal_extension": extension, "vace_first_last_frame": first_last,
     "vace_swap_anything": swap_anything, "vace_animate_anything": animate_anything,
-    "vace_move_anything": move_anything,
+    "vace_move_anything": move_anything, "vace_regional_boxing_cats": regional_boxing_cats,
+    "vace_regional_pose": regional_pose,
 }
 
 

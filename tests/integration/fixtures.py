@@ -92,6 +92,7 @@ def write_inputs(base: Path, height: int, width: int, frames: int) -> dict[str, 
     wide = photo("astronaut", height, width + 2 * frames)
     clip = pan(wide, frames, height, width)
     write_video(folder / "vace_example_clip.mp4", torch.from_numpy(clip).float() / 255, 16.0)
+    write_video(folder / "boxing_cats_720p_81f.mp4", torch.from_numpy(clip).float() / 255, 16.0)  # regional edit
     PIL.Image.fromarray(photo("coffee", height, width)).save(folder / "vace_example_reference.png")
     PIL.Image.fromarray(photo("chelsea", height, width)).save(folder / "vace_example_reference_2.png")
     PIL.Image.fromarray(clip[0]).save(folder / "vace_example_first.png")

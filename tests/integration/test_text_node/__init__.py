@@ -1,4 +1,5 @@
-"""Test-only ComfyUI nodes. VACETestTextEncode stands in for CLIPLoader (umt5, type wan) + CLIPTextEncode.
+"""Test-only ComfyUI nodes. VACETestTextEncode stands in for CLIPLoader (umt5, type wan) + CLIPTextEncode;
+VACETestCLIPLoader for CLIPLoader where a node takes the CLIP itself (Regional Prompts).
 
 No real umt5-xxl encoder (~6 GB) exists on a test machine, so the tests swap the text pair of each example
 workflow for this node. It returns what ComfyUI's Wan text encoder returns in shape and layout: CONDITIONING
@@ -35,6 +36,34 @@ class VACETestTextEncode:
         return ([[features(text), {}]],)
 
 
+class TestClip:
+    """The two methods of ComfyUI's CLIP that Regional Prompts uses, shaped as Wan's umT5 ones: tokenize ->
+    {"umt5xxl": [[(id, weight), ...]]} (one id per word, the end token 1, pads 0 up to 512; no start token),
+    encode_from_tokens -> (1, 512, 4096), zero after the end token. Features depend on the whole token list."""
+
+    def tokenize(self, text):
+        ids = [int.from_bytes(hashlib.sha256(w.encode()).digest()[:2], "little") + 2 for w in text.split()][:511]
+        ids = ids + [1] + [0] * (TEXT_LEN - len(ids) - 1)
+        return {"umt5xxl": [[(i, 1.0) for i in ids]]}
+
+    def encode_from_tokens(self, tokens):
+        ids = [t[0] for t in tokens["umt5xxl"][0] if t[0]]
+        return features(" ".join(map(str, ids)))
+
+
+class VACETestCLIPLoader:
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        return (TestClip(),)
+
+
 class VACETestSigmas:
     """Our sampler's sigmas (the official Wan grid) as SIGMAS, so native SamplerCustom can run the same grid."""
 
@@ -53,6 +82,8 @@ class VACETestSigmas:
         return (flow_sigmas(steps, shift, "wan").float(),)
 
 
-NODE_CLASS_MAPPINGS = {"VACETestTextEncode": VACETestTextEncode, "VACETestSigmas": VACETestSigmas}
+NODE_CLASS_MAPPINGS = {"VACETestTextEncode": VACETestTextEncode, "VACETestSigmas": VACETestSigmas,
+                       "VACETestCLIPLoader": VACETestCLIPLoader}
 NODE_DISPLAY_NAME_MAPPINGS = {"VACETestTextEncode": "VACE Test Text Encode (tests only)",
-                              "VACETestSigmas": "VACE Test Sigmas (tests only)"}
+                              "VACETestSigmas": "VACE Test Sigmas (tests only)",
+                              "VACETestCLIPLoader": "VACE Test CLIP Loader (tests only)"}
