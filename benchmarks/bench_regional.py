@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_regional.py step    # one CFG step (batch 2) of bench_transformer's config
 
 `layer`: dim 1536, 12 heads, 32,760 tokens (21 x 30 x 52), batch 1, random weights, on the CPU: the peak
-extra memory of the modulated layer, the chunk it chose, and the L x L score matrix it never builds.
+extra memory of one call of the modulated layer, the chunk it chose, and the L x L score matrix it never builds
+(--with-plain: the unmodulated layer too, in its own process).
 `step`: a whole DiT forward with batch 2 (positive + negative, as a CFG step) on bench_transformer.py's default
 config (dim 512, 8 layers, 4 context blocks, latent 6x32x56), self- and cross-attention of every main block
 modulated (two regions, left/right) against the same forward unmodulated.
@@ -55,7 +56,7 @@ def run_layer(impl: str, args) -> dict:
     def fn():
         with torch.no_grad():
             return layer(x, rope=rope, bias=bias)
-    result = measure(fn, repeats=1)
+    result = measure(fn, repeats=1, warmup=False)  # minutes per call on a CPU: one call
     length = x.shape[1]
     result["tokens"] = length
     result["lxl_mib"] = heads * length * length * 4 / 2**20
@@ -100,17 +101,21 @@ def main():
     p.add_argument("what", choices=("layer", "step"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk", type=int, help="query rows per chunk (default: from free memory)")
+    p.add_argument("--with-plain", action="store_true", help="layer: also run the unmodulated layer (minutes more)")
     p.add_argument("--impl", choices=("plain", "regional"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    rows = side_by_side(__file__, args, run_layer if args.what == "layer" else run_step, impls=("plain", "regional"))
-    plain, regional = rows["plain"], rows["regional"]
-    print(f"{args.what}: {plain['tokens']} tokens, {args.threads} threads")
+    impls = ("plain", "regional") if args.what == "step" or args.with_plain else ("regional",)
+    rows = side_by_side(__file__, args, run_layer if args.what == "layer" else run_step, impls=impls)
+    print(f"{args.what}: {rows['regional']['tokens']} tokens, {args.threads} threads")
     print(f"{'':10}{'seconds':>10}{'peak MiB':>10}")
     for impl, r in rows.items():
         print(f"{impl:10}{r['seconds']:10.3f}{r['peak_mib']:10.1f}")
-    print(f"ratio regional/plain: time {regional['seconds'] / plain['seconds']:.2f}, "
-          f"peak memory {regional['peak_mib'] / max(plain['peak_mib'], 1e-9):.2f}")
+    if "plain" in rows:
+        plain, regional = rows["plain"], rows["regional"]
+        print(f"ratio regional/plain: time {regional['seconds'] / plain['seconds']:.2f}, "
+              f"peak memory {regional['peak_mib'] / max(plain['peak_mib'], 1e-9):.2f}")
     if args.what == "layer":
+        regional = rows["regional"]
         print(f"chunk {regional['chunk']} query rows; the L x L scores it never builds: {regional['lxl_mib']:.0f} MiB "
               "(12 heads, fp32, batch 1)")
 

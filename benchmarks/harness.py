@@ -22,9 +22,11 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure(fn, repeats: int = 3) -> dict:
-    """Runs fn once to warm up, then `repeats` times: median seconds and the call's peak extra memory."""
-    fn()
+def measure(fn, repeats: int = 3, warmup: bool = True) -> dict:
+    """Runs fn once to warm up (unless told not to: calls of minutes), then `repeats` times: median seconds and
+    the call's peak extra memory."""
+    if warmup:
+        fn()
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()

@@ -221,6 +221,29 @@ def inpaint(masks: dict, frames: int = FRAMES):
     return edit
 
 
+def regional(wire_positive: bool = True, **inputs):
+    """Regional Prompts (one region over the left half) on the T2V graph, through the test CLIP."""
+    def edit(prompt: dict) -> dict:
+        prompt["tclip"] = {"class_type": "VACETestCLIPLoader", "inputs": {}}
+        prompt["left"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": W // 2, "height": H}}
+        prompt["half"] = {"class_type": "MaskComposite", "inputs": {
+            "destination": ["empty", 0], "source": ["left", 0], "x": 0, "y": 0, "operation": "add"}}
+        prompt["empty"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": W, "height": H}}
+        prompt["regions"] = {"class_type": "VACERegionalPrompts", "inputs": {
+            "clip": ["tclip", 0], "prompt": "a fox and a hare in the snow", "prompt_1": "a fox", "mask_1": ["half", 0],
+            "background_prompt": "the snow", "self_strength": 0.3, "cross_strength": 1.0, "end": 1.0,
+            "context_blocks": True, "soft_edges": False, **inputs}}
+        prompt["sample"]["inputs"]["regions"] = ["regions", 1]
+        if wire_positive:
+            prompt["sample"]["inputs"]["positive"] = ["regions", 0]
+        return prompt
+    return edit
+
+
+def test_regional_prompts_run_through_the_api(comfy):
+    assert_success(comfy, comfy.run(regional()(t2v_prompt(seed=11)), timeout=120))
+
+
 EMPTY_MASK = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": W, "height": H}}
 HALF_SIZE_MASKS = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": W // 2, "height": H // 2}}
 # (graph edit, where it fails: "validation" (/prompt refuses it) or the node type, the exception, a phrase of
@@ -237,6 +260,10 @@ BAD_INPUTS = {
     "fewer frames than the length": (inpaint({"class_type": "SolidMask", "inputs": {
         "value": 1.0, "width": W, "height": H}}, frames=3), "VACEBuildVCU", "VaceError", "has 3 frames but 9"),
     "empty masks": (inpaint(EMPTY_MASK), "VACEBuildVCU", "VaceError", "masks are empty"),
+    "regional positive not wired": (regional(wire_positive=False), "VACESampler", "VaceError",
+                                    "not the regional prompts' text"),
+    "region mask without a prompt": (regional(prompt_1=""), "VACERegionalPrompts", "VaceError",
+                                     "has a mask but no prompt"),
 }
 
 

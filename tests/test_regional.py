@@ -63,6 +63,26 @@ def test_chunked_equals_videograin_dense(name, chunk):
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("grid", [(3, 2, 5), (2, 3, 2)])
+def test_layout_biases_equal_videograin_dense_on_non_square_grids(grid):
+    """Self and cross modulation built from real masks (a region present only in later frames, a background
+    prompt) on non-square token grids, batch 2 (CFG: cross modulated in row 0 only), against the dense formula."""
+    t, h, w = grid
+    masks = torch.zeros(2, (t - 1) * 4 + 1, h * 16, w * 16)
+    masks[0, :, :, : w * 8] = 1
+    masks[1, 3:, : h * 8, w * 8:] = 1
+    layout = regions_for(masks, strength=1.5, background="a road").layout(grid)
+    biases = layout.biases(950.0, 0, 10, 2)
+    a, length = layout.membership, t * h * w
+    for name, keys, same in (("self_bias", length, a @ a.T), ("cross_bias", 512, a @ layout.text_groups.T)):
+        q, k, v = qkv(2, length, keys, seed=keys)
+        bias = biases[name]
+        bias.chunk = 7
+        ref = videograin_dense(q, k, v, same, bias.weight.expand(2, -1))
+        torch.testing.assert_close(bias.attend(q, k, v).double(), ref, rtol=1e-5, atol=1e-6)
+    assert set(torch.unique(a @ a.T).tolist()) == {0.0, 1.0}
+
+
 def test_soft_membership_is_the_linear_form():
     """Soft edges: s' = (1 − w)s + w·mn + w·(mx − mn)·R with R = A_q A_kᵀ in [0, 1] (the seed's two lines
     applied at once; for binary R they are the seed's formula)."""
