@@ -89,7 +89,7 @@ def run_step(impl: str, args) -> dict:
     def fn():
         with torch.no_grad():
             return model(x, t, text, [vcu], [1.0], **bias)
-    result = measure(fn)
+    result = measure(fn, repeats=args.repeats)
     result["tokens"] = grid[0] * grid[1] * grid[2]
     return result
 
@@ -101,6 +101,7 @@ def main():
     p.add_argument("what", choices=("layer", "step"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk", type=int, help="query rows per chunk (default: from free memory)")
+    p.add_argument("--repeats", type=int, default=3, help="step: timed forwards after the warm-up (median)")
     p.add_argument("--with-plain", action="store_true", help="layer: also run the unmodulated layer (minutes more)")
     p.add_argument("--impl", choices=("plain", "regional"), help=argparse.SUPPRESS)
     args = p.parse_args()
