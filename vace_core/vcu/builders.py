@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import VaceError
-from .pixels import letterbox, resize_cover, to_masks, to_video
+from .pixels import letterbox, resize_cover, resize_masks, to_masks, to_video
 from .unit import VCU, fit_length, fit_size
 
 
@@ -49,7 +49,7 @@ def inpaint(video: Tensor, masks: Tensor, height: int | None = None, width: int 
                         "generated: white (1) marks what to generate. A mask loaded from an image's alpha "
                         "channel is empty when the image has none (in ComfyUI: Load Image (as Mask), channel red).")
     frames = _fit(frames, height, width, length)
-    masks = (resize_cover(masks[None], frames.shape[2:], nearest=True)[0][: frames.shape[1]] > 0.5).float()
+    masks = resize_masks(masks[: frames.shape[1]], frames.shape[2:])
     return VCU(frames * (1 - masks), masks, kind="repaint")
 
 
@@ -65,7 +65,7 @@ def outpaint(video: Tensor, left: float = 0, right: float = 0, top: float = 0, b
     canvas = torch.nn.functional.pad(frames, pad)  # gray (0) outside
     masks = torch.nn.functional.pad(torch.zeros(t, h, w), pad, value=1.0)
     canvas = _fit(canvas, height, width, length)
-    masks = (resize_cover(masks[None], canvas.shape[2:])[0][: canvas.shape[1]] > 0.5).float()
+    masks = resize_masks(masks[: canvas.shape[1]], canvas.shape[2:])
     return VCU(canvas * (1 - masks), masks, kind="repaint")
 
 
