@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..vace_core import vcu as V
 from ..vace_core.errors import VaceError
+from .guard import BinaryMaskInput
 from .types import CATEGORY, VCU
 
 SIZE = {"min": 16, "max": 4096, "step": 16}
@@ -38,8 +39,9 @@ class BuildVCU(io.ComfyNode):
                 *size_inputs(),
                 io.Image.Input("frames", optional=True,
                                tooltip="A control video or the video to edit; centre-cropped and resized to the size."),
-                io.Mask.Input("masks", optional=True,
-                              tooltip="White (1) = generate, black (0) = keep. One mask for all frames or one each."),
+                BinaryMaskInput("masks", optional=True,
+                                tooltip="White (1) = generate, black (0) = keep (binary: values > 0.5 generate). "
+                                        "One mask for all frames or one each."),
                 io.Image.Input("references", optional=True,
                                tooltip="Reference images (a batch: one per reference) for subject / style / scene."),
                 io.Combo.Input("reference_mode", options=["letterbox", "crop"], default="letterbox",

@@ -58,9 +58,11 @@ class RAFTFlow(FlowAnnotator):
     The pack itself never needs torchvision: without it this backend says so and DIS remains.
     """
 
+    WEIGHT = "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
+
     def __init__(
         self,
-        weight: str = "raft_large_C_T_SKHT_V2-ff5fadd5.pth",
+        weight: str = WEIGHT,
         search_dirs=(),
         device=None,
         iters: int = 20,

@@ -26,6 +26,14 @@ FOLDER_FILES = (
 PICKLE_WRAPPERS = ("state_dict", "model", "module", "ema")
 
 
+def check_finite(key: str, value: Tensor) -> None:
+    """Refuses a tensor holding NaN or inf: one float32 sum (NaN and inf survive a sum), cheaper than an
+    isfinite mask, done while the tensor is being copied anyway."""
+    if value.is_floating_point() and not torch.isfinite(torch.sum(value, dtype=torch.float32)):
+        raise VaceError(f"the checkpoint's tensor {key} holds NaN or infinite values: the file is damaged (or was "
+                        "saved from a diverged training run). Download it again.")
+
+
 def read_file(path: Path) -> dict[str, Tensor]:
     """One weights file -> {key: tensor} on the CPU. Corrupt or truncated files raise a VaceError naming it."""
     if not path.is_file():
