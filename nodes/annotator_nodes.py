@@ -243,6 +243,12 @@ class SAM2Masks(io.ComfyNode):
         boxes = _numbers(box, 4, "box")
         if not (pos or boxes):
             raise AnnotatorError("SAM2 Video Masks needs points on the object or a box around it")
+        _, height, width, _ = frames.shape
+        outside = [p for p in [*pos, *neg] if not (0 <= p[0] < width and 0 <= p[1] < height)]
+        outside += [b for b in boxes if not (0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height)]
+        if outside:
+            raise AnnotatorError(f"SAM2 points / box {outside} lie outside the {width}x{height} frame (x, y in pixels "
+                                 "from the top-left corner; boxes x1 < x2, y1 < y2)")
         prompt = Prompt(frame=frame, points=[*pos, *neg], labels=[1] * len(pos) + [0] * len(neg),
                         box=boxes[0] if boxes else None)
         return io.NodeOutput(_model("sam2", checkpoint).segment(frames, [prompt]))
@@ -287,8 +293,12 @@ def composite_mask(op: str, a, b=None, amount: int = 8, start: int = 0, end: int
     if op in ("union", "intersect", "subtract"):
         return _combine(op, a, b)
     if op == "frame_range":  # the mask only on frames [start, end], zero elsewhere
+        last = a.shape[0] - 1 if end == -1 else end
+        if not 0 <= start <= last < a.shape[0]:
+            raise AnnotatorError(f"frame_range {start}..{end} selects no frames of the {a.shape[0]}-frame mask: give "
+                                 f"0 <= start <= end < {a.shape[0]} (end -1 = the last frame)")
         keep = torch.zeros(a.shape[0], 1, 1)
-        keep[start: (end % a.shape[0]) + 1] = 1
+        keep[start: last + 1] = 1
         return a * keep
     return {"invert": lambda: ops.invert(a), "grow": lambda: ops.expand(a, amount),
             "shrink": lambda: ops.expand(a, -amount), "feather": lambda: ops.feather(a, amount),

@@ -19,7 +19,8 @@ from ..vace_core.errors import VaceError
 
 def _inside_folder(kind: str, path: str) -> bool:
     real = os.path.realpath(path)
-    return any(real.startswith(os.path.join(os.path.realpath(root), "")) for root in folder_paths.get_folder_paths(kind))
+    roots = folder_paths.get_folder_paths(kind)
+    return any(real.startswith(os.path.join(os.path.realpath(root), "")) for root in roots)
 
 
 def _listed(kind: str) -> list[str]:

@@ -64,7 +64,8 @@ def _pixels_problem(inp, x: torch.Tensor) -> str | None:
     low, high = (float(v) for v in torch.aminmax(x.float()))
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         hint = " They look like 0..255 values: divide by 255." if high > 2 else ""
-        return f"{inp.id}: {what} values run from {low:.4g} to {high:.4g}, but ComfyUI's {inp.get_io_type()} is 0..1.{hint}"
+        kind = inp.get_io_type()
+        return f"{inp.id}: {what} values run from {low:.4g} to {high:.4g}, but ComfyUI's {kind} is 0..1.{hint}"
     if isinstance(inp, BinaryMaskInput):
         ambiguous = float(((x > AMBIGUOUS[0]) & (x < AMBIGUOUS[1])).float().mean())
         if ambiguous > MAX_AMBIGUOUS:

@@ -95,8 +95,8 @@ def composite(video: Tensor, vcu: VCU, feather: int = 0) -> Tensor:
     pixels of soft edge reach into the kept side, so seams blend. video (3, T, H, W) in [-1, 1]."""
     if video.shape[1:] != vcu.frames.shape[1:]:
         raise VaceError(f"cannot paste the VCU's kept pixels back: the video is {video.shape[1]} frames at "
-                        f"{video.shape[2]}x{video.shape[3]}, the VCU {vcu.length} frames at {vcu.size[0]}x{vcu.size[1]}. "
-                        "Connect the VCU this latent was sampled from.")
+                        f"{video.shape[2]}x{video.shape[3]}, the VCU {vcu.length} frames at "
+                        f"{vcu.size[0]}x{vcu.size[1]}. Connect the VCU this latent was sampled from.")
     weight = vcu.masks.to(video)  # 1 = take the generated pixel
     if feather > 0:
         soft = F.avg_pool2d(weight[:, None], 2 * feather + 1, stride=1, padding=feather, count_include_pad=False)
