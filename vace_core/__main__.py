@@ -7,6 +7,8 @@ import sys
 import torch
 
 from .errors import VaceError
+from .outputs import check_writable
+from .video_io import WRITE_EXTS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -18,11 +20,40 @@ def _demo(args):
     main(args.out, args.checkpoints)
 
 
+def _device(name: str | None) -> torch.device:
+    """--device checked before anything loads."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VaceError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise VaceError(f"--device {name!r}: VACE runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VaceError(f"--device {name}: this PyTorch sees no CUDA GPU (a CPU-only build, or no driver); "
+                        "use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise VaceError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+                        f"cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+def _check_model_files(args):
+    """The embedded tiny defaults only fit each other: the user's files come as a set."""
+    given = {"--model": args.model, "--vae": args.vae, "--text-encoder": args.text_encoder}
+    missing = [flag for flag, value in given.items() if not value]
+    if missing and len(missing) < len(given):
+        raise VaceError(f"{' and '.join(missing)} missing: with your own model files give --model, --vae and "
+                        "--text-encoder together (e.g. --text-encoder umt5_xxl_fp8_e4m3fn_scaled.safetensors); "
+                        "the embedded tiny defaults only work with each other")
+
+
 def _models(args):
-    """The user's files, or the embedded tiny default for what is not given."""
+    """The user's files, or the embedded tiny default for all three."""
     from .embedded import tiny_model, tiny_vae
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     if args.model:
         from .checkpoints import load_vace_model
 
@@ -43,10 +74,8 @@ def _models(args):
         from .text import tiny_text_encoder
 
         text = tiny_text_encoder()
-    if not (args.model and args.vae and args.text_encoder):
-        print("using the embedded tiny default for the "
-              + ", ".join(n for n, given in (("model", args.model), ("VAE", args.vae),
-                                             ("text encoder", args.text_encoder)) if not given))
+    if not args.model:
+        print("using the embedded tiny default model, VAE and text encoder (random weights: a demo, not a video)")
     return model, vae, text
 
 
@@ -59,6 +88,8 @@ def _run(args):
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
                         length=args.length)
     settings = SamplerSettings(args.steps, args.cfg, args.shift, args.sampler, "wan", args.seed)
+    check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
+    _check_model_files(args)
     model, vae, text = _models(args)
     unit, _ = run(inputs, model, vae, text, args.out, settings, feather=args.composite, tiling="auto")
     print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
@@ -76,6 +107,7 @@ def _info(args):
 def _convert(args):
     from .checkpoints import load_state_dict, merge_vace_module, save_checkpoint
 
+    check_writable(args.dst)
     state_dict = load_state_dict(args.src)
     if args.base:
         state_dict = merge_vace_module(load_state_dict(args.base), state_dict)
@@ -143,6 +175,8 @@ def main(argv=None):
         args.fn(args)
     except VaceError as e:  # a user's mistake: the message, not a traceback
         sys.exit(f"error: {e}")
+    except OSError as e:  # the machine's: unreadable files, a full disk...
+        sys.exit(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .errors import VaceError
+from .outputs import atomic_output
 
 DEFAULT_FPS = 16.0  # Wan's sampling rate; used for image folders and still images
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -182,10 +183,10 @@ def write_video(path: str | Path, frames: Tensor, fps: float):
     if not fps > 0:
         raise VaceError(f"fps must be positive, got {fps}")
     pixels = to_uint8(frames)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".mp4":
-        write_mp4(path, pixels[..., :3], fps)
-    elif suffix == ".gif":
-        write_animated_image(path, pixels[..., :3], fps)
-    else:
-        write_animated_image(path, pixels, fps)
+    with atomic_output(path) as temp:  # no partial file when the disk fills
+        if suffix == ".mp4":
+            write_mp4(temp, pixels[..., :3], fps)
+        elif suffix == ".gif":
+            write_animated_image(temp, pixels[..., :3], fps)
+        else:
+            write_animated_image(temp, pixels, fps)
