@@ -224,7 +224,7 @@ class SAM2Masks(io.ComfyNode):
             inputs=[
                 frames_input("The video to segment."),
                 FileInput("checkpoint", "sam2", fallback=("sam2.1_hiera_large.pt",),
-                               tooltip="A SAM2.1 checkpoint in models/sam2 (facebook/sam2.1-hiera-*)."),
+                          tooltip="A SAM2.1 checkpoint in models/sam2 (facebook/sam2.1-hiera-*)."),
                 io.Int.Input("frame", default=0, min=0, max=4096, tooltip="The frame the prompts are on."),
                 io.String.Input("points", default="",
                                 tooltip="Clicks on the object, 'x,y; x,y' in pixels."),

@@ -54,12 +54,12 @@ def resolve_weight(filename: str, kind: str = "annotators") -> str:
     """An annotator weight file (or model folder) in one of the layouts users have (`<file>`, VACE's
     `<task>/<file>`, comfyui_controlnet_aux's `ckpts/<repo>/<file>`), found among folder `kind`'s listed names.
     A folder (a transformers model) is found by its config.json."""
-    listed = set(_listed(kind))
+    listed = {name.replace(os.sep, "/"): name for name in _listed(kind)}  # ComfyUI lists with os.sep
     for rel in relative_candidates(filename):
         if rel in listed:
-            return resolve(kind, rel)
+            return resolve(kind, listed[rel])
         if f"{rel}/config.json" in listed:
-            return os.path.dirname(resolve(kind, f"{rel}/config.json"))
+            return os.path.dirname(resolve(kind, listed[f"{rel}/config.json"]))
     raise not_found(kind, filename)
 
 

@@ -45,11 +45,11 @@ class LoadVaceModel(io.ComfyNode):
                         "VACE module file merged onto its Wan2.1 T2V base. The shape is read from the weights.",
             inputs=[
                 FileInput("model_name", "diffusion_models",
-                               tooltip="wan2.1_vace_1.3B_fp16.safetensors, wan2.1_vace_14B_fp16.safetensors, an "
-                                       "fp8 / scaled fp8 variant, or a VACE module file (then choose its base)."),
+                          tooltip="wan2.1_vace_1.3B_fp16.safetensors, wan2.1_vace_14B_fp16.safetensors, an "
+                                  "fp8 / scaled fp8 variant, or a VACE module file (then choose its base)."),
                 FileInput("base_model", "diffusion_models", extra=(NO_BASE,), default=NO_BASE,
-                               tooltip="Only for a VACE module file (context blocks only): the Wan2.1 T2V base it "
-                                       "extends, e.g. wan2.1_t2v_14B_fp16.safetensors. An I2V base will not work."),
+                          tooltip="Only for a VACE module file (context blocks only): the Wan2.1 T2V base it "
+                                  "extends, e.g. wan2.1_t2v_14B_fp16.safetensors. An I2V base will not work."),
                 io.Combo.Input("weight_dtype", options=list(DTYPES), default="default",
                                tooltip="How weights are stored in memory. default keeps the file's dtype; fp8 "
                                        "halves the memory of fp16 (each layer is upcast when it runs)."),
@@ -86,7 +86,7 @@ class LoadVaceVAE(io.ComfyNode):
                         "models/vae for VCU encoding and tiled decoding.",
             inputs=[
                 FileInput("vae_name", "vae",
-                               tooltip="wan_2.1_vae.safetensors (ComfyUI) or Wan2.1_VAE.pth (official)."),
+                          tooltip="wan_2.1_vae.safetensors (ComfyUI) or Wan2.1_VAE.pth (official)."),
                 io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
                                tooltip="VAE precision. auto: ComfyUI's choice for the device (bf16 on recent "
                                        "GPUs, fp32 on CPU, where bf16 convolutions are slow)."),
