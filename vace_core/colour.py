@@ -92,13 +92,22 @@ def reinhard(frame: np.ndarray, anchor: ColourAnchor, mask: np.ndarray | None) -
     return from_lab((lab - chosen.mean(0)) * scale + anchor.lab_mean)
 
 
+def check_method(method: str):
+    """A clear error for an unknown method, or for mkl without its package (before any work is done)."""
+    if method not in METHODS:
+        raise VaceError(f"unknown colour matching method {method!r}: choose one of {', '.join(METHODS)}")
+    if method == "mkl":
+        try:
+            import color_matcher  # noqa: F401
+        except ImportError:
+            raise VaceError("colour matching 'mkl' needs the color-matcher package (GPL-3.0): pip install "
+                            "color-matcher (into ComfyUI's Python), or use 'reinhard'") from None
+
+
 def mkl(frame: np.ndarray, anchor: ColourAnchor, mask: np.ndarray | None) -> np.ndarray:
     """One frame (H, W, 3) -> the MKL map of its colour distribution onto the anchor's (color-matcher)."""
-    try:
-        from color_matcher import TransferMVGD
-    except ImportError:
-        raise VaceError("colour matching 'mkl' needs the color-matcher package (GPL-3.0): pip install "
-                        "color-matcher (into ComfyUI's Python), or use 'reinhard'") from None
+    from color_matcher import TransferMVGD
+
     chosen = _pixels(frame, mask)
     mapped = TransferMVGD(method="mkl").multivar_transfer(chosen[:, None].astype(np.float64),
                                                           anchor.pixels[:, None].astype(np.float64))[:, 0]
@@ -117,8 +126,7 @@ def match_colours(images: Tensor, anchor: ColourAnchor, method: str = "reinhard"
                   masks: Tensor | None = None) -> Tensor:
     """Each frame of `images` (T, H, W, 3) matched to the anchor, blended with the original by `strength`
     (0 = unchanged, 1 = fully matched); with `masks`, statistics and changes stay in the mask-1 area."""
-    if method not in MATCHERS:
-        raise VaceError(f"unknown colour matching method {method!r}: choose one of {', '.join(METHODS)}")
+    check_method(method)
     if not 0 <= strength <= 1:
         raise VaceError(f"colour matching strength must be from 0 (off) to 1 (full), got {strength}")
     rgb = _check_images(images)
