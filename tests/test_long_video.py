@@ -2,6 +2,8 @@
 pipeline.generate, carried frames, LVDM perturbation / latent replacement / unconditional guidance, fused
 windows, interruption and streaming, on the embedded tiny DiT and a tiny Wan VAE (16x16 frames, 1-2 steps)."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -56,7 +58,7 @@ def test_autoregressive_plans_match_hand_computed_tables(length, window, overlap
     assert all((len(w.positions) - 1) % 4 == 0 and len(w.positions) <= window for w in plan)  # 4n+1 windows
     written = [w.positions[k] for w in plan for k in w.output]
     assert sorted(written) == list(range(length))  # every frame written exactly once
-    for prev, w in zip(plan, plan[1:]):  # carried frames were written by the windows before
+    for prev, w in pairwise(plan):  # carried frames were written by the windows before
         assert w.kept == tuple(range(len(w.kept)))
         assert w.start + len(w.kept) == prev.start + prev.output[-1] + 1
 
@@ -71,7 +73,7 @@ def test_autoregressive_plans_match_hand_computed_tables(length, window, overlap
 def test_hierarchical_plans_match_hand_computed_tables(length, window, keyframes, keys):
     plan = L.hierarchical_plan(length, window, keyframes)
     assert list(plan[0].positions) == keys and plan[0].kept == ()
-    assert [(w.start, w.end - 1, w.kept) for w in plan[1:]] == [(a, b, (0, b - a)) for a, b in zip(keys, keys[1:])]
+    assert [(w.start, w.end - 1, w.kept) for w in plan[1:]] == [(a, b, (0, b - a)) for a, b in pairwise(keys)]
     assert all((len(w.positions) - 1) % 4 == 0 and len(w.positions) <= window for w in plan)
     written = [w.positions[k] for w in plan for k in w.output]
     assert sorted(written) == list(range(length))
@@ -107,7 +109,7 @@ def test_fused_spans_and_weights():
     for kind in L.FUSED_WEIGHTS:
         spans = L.fused_spans(30, 9, 3)
         total = torch.zeros(30, dtype=torch.float64)
-        for (a, b), w in zip(spans, L.fused_weights(spans, kind)):
+        for (a, b), w in zip(spans, L.fused_weights(spans, kind), strict=True):
             assert (w > 0).all()
             total[a:b] += w
         assert (total > 0).all()
@@ -213,7 +215,7 @@ class Linear(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.tensor(2.0))
 
     def forward(self, x, t, text, contexts, strengths):
-        ctx = sum(s * c[:, :16] for c, s in zip(contexts, strengths))
+        ctx = sum(s * c[:, :16] for c, s in zip(contexts, strengths, strict=True))
         return self.w * x + ctx + t[:, None, None, None, None] / 1000 + text.mean()
 
 

@@ -5,9 +5,11 @@ or a reference image), so colour drift cannot accumulate window after window.
   equal the anchor's (Reinhard et al. 2001, "Color transfer between images"), in CIELAB (OpenCV's
   conversion: L 0..100, a/b about -127..127).
 - "mkl": per frame, the Monge-Kantorovich linear map between the frame's and the anchor's RGB colour
-  distributions (mean + 3x3 covariance; Pitie and Kokaram 2007), from the `color-matcher` package (optional,
-  GPL-3.0: `pip install color-matcher`, which KJNodes users already have). It follows cross-channel
-  casts (a tint that is not per channel) better than Reinhard.
+  distributions (mean + 3x3 covariance; Pitie and Kokaram 2007, "The linear Monge-Kantorovitch linear colour
+  mapping"): T = S^-1/2 (S^1/2 R S^1/2)^1/2 S^-1/2, the map with the anchor's covariance R that moves colours
+  least. It follows cross-channel casts (a tint that is not per channel) better than Reinhard. It is KJNodes'
+  ColorMatch `mkl` (the `color-matcher` package), written here with numpy: that package is GPL-3.0 and
+  installs a top-level `tests` package into site-packages, which shadows this project's tests.
 
 Images are ComfyUI IMAGE tensors (T, H, W, 3) in 0..1; masks (T, H, W) in {0, 1} restrict statistics and
 changes to the generated (mask 1) area.
@@ -23,8 +25,8 @@ from torch import Tensor
 from .errors import VaceError
 
 METHODS = ("reinhard", "mkl")
-ANCHOR_SAMPLES = 1 << 18  # anchor pixels kept for MKL's covariance: plenty for a 3x3 matrix
 EPS = 1e-6
+MIN_VARIANCE = 1e-8
 
 
 def to_lab(images: np.ndarray) -> np.ndarray:
@@ -47,11 +49,12 @@ def _pixels(frame: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ColourAnchor:
-    """The anchor's colour statistics: LAB mean/std (Reinhard) and a sample of its RGB pixels (MKL)."""
+    """The anchor's colour statistics: LAB mean/std (Reinhard), RGB mean/covariance (MKL)."""
 
     lab_mean: np.ndarray  # (3,)
     lab_std: np.ndarray  # (3,)
-    pixels: np.ndarray  # (k, 3) RGB 0..1
+    rgb_mean: np.ndarray  # (3,)
+    rgb_cov: np.ndarray  # (3, 3)
 
     @classmethod
     def from_images(cls, images: Tensor, masks: Tensor | None = None) -> "ColourAnchor":
@@ -63,8 +66,7 @@ class ColourAnchor:
             raise VaceError("the colour anchor has no pixels (its mask is empty): give an anchor image or a mask "
                             "with a generated (white) area")
         lab = to_lab(chosen[:, None])[:, 0]
-        sample = chosen[:: max(1, len(chosen) // ANCHOR_SAMPLES)]
-        return cls(lab.mean(0), lab.std(0), sample)
+        return cls(lab.mean(0), lab.std(0), chosen.mean(0, dtype=np.float64), np.cov(chosen.T.astype(np.float64)))
 
 
 def _check_images(images: Tensor) -> np.ndarray:
@@ -92,28 +94,28 @@ def reinhard(frame: np.ndarray, anchor: ColourAnchor, mask: np.ndarray | None) -
     return from_lab((lab - chosen.mean(0)) * scale + anchor.lab_mean)
 
 
-def check_method(method: str):
-    """A clear error for an unknown method, or for mkl without its package (before any work is done)."""
-    if method not in METHODS:
-        raise VaceError(f"unknown colour matching method {method!r}: choose one of {', '.join(METHODS)}")
-    if method == "mkl":
-        try:
-            import color_matcher  # noqa: F401
-        except ImportError:
-            raise VaceError("colour matching 'mkl' needs the color-matcher package (GPL-3.0): pip install "
-                            "color-matcher (into ComfyUI's Python), or use 'reinhard'") from None
+def _sqrt_psd(matrix: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """The symmetric square root (or inverse square root) of a covariance matrix. The inverse floors the
+    variances at 1e-8 (a hundredth of one 8-bit level squared), so a flat frame is not blown up."""
+    values, vectors = np.linalg.eigh(matrix)
+    values = np.maximum(values, MIN_VARIANCE) ** -0.5 if inverse else np.maximum(values, 0) ** 0.5
+    return (vectors * values) @ vectors.T
+
+
+def mkl_map(cov: np.ndarray, target_cov: np.ndarray) -> np.ndarray:
+    """The Monge-Kantorovich linear map T (3, 3), symmetric: T cov T = target_cov."""
+    root, inverse_root = _sqrt_psd(cov), _sqrt_psd(cov, inverse=True)
+    return inverse_root @ _sqrt_psd(root @ target_cov @ root) @ inverse_root
 
 
 def mkl(frame: np.ndarray, anchor: ColourAnchor, mask: np.ndarray | None) -> np.ndarray:
-    """One frame (H, W, 3) -> the MKL map of its colour distribution onto the anchor's (color-matcher)."""
-    from color_matcher import TransferMVGD
-
-    chosen = _pixels(frame, mask)
-    mapped = TransferMVGD(method="mkl").multivar_transfer(chosen[:, None].astype(np.float64),
-                                                          anchor.pixels[:, None].astype(np.float64))[:, 0]
+    """One frame (H, W, 3) -> its RGB colour distribution mapped onto the anchor's (mean and covariance)."""
+    chosen = _pixels(frame, mask).astype(np.float64)
+    mean = chosen.mean(0)
+    mapped = (chosen - mean) @ mkl_map(np.cov(chosen.T), anchor.rgb_cov) + anchor.rgb_mean
     out = frame.copy()
     if mask is None:
-        out = mapped.reshape(frame.shape)
+        out = mapped.reshape(frame.shape).astype(frame.dtype)
     else:
         out[mask > 0.5] = mapped
     return out.clip(0, 1)
@@ -126,7 +128,8 @@ def match_colours(images: Tensor, anchor: ColourAnchor, method: str = "reinhard"
                   masks: Tensor | None = None) -> Tensor:
     """Each frame of `images` (T, H, W, 3) matched to the anchor, blended with the original by `strength`
     (0 = unchanged, 1 = fully matched); with `masks`, statistics and changes stay in the mask-1 area."""
-    check_method(method)
+    if method not in MATCHERS:
+        raise VaceError(f"unknown colour matching method {method!r}: choose one of {', '.join(METHODS)}")
     if not 0 <= strength <= 1:
         raise VaceError(f"colour matching strength must be from 0 (off) to 1 (full), got {strength}")
     rgb = _check_images(images)

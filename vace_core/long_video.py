@@ -35,7 +35,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
-from .colour import ColourAnchor, check_method, match_colours
+from .colour import METHODS, ColourAnchor, match_colours
 from .errors import VaceError
 from .pipeline import SamplerSettings, composite, decode, encode_contexts, sample_latent
 from .sampling import SamplingInterrupted, make_noise
@@ -86,8 +86,8 @@ class LongVideoSettings:
             raise VaceError(f"carry_guidance is a weight >= 0 (0 = off), got {self.carry_guidance}")
         if self.fused_weights not in FUSED_WEIGHTS:
             raise VaceError(f"fused weights {self.fused_weights!r}: choose one of {', '.join(FUSED_WEIGHTS)}")
-        if self.colour_strength:
-            check_method(self.colour_method)
+        if self.colour_method not in METHODS:
+            raise VaceError(f"colour method {self.colour_method!r}: choose one of {', '.join(METHODS)}")
         if not 0 <= self.colour_strength <= 1:
             raise VaceError(f"colour_strength is from 0 (off) to 1 (full), got {self.colour_strength}")
 
