@@ -209,8 +209,8 @@ def move_anything(wf: Workflow):
 
 LONG_NOTE = ("**Long video**: the VCU is longer than one window, so the **VACE Long Video Sampler** makes it "
              "window by window and decodes inside (IMAGE out). Recommended: window 81 (what VACE was trained on), "
-             "overlap 5, perturbation 0.02, colour anchoring reinhard at 1.0 (mkl for tints that mix "
-             "channels). Each extra window costs about one more 81-frame run. Cancel keeps the finished "
+             "overlap 5, perturbation 0.02, colour anchoring at 1.0 (mkl removes tints best; reinhard "
+             "matches LAB mean/std). Each extra window costs about one more 81-frame run. Cancel keeps the finished "
              "windows.")
 
 
@@ -230,7 +230,7 @@ def long_extension(wf: Workflow):
     frames, fps = load_clip(wf)
     clip = wf.add("ImageFromBatch", image=frames, batch_index=0, length=17)
     vcu = wf.add("VACEFramePlacement", images=clip, placement="extend_after", width=832, height=480, length=241)
-    long_video(wf, base, vcu, "long_extension", fps, colour_anchor=clip, paste_kept=True)
+    long_video(wf, base, vcu, "long_extension", fps, colour_anchor=clip, colour_method="mkl", paste_kept=True)
 
 
 def long_pose(wf: Workflow):
@@ -242,7 +242,7 @@ def long_pose(wf: Workflow):
     chained = wf.add("RepeatImageBatch", image=frames, amount=2)
     poses = wf.add("VACEPoseAnnotator", frames=chained, backend="mediapipe")
     vcu = wf.add("VACEBuildVCU", frames=poses, width=832, height=480, length=161)
-    long_video(wf, base, vcu, "long_pose", fps, replace_latents=True)
+    long_video(wf, base, vcu, "long_pose", fps, replace_latents=True, colour_method="mkl")
 
 
 def long_hierarchical(wf: Workflow):
