@@ -61,6 +61,8 @@ def progress(windows: int, steps: int, device, references: int, node_id):
     return callback
 
 
+METHOD_TOOLTIP = ("Colour matching, per frame: reinhard matches LAB mean/std; mkl matches the full RGB colour "
+                  "covariance (KJNodes' mkl) and removes tints that mix channels better.")
 LONG_INPUTS = [
     io.Combo.Input("mode", options=list(MODES), default="autoregressive",
                    tooltip="autoregressive: each window continues from the last frames of the one before (best "
@@ -94,9 +96,7 @@ LONG_INPUTS = [
                          "each gap within a window; more keyframes follow fast motion better."),
     io.Combo.Input("fused_weights", options=list(FUSED_WEIGHTS), default="linear",
                    tooltip="fused: how overlapping windows blend: linear ramps across the overlaps, or pyramids."),
-    io.Combo.Input("colour_method", options=list(METHODS), default="reinhard",
-                   tooltip="Colour anchoring: reinhard matches each frame's LAB mean/std to the anchor; mkl matches "
-                           "the full colour covariance (KJNodes' mkl), better for tints that mix channels."),
+    io.Combo.Input("colour_method", options=list(METHODS), default="reinhard", tooltip=METHOD_TOOLTIP),
     io.Float.Input("colour_strength", default=1.0, min=0.0, max=1.0, step=0.05,
                    tooltip="How fully each window's colours are matched to the anchor (0 = off). Removes colour and "
                            "exposure drift between windows; lower it when the scene's colours really change."),
@@ -171,9 +171,7 @@ class ColorMatch(io.ComfyNode):
                 io.Image.Input("images", tooltip="The frames to correct."),
                 io.Image.Input("anchor", tooltip="The colours to match: a reference image, or the first frames of "
                                                  "the video (every pixel of the batch counts)."),
-                io.Combo.Input("method", options=list(METHODS), default="reinhard",
-                               tooltip="reinhard: LAB mean/std per frame; mkl: full colour covariance (KJNodes' mkl), "
-                                       "better for tints that mix channels."),
+                io.Combo.Input("method", options=list(METHODS), default="reinhard", tooltip=METHOD_TOOLTIP),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="0 = unchanged, 1 = fully matched. Lower it when the scene's colours "
                                        "really change (matching would undo that too)."),

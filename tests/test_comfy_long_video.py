@@ -3,13 +3,13 @@ mode end to end over the API queue, colour anchoring to an image, bad settings a
 returning the finished windows while the graph goes on. Tiny checkpoints (tests/integration/fixtures.py),
 32x32 frames, 17-frame VCUs in 9-frame windows, one step."""
 
-import json
 import time
 
 import pytest
 
 from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
-from tests.integration.fixtures import DIT_NAME, VAE_NAME, write_inputs, write_models
+from tests.integration.fixtures import write_inputs, write_models
+from tests.test_comfy_integration import assert_success, t2v_prompt
 from vace_core.video_io import read_video
 
 RUNTIME = find_runtime()
@@ -36,28 +36,18 @@ def long_prompt(mode: str = "autoregressive", steps: int = 1, seed: int = 0, **o
                "window": WINDOW, "overlap": 5, "discard": 0, "perturbation": 0.02, "replace_latents": False,
                "carry_guidance": 0.0, "keyframes": 0, "fused_weights": "linear", "colour_method": "reinhard",
                "colour_strength": 1.0, "colour_masked": False, "paste_kept": False, "feather": 8, **options}
+    prompt = {k: v for k, v in t2v_prompt().items() if k not in ("sample", "decode", "save")}
+    prompt["vcu"]["inputs"].update(width=SIZE, height=SIZE, length=FRAMES)
     return {
-        "model": {"class_type": "VACEModelLoader", "inputs": {
-            "model_name": DIT_NAME, "base_model": "none (the file is a full VACE model)", "weight_dtype": "default",
-            "compute_dtype": "auto", "attention": "auto", "block_swap": 0}},
-        "vae": {"class_type": "VACEVAELoader", "inputs": {"vae_name": VAE_NAME, "dtype": "fp32"}},
-        "pos": {"class_type": "VACETestTextEncode", "inputs": {"text": "a fox in the snow"}},
-        "neg": {"class_type": "VACETestTextEncode", "inputs": {"text": "blurry"}},
-        "vcu": {"class_type": "VACEBuildVCU", "inputs": {"width": SIZE, "height": SIZE, "length": FRAMES,
-                                                          "reference_mode": "letterbox"}},
+        **prompt,
         "long": {"class_type": "VACELongVideoSampler", "inputs": sampler},
         "anchor": {"class_type": "LoadImage", "inputs": {"image": "vace_example_reference.png"}},
         "match": {"class_type": "VACEColorMatch", "inputs": {"images": ["long", 0], "anchor": ["anchor", 0],
-                                                             "method": "reinhard", "strength": 0.5}},
+                                                             "method": "mkl", "strength": 0.5}},
         "save": {"class_type": "SaveAnimatedWEBP", "inputs": {
             "images": ["match", 0], "filename_prefix": f"long_{mode}_{seed}", "fps": 16.0, "lossless": False,
             "quality": 80, "method": "fastest"}},
     }
-
-
-def assert_success(entry: dict):
-    events = messages(entry)
-    assert entry["status"]["status_str"] == "success", json.dumps(events.get("execution_error", events))[:3000]
 
 
 @pytest.mark.parametrize("mode, options", [
@@ -67,7 +57,7 @@ def assert_success(entry: dict):
 ])
 def test_each_mode_makes_the_whole_video(comfy, mode, options):
     entry = comfy.run(long_prompt(mode, **options), timeout=600)
-    assert_success(entry)
+    assert_success(comfy, entry)
     [video] = output_files(comfy.base_dir, entry)
     frames, _ = read_video(video)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and frames.std() > 0.01
@@ -92,7 +82,7 @@ def test_cancel_returns_the_finished_windows(comfy):
     assert time.monotonic() < deadline, comfy.log_tail()
     comfy.interrupt()
     entry = comfy.wait(prompt_id, timeout=300)
-    assert_success(entry)
+    assert_success(comfy, entry)
     assert "execution_interrupted" not in messages(entry)
     [video] = output_files(comfy.base_dir, entry)
     assert read_video(video)[0].shape[0] == WINDOW  # window 1's frames, nothing half-made
