@@ -8,6 +8,7 @@ import comfy.model_management as mm
 import comfy.utils
 import latent_preview
 from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
 from server import PromptServer
 
 from ..vace_core.colour import METHODS, ColourAnchor, match_colours
@@ -45,9 +46,11 @@ class Managed:
         return self.load().decode(latent.to(mm.vae_device()), tiling=tiling).to(mm.intermediate_device())
 
 
-def progress(windows: int, steps: int, device, references: int, node_id):
+def progress(windows: int, steps: int, device, references: int):
     """Window i of n, step j of m, with previews. An interrupt ends the run after the current step, keeping
     the finished windows (returning False stops vace_core's loop cleanly)."""
+    context = get_executing_context()
+    node_id = context.node_id if context is not None else None
     bar = comfy.utils.ProgressBar(windows * steps, node_id=node_id)
     previewer = latent_preview.get_previewer(device, comfy.latent_formats.Wan21())
 
@@ -122,7 +125,6 @@ class VaceLongVideoSampler(io.ComfyNode):
                         "decoded frames) and outputs the whole video as IMAGE. Cancel returns the finished windows.",
             inputs=[*VaceSampler.define_schema().inputs, *LONG_INPUTS],
             outputs=[io.Image.Output(display_name="images")],
-            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -146,7 +148,7 @@ class VaceLongVideoSampler(io.ComfyNode):
                 model, Managed(vace_vae), units, text_features(positive, "positive"),
                 text_features(negative, "negative"), stream_settings,
                 SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed), long,
-                progress(windows, steps, device, len(units[0].references), cls.hidden.unique_id), "auto",
+                progress(windows, steps, device, len(units[0].references)), "auto",
                 feather if paste_kept else None, device=device)
         finally:
             if offload_after:
