@@ -33,6 +33,19 @@ def stream_inputs(i: int):
     ]
 
 
+def context_streams(streams: dict) -> tuple[list, list[ContextStream]]:
+    """The stream inputs (vcu, strength, start, end; _2 and _3 suffixed) -> (VCUs, their ContextStreams)."""
+    units, settings_per_stream = [], []
+    for i in range(1, STREAMS + 1):
+        suffix = "" if i == 1 else f"_{i}"
+        if streams.get(f"vcu{suffix}") is not None:
+            units.append(streams[f"vcu{suffix}"])
+            # streams 2 and 3 are optional (API prompts may leave their settings out): ContextStream's defaults
+            given = {k: streams[f"{k}{suffix}"] for k in ("strength", "start", "end") if f"{k}{suffix}" in streams}
+            settings_per_stream.append(ContextStream(**given))
+    return units, settings_per_stream
+
+
 def text_features(conditioning, what: str, width: int) -> torch.Tensor:
     """CONDITIONING from CLIPTextEncode with a Wan (umt5) text encoder -> (1, L, 4096)."""
     if not conditioning:
@@ -94,14 +107,7 @@ class VaceSampler(io.ComfyNode):
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 **streams) -> io.NodeOutput:
-        units, settings_per_stream = [], []
-        for i in range(1, STREAMS + 1):
-            suffix = "" if i == 1 else f"_{i}"
-            if streams.get(f"vcu{suffix}") is not None:
-                units.append(streams[f"vcu{suffix}"])
-                # streams 2 and 3 are optional (API prompts may leave their settings out): ContextStream's defaults
-                given = {k: streams[f"{k}{suffix}"] for k in ("strength", "start", "end") if f"{k}{suffix}" in streams}
-                settings_per_stream.append(ContextStream(**given))
+        units, settings_per_stream = context_streams(streams)
         patcher = vace_model.patcher
         texts = [text_features(c, what, patcher.model.config.text_dim)
                  for c, what in ((positive, "positive"), (negative, "negative"))]

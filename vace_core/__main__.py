@@ -80,8 +80,10 @@ def _models(args):
 
 
 def _run(args):
+    from .long_video import LongVideoSettings
     from .pipeline import SamplerSettings
     from .tasks import TaskInputs, run
+    from .video_io import read_image
 
     inputs = TaskInputs(prompt=args.prompt, negative=args.negative, video=args.video, mask=args.mask,
                         outpaint=tuple(args.outpaint) if args.outpaint else None, extend_to=args.extend_to,
@@ -90,8 +92,13 @@ def _run(args):
     settings = SamplerSettings(args.steps, args.cfg, args.shift, args.sampler, "wan", args.seed)
     check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
     _check_model_files(args)
+    anchor = read_image(args.colour_anchor)[None, ..., :3] if args.colour_anchor else None
+    long = LongVideoSettings(args.window, args.overlap, args.discard, args.mode, args.perturbation,
+                             args.replace_latents, args.carry_guidance, args.keyframes, colour_method=args.colour,
+                             colour_strength=args.colour_strength, colour_anchor=anchor)
+    long.check()
     model, vae, text = _models(args)
-    unit, _ = run(inputs, model, vae, text, args.out, settings, feather=args.composite, tiling="auto")
+    unit, _ = run(inputs, model, vae, text, args.out, settings, feather=args.composite, tiling="auto", long=long)
     print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
 
 
@@ -117,6 +124,26 @@ def _convert(args):
     print(f"wrote {args.dst}")
 
 
+def _long_video_flags(run):
+    """Long video (vace_core/long_video.py): used when the VCU is longer than --window."""
+    from .colour import METHODS
+    from .long_video import MODES
+
+    g = run.add_argument_group("long video (a VCU longer than --window)")
+    g.add_argument("--window", type=int, default=81, help="frames per window, 4n+1 (VACE was trained on 81)")
+    g.add_argument("--overlap", type=int, default=5, help="frames each window carries over from the one before")
+    g.add_argument("--mode", choices=MODES, default="autoregressive",
+                   help="windows carrying the video forward, keyframes then interpolation, or fused windows")
+    g.add_argument("--discard", type=int, default=0, help="frames dropped from the end of each window but the last")
+    g.add_argument("--perturbation", type=float, default=0.02, help="noise level on the carried frames' context")
+    g.add_argument("--replace-latents", action="store_true", help="re-noise carried latents to each step's level")
+    g.add_argument("--carry-guidance", type=float, default=0.0, help="LVDM unconditional guidance weight (0 = off)")
+    g.add_argument("--keyframes", type=int, default=0, help="hierarchical: keyframes, 4n+1 (0 = automatic)")
+    g.add_argument("--colour", choices=METHODS, default="reinhard", help="colour anchoring method")
+    g.add_argument("--colour-strength", type=float, default=1.0, help="colour anchoring strength, 0 = off")
+    g.add_argument("--colour-anchor", help="image whose colours every window matches (default: the first window)")
+
+
 def _run_parser(sub):
     run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
     run.add_argument("--prompt", default="", help="what the video shows")
@@ -131,13 +158,14 @@ def _run_parser(sub):
     run.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
     run.add_argument("--width", type=int, default=832)
     run.add_argument("--height", type=int, default=480)
-    run.add_argument("--length", type=int, default=81, help="frames, 4n+1")
+    run.add_argument("--length", type=int, default=81, help="frames, 4n+1; longer than --window: long video")
     run.add_argument("--steps", type=int, default=50)
     run.add_argument("--cfg", type=float, default=5.0)
     run.add_argument("--shift", type=float, default=16.0)
     run.add_argument("--sampler", choices=["unipc", "euler", "dpmpp_2m"], default="unipc")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--composite", type=int, metavar="FEATHER", help="paste kept pixels back (feather in px)")
+    _long_video_flags(run)
     run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
     run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
     run.add_argument("--weight-dtype", choices=list(DTYPES), help="storage dtype (default: the file's)")

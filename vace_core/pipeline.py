@@ -54,12 +54,13 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None) -> Tensor:
+                  callback=None, device=None, model_input=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     streams: (strength, start, end) per context, default full strength over every step. Guidance runs the
     negative prompt in the same batch (with the same contexts, as the reference does); guidance 1 skips it.
-    callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
+    callback(step, total, x, x0_preview) may stop the run (see sampling.sample). model_input(x, sigma) -> x is
+    what the DiT sees at each step (the solver keeps its own x): long video re-noises carried-over latents there.
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
@@ -74,6 +75,8 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
 
     def denoise(x, sigma, step):
+        if model_input is not None:
+            x = model_input(x, sigma)
         t = torch.full((text.shape[0],), sigma_to_timestep(sigma, settings.schedule), device=device)
         active = [(c, s) for c, s in zip(contexts, context_strengths(streams, step, settings.steps), strict=True) if s]
         with torch.no_grad():
