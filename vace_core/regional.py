@@ -34,11 +34,11 @@ from einops import rearrange, repeat
 from torch import Tensor
 
 from .errors import VaceError
-from .vcu.pixels import resize_cover, to_masks
+from .vcu.pixels import resize_masks, to_masks
 
 TEXT_LEN = 512  # the DiT's text positions (it zero-pads the prompt to this)
 SELF_STRENGTH, CROSS_STRENGTH, END = 0.3, 1.0, 0.3  # VideoGrain's sreg, creg, and 15 of 50 steps
-TEMPORAL_STRIDE, TOKEN_STRIDE = 4, 16  # latent frames per video frame group; pixels per token (VAE 8 x patch 2)
+TEMPORAL_STRIDE, TOKEN_STRIDE = 4, 16  # video frames per latent frame (after frame 0); pixels per token (8 x 2)
 MAX_CHUNK = 4096
 Encoded = tuple[Sequence[int], Tensor]  # token ids ending with EOS, and their features (len(ids), D)
 
@@ -134,7 +134,7 @@ def token_membership(masks: Tensor, grid: tuple[int, int, int], references: int,
         raise VaceError(f"the region masks have {frames} frames but the video has {length}: give one mask per "
                         "frame, or a single mask for all frames")
     masks = masks[:, :length]  # like the VCU builders, the first frames of a longer clip
-    masks = resize_cover(masks.float(), (h * TOKEN_STRIDE, w * TOKEN_STRIDE), nearest=True)
+    masks = torch.stack([resize_masks(m, (h * TOKEN_STRIDE, w * TOKEN_STRIDE)) for m in masks.float()])
     onehot = F.one_hot(pixel_groups(masks), n + 1).float()  # (T, H, W, G)
     pooled = F.avg_pool2d(rearrange(onehot, "t h w g -> (t g) h w"), TOKEN_STRIDE)
     pooled = rearrange(pooled, "(t g) h w -> t h w g", g=n + 1)

@@ -16,9 +16,10 @@ import torch
 
 from . import vcu as V
 from .errors import VaceError
+from .long_video import LongVideoSettings, generate_long
 from .pipeline import SamplerSettings, composite, generate
 from .regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, encode_text
-from .video_io import read_image, read_video, write_video
+from .video_io import VideoStream, read_image, read_video, write_video
 
 log = logging.getLogger("vace")
 
@@ -92,8 +93,10 @@ def build_regions(inputs: TaskInputs, text_encoder) -> Regions:
 
 
 def run(inputs: TaskInputs, model, vae, text_encoder, out: str, settings: SamplerSettings | None = None,
-        feather: int | None = None, tiling=None) -> tuple[V.VCU, torch.Tensor]:
-    """Builds the VCU, samples, writes the video; returns (VCU, video (3, T, H, W) in [-1, 1])."""
+        feather: int | None = None, tiling=None, long: LongVideoSettings | None = None) -> tuple[V.VCU, torch.Tensor]:
+    """Builds the VCU, samples, writes the video; returns (VCU, video (3, T, H, W) in [-1, 1]). A VCU longer
+    than `long.window` (or long.mode "fused") goes through vace_core.long_video, window by window, each
+    window's frames streamed to the file as they are final."""
     settings = settings or SamplerSettings()
     unit, fps = build_vcu(inputs)
     regions = build_regions(inputs, text_encoder) if inputs.regions else None
@@ -101,8 +104,23 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str, settings: Sample
     negative = text_encoder.encode_negative(inputs.negative)
     log.info("VACE: %s VCU, %d frames at %dx%d, %d reference(s)", unit.kind, unit.length, *unit.size,
              len(unit.references))
+    if long is not None and (unit.length > long.window or long.mode == "fused"):
+        if regions is not None:
+            raise VaceError("--region works within one window: drop --window/--mode, or generate at most "
+                            f"{long.window} frames (regional prompts over long-video windows are not supported yet)")
+        return unit, _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long)
     video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling, regions=regions)
     if feather is not None:
         video = composite(video, unit, feather)
     write_video(out, V.to_images(video), fps)
     return unit, video
+
+
+def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long) -> torch.Tensor:
+    stream = VideoStream(out, fps)
+    try:
+        result = generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
+                               composite_feather=feather, on_frames=lambda frames: stream.write(V.to_images(frames)))
+    finally:
+        stream.close()
+    return result.video
