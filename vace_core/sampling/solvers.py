@@ -65,8 +65,8 @@ def _first_order(x: torch.Tensor, x0: torch.Tensor, s: float, t: float) -> tuple
 class DPMPP2M(FlowSolver):
     """DPM-Solver++(2M), midpoint: first order on the first step (no history) and on the last (sigma 0)."""
 
-    def __init__(self, sigmas):
-        super().__init__(sigmas)
+    def __init__(self, sigmas, generator=None):
+        super().__init__(sigmas, generator)
         self.prev_x0 = None
 
     def update(self, x, v):
@@ -88,8 +88,8 @@ class UniPC(FlowSolver):
     before the next predictor; the model output itself was taken at the uncorrected x.
     """
 
-    def __init__(self, sigmas):
-        super().__init__(sigmas)
+    def __init__(self, sigmas, generator=None):
+        super().__init__(sigmas, generator)
         self.x0s: list[torch.Tensor] = []  # the last two x0 predictions, oldest first
         self.prev_x = None  # the x the last predictor started from
         self.order = 1  # the last predictor's order
