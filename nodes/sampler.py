@@ -15,7 +15,7 @@ from . import memory
 from .types import CATEGORY, VCU, RegionsType, VaceModel, VaceVAE
 
 STREAMS = 3
-SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m"}
+SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m", "lcm": "lcm"}
 
 
 def stream_inputs(i: int):
@@ -95,7 +95,8 @@ class VaceSampler(io.ComfyNode):
                 io.Float.Input("shift", default=16.0, min=0.1, max=100.0, step=0.1,
                                tooltip="Sigma shift (official VACE: 16). Higher spends more steps on layout."),
                 io.Combo.Input("sampler", options=list(SOLVERS), default="unipc",
-                               tooltip="Flow-matching solver. unipc is the official one."),
+                               tooltip="Flow-matching solver. unipc is the official one; with a speed LoRA "
+                                       "(CausVid, lightx2v) euler or lcm at cfg 1 (README: Presets)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed: the same seed gives the same noise on every device."),
                 io.Boolean.Input("offload_after", default=False,

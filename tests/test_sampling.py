@@ -143,7 +143,7 @@ def test_solver_parity_with_diffusers(solver, steps, shift):
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("solver", sorted(set(SOLVERS) - {"lcm"}))  # LCM re-noises: tests/test_fast_sampling.py
 def test_exact_velocity_lands_on_x0(solver, schedule):
     """For one data point the exact flow is v = (x - x0) / sigma: every solver follows the straight line
     x = (1 - sigma) x0 + sigma noise and ends on x0."""

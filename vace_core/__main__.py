@@ -60,6 +60,7 @@ def _models(args):
         model = load_vace_model(args.model, args.base, storage_dtype=DTYPES.get(args.weight_dtype), device=device)
     else:
         model = tiny_model().to(device)
+    _apply_loras(model, args.lora)
     if args.vae:
         from .vae import load_vae
 
@@ -79,9 +80,44 @@ def _models(args):
     return model, vae, text
 
 
+def _lora_spec(spec: str) -> tuple[str, list[float]]:
+    """FILE[:STRENGTH[:CONTEXT_STRENGTH]] -> (FILE, strengths); a path may itself hold colons."""
+    parts, numbers = spec.split(":"), []
+    while len(parts) > 1 and len(numbers) < 2:
+        try:
+            numbers.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    return ":".join(parts), numbers
+
+
+def _apply_loras(model, specs):
+    """--lora, applied unmerged (fp8 weights keep their precision; nothing is copied)."""
+    from .lora import apply_lora
+
+    for spec in specs:
+        path, numbers = _lora_spec(spec)
+        strength, context = (numbers + [1.0])[0], (numbers[1] if len(numbers) == 2 else None)
+        print(apply_lora(model, path, strength, context, merge=False).report())
+
+
+def _settings(args):
+    """The sampler settings: explicit flags, else the preset's, else the official VACE ones."""
+    from .pipeline import SamplerSettings
+    from .sampling.presets import lora_strength, preset
+
+    chosen = preset(args.preset or "official")
+    values = {k: getattr(args, k) if getattr(args, k) is not None else getattr(chosen, v)
+              for k, v in (("steps", "steps"), ("cfg", "guidance"), ("shift", "shift"), ("sampler", "solver"))}
+    if args.preset and args.preset != "official":
+        print(f"preset {args.preset}: {values['steps']} steps, cfg {values['cfg']}, shift {values['shift']}, "
+              f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
+    return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed)
+
+
 def _run(args):
     from .long_video import LongVideoSettings
-    from .pipeline import SamplerSettings
     from .tasks import TaskInputs, run
     from .video_io import read_image
 
@@ -91,7 +127,7 @@ def _run(args):
                         length=args.length, regions=[tuple(r) for r in args.region],
                         background_prompt=args.background_prompt, region_strength=tuple(args.region_strength),
                         region_end=args.region_end)
-    settings = SamplerSettings(args.steps, args.cfg, args.shift, args.sampler, "wan", args.seed)
+    settings = _settings(args)
     check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
     _check_model_files(args)
     anchor = read_image(args.colour_anchor)[None, ..., :3] if args.colour_anchor else None
@@ -169,10 +205,14 @@ def _run_parser(sub):
     run.add_argument("--width", type=int, default=832)
     run.add_argument("--height", type=int, default=480)
     run.add_argument("--length", type=int, default=81, help="frames, 4n+1; longer than --window: long video")
-    run.add_argument("--steps", type=int, default=50)
-    run.add_argument("--cfg", type=float, default=5.0)
-    run.add_argument("--shift", type=float, default=16.0)
-    run.add_argument("--sampler", choices=["unipc", "euler", "dpmpp_2m"], default="unipc")
+    run.add_argument("--steps", type=int, help="default 50 (or the preset's)")
+    run.add_argument("--cfg", type=float, help="default 5 (or the preset's); 1 skips the negative pass")
+    run.add_argument("--shift", type=float, help="default 16 (or the preset's)")
+    run.add_argument("--sampler", choices=["unipc", "euler", "dpmpp_2m", "lcm"], help="default unipc (or the preset's)")
+    run.add_argument("--preset", choices=["official", "causvid", "lightx2v"],
+                     help="sampler settings for a speed LoRA (README: Presets); explicit flags win")
+    run.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:CONTEXT]]",
+                     help="a Wan2.1 LoRA (repeatable), e.g. causvid.safetensors:0.5")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--composite", type=int, metavar="FEATHER", help="paste kept pixels back (feather in px)")
     _long_video_flags(run)

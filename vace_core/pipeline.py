@@ -13,7 +13,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import VaceError
-from .sampling import ContextStream, cfg, context_strengths, flow_sigmas, make_noise, sample, sigma_to_timestep
+from .sampling import (
+    ContextStream,
+    cfg,
+    context_strengths,
+    flow_sigmas,
+    make_noise,
+    sample,
+    seeded_generator,
+    sigma_to_timestep,
+)
 from .text import TEXT_LEN
 from .vcu import VCU, encode_vcu
 
@@ -89,8 +98,9 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
                       [c for c, _ in active], [s for _, s in active], **bias).float()
         return cfg(v[:1], v[1:], settings.guidance) if guided else v
 
-    noise = make_noise((1, 16, *contexts[0].shape[2:]), settings.seed, device)
-    return sample(denoise, noise, sigmas, settings.solver, callback)
+    generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
+    noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
+    return sample(denoise, noise, sigmas, settings.solver, callback, generator)
 
 
 def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:

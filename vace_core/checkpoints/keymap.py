@@ -114,3 +114,8 @@ def split_vace_module(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor],
     base = {k: v for k, v in state_dict.items() if not is_vace_module_key(k)}
     module = {k: v for k, v in state_dict.items() if is_vace_module_key(k)}
     return base, module
+
+
+def official_to_diffusers_name(name: str) -> str:
+    """One official module or parameter name -> its diffusers name (blocks.0.self_attn.q -> blocks.0.attn1.to_q)."""
+    return _convert_key(name, TOP_LEVEL, IN_BLOCK)

@@ -1,10 +1,10 @@
-"""Flow-matching sampling for VACE: sigma schedules with shift, Euler / UniPC (bh2) / DPM++ 2M,
+"""Flow-matching sampling for VACE: sigma schedules with shift, Euler / UniPC (bh2) / DPM++ 2M / LCM,
 classifier-free guidance, per-stream context strengths, seeded noise and the denoising loop."""
 
 from .guidance import ContextStream, cfg, context_strengths
-from .loop import SamplingInterrupted, make_noise, sample
+from .loop import SamplingInterrupted, make_noise, sample, seeded_generator
 from .schedule import NUM_TRAIN_TIMESTEPS, SCHEDULES, flow_sigmas, shift_sigmas, sigma_to_timestep
-from .solvers import DPMPP2M, SOLVERS, Euler, FlowSolver, UniPC, make_solver
+from .solvers import DPMPP2M, LCM, SOLVERS, Euler, FlowSolver, UniPC, make_solver
 
 __all__ = [
     "DPMPP2M",
@@ -14,6 +14,7 @@ __all__ = [
     "ContextStream",
     "Euler",
     "FlowSolver",
+    "LCM",
     "SamplingInterrupted",
     "UniPC",
     "cfg",
@@ -22,6 +23,7 @@ __all__ = [
     "make_noise",
     "make_solver",
     "sample",
+    "seeded_generator",
     "shift_sigmas",
     "sigma_to_timestep",
 ]

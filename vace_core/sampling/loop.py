@@ -18,13 +18,18 @@ class SamplingInterrupted(Exception):
         self.step, self.total, self.x, self.x0_preview = step, total, x, x0_preview
 
 
-def make_noise(shape, seed: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise from `seed`, drawn on the CPU in float32 and then moved, so one seed
-    gives the same values on every device (up to the dtype's rounding). Same values as diffusers'
-    randn_tensor with a CPU generator."""
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator from a seed (checked), so one seed gives the same numbers on every device."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise VaceError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
-    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def make_noise(shape, seed: int | torch.Generator, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise from `seed` (or a generator to continue), drawn on the CPU in float32 and then
+    moved, so one seed gives the same values on every device (up to the dtype's rounding). Same values as
+    diffusers' randn_tensor with a CPU generator."""
+    generator = seed if isinstance(seed, torch.Generator) else seeded_generator(seed)
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
@@ -53,6 +58,7 @@ def sample(
     sigmas: torch.Tensor,
     solver: str = "unipc",
     callback: Callable[[int, int, torch.Tensor, torch.Tensor], bool | None] | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from x = noise at sigmas[0] down to sigmas[-1] = 0; returns x0.
 
@@ -62,10 +68,10 @@ def sample(
     casts v to it. After each step, callback(step, total, x, x0_preview) runs with step from 1 to total
     and x0_preview = x_in - sigma * v, the model's current guess of the result. Returning False stops
     the run between steps: `sample` then raises SamplingInterrupted; an exception the callback raises
-    (ComfyUI's interrupt) propagates unchanged.
+    (ComfyUI's interrupt) propagates unchanged. `generator` feeds stochastic solvers (LCM).
     """
     _check_sigmas(sigmas)
-    run = make_solver(solver, sigmas)
+    run = make_solver(solver, sigmas, generator)
     total = len(sigmas) - 1
     x = noise
     for step in range(total):

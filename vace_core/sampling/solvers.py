@@ -27,9 +27,10 @@ def _lambda(sigma: float) -> float:
 
 
 class FlowSolver:
-    def __init__(self, sigmas: torch.Tensor):
+    def __init__(self, sigmas: torch.Tensor, generator: torch.Generator | None = None):
         self.sigmas = [float(s) for s in sigmas]
         self.i = 0  # index of the current sigma
+        self.generator = generator  # only stochastic solvers (LCM) draw from it
 
     @property
     def last(self) -> bool:
@@ -64,8 +65,8 @@ def _first_order(x: torch.Tensor, x0: torch.Tensor, s: float, t: float) -> tuple
 class DPMPP2M(FlowSolver):
     """DPM-Solver++(2M), midpoint: first order on the first step (no history) and on the last (sigma 0)."""
 
-    def __init__(self, sigmas):
-        super().__init__(sigmas)
+    def __init__(self, sigmas, generator=None):
+        super().__init__(sigmas, generator)
         self.prev_x0 = None
 
     def update(self, x, v):
@@ -87,8 +88,8 @@ class UniPC(FlowSolver):
     before the next predictor; the model output itself was taken at the uncorrected x.
     """
 
-    def __init__(self, sigmas):
-        super().__init__(sigmas)
+    def __init__(self, sigmas, generator=None):
+        super().__init__(sigmas, generator)
         self.x0s: list[torch.Tensor] = []  # the last two x0 predictions, oldest first
         self.prev_x = None  # the x the last predictor started from
         self.order = 1  # the last predictor's order
@@ -135,10 +136,28 @@ class UniPC(FlowSolver):
         return x_t - a_phi * (rho0 * d1 + rho1 * (x0_t - m0))
 
 
-SOLVERS = {"euler": Euler, "unipc": UniPC, "dpmpp_2m": DPMPP2M}
+class LCM(FlowSolver):
+    """Consistency sampling for step-distilled models and LoRAs (CausVid, lightx2v): jump to the predicted x0,
+    then noise it afresh to the next sigma, x_next = (1 - sigma_next) * x0 + sigma_next * noise; the last step
+    returns x0. As diffusers' FlowMatchLCMScheduler and ComfyUI's `lcm` sampler. The fresh noise is drawn on
+    the CPU in float32 from `generator` (the sampler passes the one that drew the starting noise, so one seed
+    fixes the whole run on every device)."""
+
+    def update(self, x, v):
+        sigma, sigma_next = self.sigmas[self.i], self.sigmas[self.i + 1]
+        x0 = x - sigma * v
+        if sigma_next == 0:
+            return x0
+        if self.generator is None:
+            self.generator = torch.Generator("cpu").manual_seed(0)
+        noise = torch.randn(x.shape, generator=self.generator, dtype=torch.float32).to(x.device, x.dtype)
+        return (1 - sigma_next) * x0 + sigma_next * noise
 
 
-def make_solver(name: str, sigmas: torch.Tensor) -> FlowSolver:
+SOLVERS = {"euler": Euler, "unipc": UniPC, "dpmpp_2m": DPMPP2M, "lcm": LCM}
+
+
+def make_solver(name: str, sigmas: torch.Tensor, generator: torch.Generator | None = None) -> FlowSolver:
     if name not in SOLVERS:
         raise VaceError(f"unknown solver {name!r}: choose one of {', '.join(SOLVERS)}")
-    return SOLVERS[name](sigmas)
+    return SOLVERS[name](sigmas, generator)
