@@ -50,6 +50,21 @@ def _models(args):
     return model, vae, text
 
 
+def _parallel(args, model):
+    """Under torchrun with --parallel / --cfg-parallel / --fsdp: the model wrapped for this process's share."""
+    from .distributed import ParallelVace, init_parallel, shard_weights
+
+    layout = init_parallel(model.config.num_heads, args.parallel or "usp", args.cfg_parallel, args.ulysses_degree)
+    if args.fsdp:
+        shard_weights(model, layout)
+    d = layout.degrees
+    if layout.mesh.get_rank():
+        logging.getLogger("vace").setLevel(logging.WARNING)  # rank 0 reports progress
+    print(f"rank {layout.mesh.get_rank()}: CFG {d.cfg} x ring {d.ring} x Ulysses {d.ulysses} on {layout.device}"
+          + (", weights sharded (FSDP2)" if args.fsdp else ""))
+    return ParallelVace(model, layout), layout.mesh.get_rank() == 0
+
+
 def _run(args):
     from .pipeline import SamplerSettings
     from .tasks import TaskInputs, run
@@ -59,9 +74,22 @@ def _run(args):
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
                         length=args.length)
     settings = SamplerSettings(args.steps, args.cfg, args.shift, args.sampler, "wan", args.seed)
+    parallel = args.parallel or args.cfg_parallel or args.fsdp
+    if parallel:
+        from .distributed import launched, local_device
+
+        if not launched():
+            raise VaceError("--parallel, --cfg-parallel and --fsdp run under torchrun, one process per GPU: "
+                            "torchrun --nproc-per-node N -m vace_core run ... --parallel usp")
+        args.device = args.device or local_device()
     model, vae, text = _models(args)
-    unit, _ = run(inputs, model, vae, text, args.out, settings, feather=args.composite, tiling="auto")
-    print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
+    writer = True
+    if parallel:
+        model, writer = _parallel(args, model)
+    unit, _ = run(inputs, model, vae, text, args.out if writer else None, settings, feather=args.composite,
+                  tiling="auto")
+    if writer:
+        print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
 
 
 def _info(args):
@@ -113,6 +141,15 @@ def _run_parser(sub):
     run.add_argument("--text-encoder", help="umt5-xxl file or folder; default: the embedded tiny encoder")
     run.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     run.add_argument("--out", default="out/vace.mp4", help=".mp4, .webp or .gif")
+    multi = run.add_argument_group("multi-GPU (under torchrun; rank 0 writes --out)")
+    multi.add_argument("--parallel", choices=["ulysses", "ring", "usp"],
+                       help="split each video's tokens over the processes: ulysses (heads must divide by the "
+                       "processes), ring (any head count), usp (Ulysses x ring)")
+    multi.add_argument("--cfg-parallel", action="store_true",
+                       help="conditional and unconditional passes on two halves of the processes (guidance != 1)")
+    multi.add_argument("--ulysses-degree", type=int, help="Ulysses degree for usp (default: the largest that fits)")
+    multi.add_argument("--fsdp", action="store_true",
+                       help="shard the weights over the processes (FSDP2) when a replica does not fit")
     run.set_defaults(fn=_run)
 
 

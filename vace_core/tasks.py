@@ -79,9 +79,10 @@ def build_vcu(inputs: TaskInputs) -> tuple[V.VCU, float]:
     return unit, fps
 
 
-def run(inputs: TaskInputs, model, vae, text_encoder, out: str, settings: SamplerSettings | None = None,
+def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings: SamplerSettings | None = None,
         feather: int | None = None, tiling=None) -> tuple[V.VCU, torch.Tensor]:
-    """Builds the VCU, samples, writes the video; returns (VCU, video (3, T, H, W) in [-1, 1])."""
+    """Builds the VCU, samples, writes the video (unless `out` is None: the other ranks of a multi-process
+    run); returns (VCU, video (3, T, H, W) in [-1, 1])."""
     settings = settings or SamplerSettings()
     unit, fps = build_vcu(inputs)
     positive = text_encoder.encode(inputs.prompt)
@@ -91,5 +92,6 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str, settings: Sample
     video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling)
     if feather is not None:
         video = composite(video, unit, feather)
-    write_video(out, V.to_images(video), fps)
+    if out is not None:
+        write_video(out, V.to_images(video), fps)
     return unit, video
