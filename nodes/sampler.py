@@ -40,6 +40,19 @@ def text_features(conditioning, what: str) -> torch.Tensor:
     return conditioning[0][0]
 
 
+def vcu_streams(streams: dict) -> tuple[list, list[ContextStream]]:
+    """The stream inputs (vcu, strength, start, end; _2, _3) -> (connected VCUs, their ContextStreams)."""
+    units, settings = [], []
+    for i in range(1, STREAMS + 1):
+        suffix = "" if i == 1 else f"_{i}"
+        if streams.get(f"vcu{suffix}") is not None:
+            units.append(streams[f"vcu{suffix}"])
+            # streams 2 and 3 are optional (API prompts may leave their settings out): ContextStream's defaults
+            given = {k: streams[f"{k}{suffix}"] for k in ("strength", "start", "end") if f"{k}{suffix}" in streams}
+            settings.append(ContextStream(**given))
+    return units, settings
+
+
 def activation_bytes(model, latent_shape, guided: bool, streams: int) -> int:
     """A generous estimate of the peak activations of one forward pass (CFG batched)."""
     cfg = model.config
@@ -97,14 +110,7 @@ class VaceSampler(io.ComfyNode):
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 **streams) -> io.NodeOutput:
-        units, settings_per_stream = [], []
-        for i in range(1, STREAMS + 1):
-            suffix = "" if i == 1 else f"_{i}"
-            if streams.get(f"vcu{suffix}") is not None:
-                units.append(streams[f"vcu{suffix}"])
-                # streams 2 and 3 are optional (API prompts may leave their settings out): ContextStream's defaults
-                given = {k: streams[f"{k}{suffix}"] for k in ("strength", "start", "end") if f"{k}{suffix}" in streams}
-                settings_per_stream.append(ContextStream(**given))
+        units, settings_per_stream = vcu_streams(streams)
         vae = memory.load(vace_vae)
         device = mm.get_torch_device()
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))

@@ -18,12 +18,14 @@ import torch.multiprocessing as mp
 from vace_core.__main__ import main
 from vace_core.distributed import init_parallel, plan_degrees
 from vace_core.errors import VaceError
+from vace_core.job import save_job
 from vace_core.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, os.path.dirname(__file__))
 import distributed_cases as cases  # noqa: E402
+from test_job import two_stream_job  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=sorted(cases.CASES))
@@ -85,12 +87,14 @@ def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_torchrun_cli_writes_the_single_process_video_on_rank_0(tmp_path):
-    common = ["--prompt", "a cat", "--width", "48", "--height", "32", "--length", "5", "--steps", "2"]
-    result = _torchrun(2, *common, "--parallel", "ring", "--out", str(tmp_path / "two.mp4"))
+def test_torchrun_cli_runs_a_job_file_like_one_process(tmp_path):
+    """Two VCU streams (inpaint + control, two references, guidance) from a job file, ring attention over
+    2 processes: rank 0 alone writes, and the video equals the single-process run."""
+    job = str(save_job(tmp_path / "job.safetensors", two_stream_job()))
+    result = _torchrun(2, "--job", job, "--parallel", "ring", "--out", str(tmp_path / "two.mp4"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("wrote ") == 1 and "CFG 1 x ring 2 x Ulysses 1" in result.stdout
-    main(["run", *common, "--out", str(tmp_path / "one.mp4")])
+    main(["run", "--job", job, "--out", str(tmp_path / "one.mp4")])
     two, one = read_video(tmp_path / "two.mp4")[0], read_video(tmp_path / "one.mp4")[0]
     assert two.shape == one.shape == (5, 32, 48, 3)
     torch.testing.assert_close(two, one, atol=1 / 255, rtol=0)  # same latent: at most one level of rounding

@@ -35,18 +35,19 @@ def _models(args):
         vae = load_vae(args.vae, device=device)
     else:
         vae = tiny_vae().to(device)
+    text = None  # a job file carries its encoded prompts
     if args.text_encoder:
         from .text import load_text_encoder
 
         text = load_text_encoder(args.text_encoder, device=device)
-    else:
+    elif not args.job:
         from .text import tiny_text_encoder
 
         text = tiny_text_encoder()
-    if not (args.model and args.vae and args.text_encoder):
+    if not (args.model and args.vae and (args.text_encoder or args.job)):
         print("using the embedded tiny default for the "
               + ", ".join(n for n, given in (("model", args.model), ("VAE", args.vae),
-                                             ("text encoder", args.text_encoder)) if not given))
+                                             ("text encoder", args.text_encoder or args.job)) if not given))
     return model, vae, text
 
 
@@ -82,12 +83,21 @@ def _run(args):
             raise VaceError("--parallel, --cfg-parallel and --fsdp run under torchrun, one process per GPU: "
                             "torchrun --nproc-per-node N -m vace_core run ... --parallel usp")
         args.device = args.device or local_device()
+    job = None
+    if args.job:
+        from .job import load_job, run_job
+
+        job = load_job(args.job)  # before the models load, so a bad file fails fast
     model, vae, text = _models(args)
     writer = True
     if parallel:
         model, writer = _parallel(args, model)
-    unit, _ = run(inputs, model, vae, text, args.out if writer else None, settings, feather=args.composite,
-                  tiling="auto")
+    out = args.out if writer else None
+    if job is not None:
+        unit = job.vcus[0]
+        run_job(job, model, vae, out, args.composite, tiling="auto")
+    else:
+        unit, _ = run(inputs, model, vae, text, out, settings, feather=args.composite, tiling="auto")
     if writer:
         print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
 
@@ -115,6 +125,8 @@ def _convert(args):
 
 def _run_parser(sub):
     run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
+    run.add_argument("--job", help="a VACE job file (ComfyUI's Save VACE Job node): its VCUs, encoded prompts, "
+                     "strengths and sampler settings replace the task and sampling flags")
     run.add_argument("--prompt", default="", help="what the video shows")
     run.add_argument("--negative", help="negative prompt (default: Wan's official one)")
     run.add_argument("--video", help="control video, or the video to edit with --mask / --outpaint")

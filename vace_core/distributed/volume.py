@@ -55,3 +55,11 @@ def projected_step_time(single: float, volume: StepVolume, ranks: int, bandwidth
     `bandwidth` bytes/s per process, with no overlap of compute and communication (pessimistic for ring,
     which overlaps)."""
     return single / ranks + volume.total / bandwidth
+
+
+def step_flops(cfg: VaceConfig, tokens: int, streams: int = 1, batch: int = 2, text_len: int = 512) -> float:
+    """Multiply-adds x 2 of one step (all blocks, every batch entry): per block, q/k/v/o projections
+    2L*4d^2, self-attention 4L^2*d, cross-attention q/o 2L*2d^2 and scores 4L*512*d, FFN 2L*2d*ffn."""
+    d, n = cfg.dim, tokens
+    block = 2 * n * 4 * d * d + 4 * n * n * d + 2 * n * 2 * d * d + 4 * n * text_len * d + 2 * n * 2 * d * cfg.ffn_dim
+    return batch * block * (cfg.num_layers + len(cfg.vace_layers) * streams)
