@@ -27,7 +27,7 @@ class SaveVaceJob(io.ComfyNode):
             inputs=[*(sampler[name] for name in SAMPLER_INPUTS),
                     io.String.Input("filename_prefix", default="vace_jobs/job",
                                     tooltip="File name under ComfyUI's output folder (a counter is added).")],
-            outputs=[],
+            outputs=[io.String.Output(display_name="job_file")],
         )
 
     @classmethod
@@ -38,8 +38,8 @@ class SaveVaceJob(io.ComfyNode):
         root = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
         filename = f"{name}_{counter:05}.safetensors"
-        save_job(os.path.join(folder, filename), job)
-        return io.NodeOutput(ui={"vace_job": [ui.SavedResult(filename, subfolder, io.FolderType.output)]})
+        path = save_job(os.path.join(folder, filename), job)
+        return io.NodeOutput(str(path), ui={"vace_job": [ui.SavedResult(filename, subfolder, io.FolderType.output)]})
 
 
 NODES = [SaveVaceJob]
