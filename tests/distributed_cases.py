@@ -142,12 +142,30 @@ def _generate_case(results):
     results["errors"]["generate"] = rel_err(got, expected)
 
 
+def _fp8_checkpoint_case(results, folder):
+    """FSDP2 over a model loaded from an fp8 checkpoint (cast layers: fp8 weights, fp32 norms and modulation
+    in one block), ring attention: equal to the same loaded model on one process."""
+    from vace_core.checkpoints import load_vace_model, save_checkpoint
+
+    path = f"{folder}.rank{dist.get_rank()}.safetensors"
+    save_checkpoint(tiny(2).state_dict(), path, "official", torch.float8_e4m3fn)
+    model = load_vace_model(path, device="cpu", num_heads=2)
+    x, t, text, contexts = inputs(1, (2, 4, 10), 2, 1)
+    expected = model(x, t, text, contexts, [1.0, 0.5])
+    layout = init_parallel(2, "ring")
+    shard_weights(model, layout)
+    got = ParallelVace(model, layout)(x, t, text, contexts, [1.0, 0.5])
+    results["errors"]["ring + fsdp2, fp8 checkpoint"] = rel_err(got, expected)
+
+
 def worker(rank, world, store, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     results = {"errors": {}, "bytes": {}}  # {case: relative error}, {case: [bytes sent, step_volume's count]}
     with torch.no_grad():
         _forward_cases(world, results)
+        if world == 2:
+            _fp8_checkpoint_case(results, out)
     if world == 4:
         _generate_case(results)
     dist.barrier()
