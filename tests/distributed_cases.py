@@ -6,6 +6,7 @@ and writes the errors and the bytes it sent (with the count `step_volume` predic
 
 import json
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -51,34 +52,46 @@ def biases(batch, heads, tokens, seed=2):
     return self_bias, cross
 
 
-# case: (mode, cfg parallel, heads, latent (T, H, W), streams, refs, batch, biases, fsdp)
+class Case(NamedTuple):
+    mode: str
+    heads: int = 2
+    latent: tuple = (3, 6, 6)  # (T, H, W) of the latent: tokens = T * H/2 * W/2
+    streams: int = 1
+    refs: int = 0
+    batch: int = 1  # 2 = conditional + unconditional, as guidance runs them
+    cfg: bool = False
+    biases: bool = False
+    fsdp: bool = False
+
+
+ODD = (2, 4, 10)  # 20 tokens: divides by neither 3 nor 8; (3, 6, 6) is 27 tokens, odd
 CASES = {
     2: {
-        "ulysses, 27 tokens (odd)": ("ulysses", False, 2, (3, 6, 6), 1, 0, 1, False, False),
-        "ulysses, 2 streams, 1 ref, biases": ("ulysses", False, 2, (3, 6, 6), 2, 1, 1, True, False),
-        "ring, 3 heads, 2 streams, 1 ref": ("ring", False, 3, (3, 6, 6), 2, 1, 1, False, False),
-        "ring, biases, batch 2": ("ring", False, 3, (2, 4, 10), 1, 0, 2, True, False),
-        "usp (heads 3: ring 2)": ("usp", False, 3, (3, 4, 6), 1, 1, 1, False, False),
-        "cfg parallel, 2 streams": ("ulysses", True, 2, (3, 6, 6), 2, 1, 2, False, False),
-        "cfg parallel, biases": ("ring", True, 2, (2, 4, 10), 1, 0, 2, True, False),
-        "ulysses + fsdp2": ("ulysses", False, 2, (3, 6, 6), 2, 1, 1, False, True),
+        "ulysses, 27 tokens (odd)": Case("ulysses"),
+        "ulysses, 2 streams, 1 ref, biases": Case("ulysses", streams=2, refs=1, biases=True),
+        "ring, 3 heads, 2 streams, 1 ref": Case("ring", heads=3, streams=2, refs=1),
+        "ring, biases, batch 2": Case("ring", heads=3, latent=ODD, batch=2, biases=True),
+        "usp (heads 3: ring 2)": Case("usp", heads=3, latent=(3, 4, 6), refs=1),
+        "cfg parallel, 2 streams": Case("ulysses", streams=2, refs=1, batch=2, cfg=True),
+        "cfg parallel, biases": Case("ring", latent=ODD, batch=2, cfg=True, biases=True),
+        "ulysses + fsdp2": Case("ulysses", streams=2, refs=1, fsdp=True),
     },
     3: {
-        "ring, 2 heads over 3 ranks, 20 tokens": ("ring", False, 2, (2, 4, 10), 1, 0, 1, False, False),
-        "ring, 2 streams, 2 refs, biases": ("ring", False, 2, (4, 4, 6), 2, 2, 2, True, False),
-        "ulysses, 3 heads, 2 streams": ("ulysses", False, 3, (2, 4, 10), 2, 1, 1, True, False),
-        "usp default (heads 2: ring 3)": ("usp", False, 2, (2, 4, 10), 1, 0, 1, False, False),
-        "ring + fsdp2": ("ring", False, 2, (2, 4, 10), 2, 1, 1, False, True),
+        "ring, 2 heads over 3 ranks, 20 tokens": Case("ring", latent=ODD),
+        "ring, 2 streams, 2 refs, biases": Case("ring", latent=(4, 4, 6), streams=2, refs=2, batch=2, biases=True),
+        "ulysses, 3 heads, 2 streams": Case("ulysses", heads=3, latent=ODD, streams=2, refs=1, biases=True),
+        "usp default (heads 2: ring 3)": Case("usp", latent=ODD),
+        "ring + fsdp2": Case("ring", latent=ODD, streams=2, refs=1, fsdp=True),
     },
     4: {
-        "usp ulysses 2 x ring 2, biases": ("usp", False, 2, (3, 4, 6), 2, 1, 1, True, False),
-        "cfg parallel x ring 2, 3 heads": ("ring", True, 3, (2, 4, 10), 1, 1, 2, True, False),
+        "usp ulysses 2 x ring 2, biases": Case("usp", latent=(3, 4, 6), streams=2, refs=1, biases=True),
+        "cfg parallel x ring 2, 3 heads": Case("ring", heads=3, latent=ODD, refs=1, batch=2, cfg=True, biases=True),
     },
 }
 
 
 def _forward_cases(world, results):
-    for name, (mode, cfg, heads, latent, streams, refs, batch, bias, fsdp) in CASES[world].items():
+    for name, (mode, heads, latent, streams, refs, batch, cfg, bias, fsdp) in CASES[world].items():
         model = tiny(heads)
         x, t, text, contexts = inputs(batch, latent, streams, refs)
         strengths = [1.0, 0.6][:streams]
