@@ -28,14 +28,15 @@ log = logging.getLogger("vace")
 
 def shard(t, dim: int, index: int, parts: int):
     """This shard of `t` along `dim` (length L), zero-padded to ceil(L / parts) tokens; a size-1 (broadcast)
-    dim and None stay as they are."""
+    dim and non-tensors (None, bias objects) stay as they are."""
     if t is None or not isinstance(t, torch.Tensor) or t.shape[dim] == 1:
         return t
     size = math.ceil(t.shape[dim] / parts)
     part = t.narrow(dim, min(index * size, t.shape[dim]), max(0, min(size, t.shape[dim] - index * size)))
     pad = list(part.shape)
     pad[dim] = size - part.shape[dim]
-    return torch.cat([part, part.new_zeros(pad)], dim) if pad[dim] else part
+    # a copy, not a view: the whole sequence's storage is freed once the shards are cut
+    return torch.cat([part, part.new_zeros(pad)], dim) if pad[dim] else part.clone()
 
 
 def shard_tokens(tokens: Tokens, index: int, parts: int) -> Tokens:
