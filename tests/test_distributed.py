@@ -88,12 +88,13 @@ def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_cli_runs_a_job_file_like_one_process(tmp_path):
-    """Two VCU streams (inpaint + control, two references, guidance) from a job file, ring attention over
-    2 processes: rank 0 alone writes, and the video equals the single-process run."""
+    """Two VCU streams (inpaint + control, two references, guidance) from a job file, ring attention and
+    FSDP2 weights over 2 processes: rank 0 alone writes, and the video equals the single-process run."""
     job = str(save_job(tmp_path / "job.safetensors", two_stream_job()))
-    result = _torchrun(2, "--job", job, "--parallel", "ring", "--out", str(tmp_path / "two.mp4"))
+    result = _torchrun(2, "--job", job, "--parallel", "ring", "--fsdp", "--out", str(tmp_path / "two.mp4"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("wrote ") == 1 and "CFG 1 x ring 2 x Ulysses 1" in result.stdout
+    assert result.stdout.count("wrote ") == 1
+    assert result.stdout.count("CFG 1 x ring 2 x Ulysses 1 on cpu, weights sharded (FSDP2)") == 2
     main(["run", "--job", job, "--out", str(tmp_path / "one.mp4")])
     two, one = read_video(tmp_path / "two.mp4")[0], read_video(tmp_path / "one.mp4")[0]
     assert two.shape == one.shape == (5, 32, 48, 3)

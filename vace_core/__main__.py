@@ -23,12 +23,16 @@ def _models(args):
     from .embedded import tiny_model, tiny_vae
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # --fsdp: the weights stay on the CPU until FSDP2 moves each block's shard to this process's GPU
+    model_device = "cpu" if args.fsdp else device
     if args.model:
         from .checkpoints import load_vace_model
 
-        model = load_vace_model(args.model, args.base, storage_dtype=DTYPES.get(args.weight_dtype), device=device)
+        compute = torch.bfloat16 if torch.device(device).type == "cuda" else None  # as if loaded on the GPU
+        model = load_vace_model(args.model, args.base, storage_dtype=DTYPES.get(args.weight_dtype),
+                                device=model_device, compute_dtype=compute)
     else:
-        model = tiny_model().to(device)
+        model = tiny_model().to(model_device)
     if args.vae:
         from .vae import load_vae
 
