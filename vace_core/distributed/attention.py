@@ -69,7 +69,10 @@ def attention_with_lse(q, k, v, bias=None):
     q, k, v = (rearrange(t, "b l h d -> b h l d") for t in (q, k, v))
     if bias is not None and bias.dtype == torch.bool:
         bias = torch.zeros(bias.shape, dtype=q.dtype, device=q.device).masked_fill(~bias, float("-inf"))
-    if q.is_cuda:
+    if q.is_cuda:  # not run here (no GPU in this project's CI); the CPU branch is the tested one
+        if bias is not None:  # the kernel wants a full-shape bias with 16-aligned rows, as SDPA prepares it
+            shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+            bias = F.pad(bias.to(q.dtype), (0, -k.shape[2] % 16))[..., : k.shape[2]].expand(shape)
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True)[:2]
         lse = lse[:, :, : q.shape[2]]  # the kernel pads the query length to its tile size
     else:
