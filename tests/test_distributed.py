@@ -112,3 +112,23 @@ def test_parallel_flags_outside_torchrun_say_how_to_launch(monkeypatch, capsys):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(SystemExit, match="run under torchrun, one process per GPU"):
         main(["run", "--steps", "1", "--cfg-parallel", "--out", "unused.mp4"])
+
+
+def test_block_attention_returns_the_log_sum_exp_and_merges_exactly():
+    """The ring's per-block kernel gives the scores' log-sum-exp; merging two key blocks by it equals
+    attention over all keys (also with a broadcast bias and a boolean mask)."""
+    from vace_core.attention import attention
+    from vace_core.distributed.attention import _merge, attention_with_lse
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 5, 3, 8, generator=g) for _ in range(3))
+    bias = torch.randn(1, 1, 5, 5, generator=g)
+    out, lse = attention_with_lse(q, k, v, bias)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / 8**0.5 + bias
+    torch.testing.assert_close(lse, torch.logsumexp(scores, -1))
+    halves = [attention_with_lse(q, k[:, s], v[:, s], bias[..., s]) for s in (slice(0, 2), slice(2, 5))]
+    merged = _merge(*halves)[0].flatten(2)
+    torch.testing.assert_close(merged, attention(q, k, v, "sdpa", bias))
+    keep = torch.rand(2, 1, 5, 5, generator=g) > 0.4
+    keep[..., 0] = True
+    torch.testing.assert_close(attention_with_lse(q, k, v, keep)[0].flatten(2), attention(q, k, v, "sdpa", keep))
