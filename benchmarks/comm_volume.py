@@ -71,7 +71,8 @@ def main():
         if gb is None:
             print(f"| {name} | {shape} | {ranks} | {layout} | impossible (heads) | | | | |")
         else:
-            print(f"| {name} | {shape} | {ranks} | {layout} | {split} | {gb:.2f} | {fsdp:.1f} | {t:.2f} | {speedup:.2f}x |")
+            cells = (name, shape, ranks, layout, split, f"{gb:.2f}", f"{fsdp:.1f}", f"{t:.2f}", f"{speedup:.2f}x")
+            print("| " + " | ".join(map(str, cells)) + " |")
 
 
 if __name__ == "__main__":
