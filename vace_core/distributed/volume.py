@@ -2,7 +2,8 @@
 
 Counts follow the algorithms in this package: a Ulysses all-to-all sends (u-1)/u of the local tensor;
 ring attention sends its K and V block r-1 times; an all-gather of a chunk sends it to n-1 ranks (ring
-algorithm); FSDP2 all-gathers every weight once per forward. One step is one forward whose batch holds
+algorithm); FSDP2 all-gathers every weight once per forward (a context block once per stream it runs
+for: the `weights` figure is for one stream). One step is one forward whose batch holds
 the conditional and unconditional passes (or half of it per CFG group with CFG parallel).
 """
 
