@@ -96,3 +96,15 @@ class FrameAnnotator(Annotator):
     def annotate_frame(self, frame: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W, 3) uint8 RGB control frame or (H, W) uint8 mask."""
         raise NotImplementedError
+
+
+def load_weights(path) -> dict:
+    """A PyTorch weights pickle, tensors only (`weights_only=True`). Anything else is refused without
+    suggesting to lift that protection (torch's own message does)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise AnnotatorError(f"refusing to load {path}: the pickle holds more than tensors (objects that run code "
+                             "when loaded). Download the official weight file again.") from None

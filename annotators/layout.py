@@ -22,6 +22,13 @@ def moving_box(
     start, end = np.asarray(start_box, np.float64), np.asarray(end_box, np.float64)
     if start.shape != (4,) or end.shape != (4,):
         raise AnnotatorError("boxes are (x1, y1, x2, y2) in pixels")
+    for name, box in (("start box", start), ("end box", end)):
+        x1, y1, x2, y2 = box
+        if not (x1 < x2 and y1 < y2):
+            raise AnnotatorError(f"the {name} {tuple(box)} is empty: give x1 < x2 and y1 < y2")
+        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            raise AnnotatorError(f"the {name} {tuple(box)} lies outside the {width}x{height} frame, so nothing "
+                                 "would be drawn: give pixel coordinates inside the frame")
     frames = []
     for t in np.linspace(0.0, 1.0, num_frames):
         x1, y1, x2, y2 = np.round(start + (end - start) * t).astype(int)

@@ -20,6 +20,7 @@ class WeightFile:
     folder_kind: str  # "annotators" or "sam2": the ComfyUI model folder it belongs in
     repos: tuple[str, ...]  # Hugging Face repositories that publish it, best first
     vace_path: str = ""  # its path inside ali-vilab/VACE-Annotators, when VACE ships it
+    url: str = ""  # a direct download, for files not on Hugging Face
 
 
 KNOWN_WEIGHTS = {
@@ -43,6 +44,10 @@ KNOWN_WEIGHTS = {
         "scribble/anime_style/netG_A_latest.pth",
     ),
     "raft-things.pth": WeightFile("annotators", (VACE_ANNOTATORS_REPO,), "flow/raft-things.pth"),
+    # torchvision's RAFT-large (what the RAFT backend loads)
+    "raft_large_C_T_SKHT_V2-ff5fadd5.pth": WeightFile(
+        "annotators", (), url="https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth"
+    ),
     "sam2.1_hiera_tiny.pt": WeightFile("sam2", ("facebook/sam2.1-hiera-tiny",)),
     "sam2.1_hiera_small.pt": WeightFile("sam2", ("facebook/sam2.1-hiera-small",)),
     "sam2.1_hiera_base_plus.pt": WeightFile("sam2", ("facebook/sam2.1-hiera-base-plus",)),
@@ -52,22 +57,27 @@ KNOWN_WEIGHTS = {
 }
 
 
+def relative_candidates(filename: str) -> list[str]:
+    """Where `filename` may lie inside a models folder ('/'-separated, as ComfyUI lists names), in order."""
+    known = KNOWN_WEIGHTS.get(filename)
+    names = [filename]
+    if known and known.vace_path:
+        names += [known.vace_path, f"VACE-Annotators/{known.vace_path}"]
+    for repo in known.repos if known else ():
+        names.append(f"ckpts/{repo}/{filename}")
+    return names
+
+
 def candidates(filename: str, folder: Path) -> list[Path]:
     """Where `filename` may lie inside one models folder, in the order they are tried."""
-    known = KNOWN_WEIGHTS.get(filename)
-    paths = [folder / filename]
-    if known and known.vace_path:
-        paths += [folder / known.vace_path, folder / "VACE-Annotators" / known.vace_path]
-    for repo in known.repos if known else ():
-        paths.append(folder / "ckpts" / repo / filename)
-    return paths
+    return [folder / name for name in relative_candidates(filename)]
 
 
 def source_hint(filename: str) -> str:
     known = KNOWN_WEIGHTS.get(filename)
     if known is None:
         return ""
-    where = [f"https://huggingface.co/{repo}" for repo in known.repos]
+    where = [f"https://huggingface.co/{repo}" for repo in known.repos] + ([known.url] if known.url else [])
     vace = f" (in {VACE_ANNOTATORS_REPO} it is {known.vace_path})" if known.vace_path else ""
     return f" Download it from {' or '.join(where)}{vace}."
 

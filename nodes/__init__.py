@@ -6,7 +6,8 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import annotator_nodes, decode, job, loaders, sampler, vcu_nodes
+from . import annotator_nodes, decode, job, loaders, long_video, sampler, vcu_nodes
+from .guard import guard
 
 # annotator weights live in their own model folders (models/annotators, models/sam2)
 for _kind in ("annotators", "sam2"):
@@ -16,7 +17,9 @@ for _kind in ("annotators", "sam2"):
 class VaceExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*loaders.NODES, *vcu_nodes.NODES, *annotator_nodes.NODES, *sampler.NODES, *decode.NODES, *job.NODES]
+        nodes = [*loaders.NODES, *vcu_nodes.NODES, *annotator_nodes.NODES, *sampler.NODES, *decode.NODES,
+                 *long_video.NODES, *job.NODES]
+        return [guard(node) for node in nodes]  # every node of the pack gets the input guard (nodes/guard.py)
 
 
 async def comfy_entrypoint() -> VaceExtension:

@@ -3,11 +3,12 @@ plus Composite Mask. Weights come from ComfyUI's models/annotators and models/sa
 
 from functools import lru_cache
 
-import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..annotators.base import AnnotatorError
+from .files import FileInput, resolve, resolve_weight
+from .guard import BinaryMaskInput
 from .types import CATEGORY
 
 # annotator modules import their optional packages (OpenCV, MediaPipe, ...) when a node runs, so the pack
@@ -16,32 +17,31 @@ from .types import CATEGORY
 ANNOTATE = f"{CATEGORY}/annotators"
 
 
-def search_dirs(kind: str = "annotators") -> tuple[str, ...]:
-    return tuple(folder_paths.get_folder_paths(kind))
-
-
 @lru_cache(maxsize=4)
 def _model(kind: str, *args):
-    """Heavy annotator models stay loaded between runs (ComfyUI caches outputs, not models)."""
+    """Heavy annotator models stay loaded between runs (ComfyUI caches outputs, not models). Weights are
+    resolved among the names ComfyUI lists in models/annotators and models/sam2 (nodes/files.py), and the
+    annotators get full paths, so they never search the disk themselves."""
     if kind == "dwpose":
         from ..annotators.pose import DWPose
 
-        return DWPose(search_dirs=search_dirs(), body=args[0], face=args[1], hands=args[2])
+        return DWPose(resolve_weight("yolox_l.onnx"), resolve_weight("dw-ll_ucoco_384.onnx"),
+                      body=args[0], face=args[1], hands=args[2])
     if kind == "depth":
         from ..annotators.depth import Depth
 
-        return Depth(args[0], search_dirs=search_dirs())
+        return Depth(args[0], resolve_weight(Depth.DEFAULT_WEIGHTS[args[0]]))
     if kind == "raft":
         from ..annotators.flow import RAFTFlow
 
-        return RAFTFlow(search_dirs=search_dirs())
+        return RAFTFlow(resolve_weight(RAFTFlow.WEIGHT))
     if kind == "lines":
         from ..annotators.scribble import InformativeDrawings
 
-        return InformativeDrawings(search_dirs=search_dirs())
+        return InformativeDrawings(resolve_weight("netG_A_latest.pth"))
     from ..annotators.masks.sam2 import SAM2Video
 
-    return SAM2Video(args[0], search_dirs=search_dirs("sam2"))
+    return SAM2Video(resolve("sam2", args[0]))
 
 
 def frames_input(tooltip="The video (or image) to annotate."):
@@ -198,8 +198,8 @@ class LayoutAnnotator(io.ComfyNode):
                 io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height."),
                 io.Int.Input("length", default=81, min=1, max=1025, step=4, tooltip="Frames, 4n+1."),
-                io.Mask.Input("masks", optional=True,
-                              tooltip="When given: draw these masks' outlines instead of the moving box."),
+                BinaryMaskInput("masks", optional=True,
+                                tooltip="When given: draw these masks' outlines instead of the moving box."),
             ],
             outputs=control_output(),
         )
@@ -223,9 +223,8 @@ class SAM2Masks(io.ComfyNode):
                         "(white = the object: inpaint it, or invert to keep it).",
             inputs=[
                 frames_input("The video to segment."),
-                io.Combo.Input("checkpoint", options=folder_paths.get_filename_list("sam2") or
-                               ["sam2.1_hiera_large.pt"],
-                               tooltip="A SAM2.1 checkpoint in models/sam2 (facebook/sam2.1-hiera-*)."),
+                FileInput("checkpoint", "sam2", fallback=("sam2.1_hiera_large.pt",),
+                          tooltip="A SAM2.1 checkpoint in models/sam2 (facebook/sam2.1-hiera-*)."),
                 io.Int.Input("frame", default=0, min=0, max=4096, tooltip="The frame the prompts are on."),
                 io.String.Input("points", default="",
                                 tooltip="Clicks on the object, 'x,y; x,y' in pixels."),
@@ -244,6 +243,12 @@ class SAM2Masks(io.ComfyNode):
         boxes = _numbers(box, 4, "box")
         if not (pos or boxes):
             raise AnnotatorError("SAM2 Video Masks needs points on the object or a box around it")
+        _, height, width, _ = frames.shape
+        outside = [p for p in [*pos, *neg] if not (0 <= p[0] < width and 0 <= p[1] < height)]
+        outside += [b for b in boxes if not (0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height)]
+        if outside:
+            raise AnnotatorError(f"SAM2 points / box {outside} lie outside the {width}x{height} frame (x, y in pixels "
+                                 "from the top-left corner; boxes x1 < x2, y1 < y2)")
         prompt = Prompt(frame=frame, points=[*pos, *neg], labels=[1] * len(pos) + [0] * len(neg),
                         box=boxes[0] if boxes else None)
         return io.NodeOutput(_model("sam2", checkpoint).segment(frames, [prompt]))
@@ -288,8 +293,12 @@ def composite_mask(op: str, a, b=None, amount: int = 8, start: int = 0, end: int
     if op in ("union", "intersect", "subtract"):
         return _combine(op, a, b)
     if op == "frame_range":  # the mask only on frames [start, end], zero elsewhere
+        last = a.shape[0] - 1 if end == -1 else end
+        if not 0 <= start <= last < a.shape[0]:
+            raise AnnotatorError(f"frame_range {start}..{end} selects no frames of the {a.shape[0]}-frame mask: give "
+                                 f"0 <= start <= end < {a.shape[0]} (end -1 = the last frame)")
         keep = torch.zeros(a.shape[0], 1, 1)
-        keep[start: (end % a.shape[0]) + 1] = 1
+        keep[start: last + 1] = 1
         return a * keep
     return {"invert": lambda: ops.invert(a), "grow": lambda: ops.expand(a, amount),
             "shrink": lambda: ops.expand(a, -amount), "feather": lambda: ops.feather(a, amount),

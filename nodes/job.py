@@ -6,9 +6,10 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..vace_core.config import VACE_14B
 from ..vace_core.job import Job, save_job
 from ..vace_core.pipeline import SamplerSettings
-from .sampler import SOLVERS, VaceSampler, text_features, vcu_streams
+from .sampler import SOLVERS, VaceSampler, context_streams, text_features
 from .types import CATEGORY
 
 # the sampler's own inputs (same names, defaults and tooltips), less the models and what only a live run needs
@@ -32,9 +33,11 @@ class SaveVaceJob(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, steps, cfg, shift, sampler, seed, filename_prefix, **streams):
-        units, stream_settings = vcu_streams(streams)
-        job = Job(units, text_features(positive, "positive").cpu(), text_features(negative, "negative").cpu(),
-                  stream_settings, SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed))
+        units, stream_settings = context_streams(streams)
+        width = VACE_14B.text_dim  # umt5-xxl, the text encoder of every VACE model
+        job = Job(units, text_features(positive, "positive", width).cpu(),
+                  text_features(negative, "negative", width).cpu(), stream_settings,
+                  SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed))
         root = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
         filename = f"{name}_{counter:05}.safetensors"

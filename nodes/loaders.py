@@ -5,12 +5,12 @@ from dataclasses import dataclass
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
-import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..vace_core.checkpoints import load_vace_model
 from ..vace_core.vae import load_vae
+from .files import FileInput, resolve
 from .memory import patch
 from .types import CATEGORY, VaceModel, VaceVAE
 
@@ -39,18 +39,17 @@ def pick_compute_dtype(choice: str, device) -> torch.dtype:
 class LoadVaceModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        models = folder_paths.get_filename_list("diffusion_models")
         return io.Schema(
             node_id="VACEModelLoader", display_name="Load VACE Model", category=CATEGORY,
             description="Loads Wan2.1-VACE (1.3B or 14B) from models/diffusion_models: a full VACE file, or a "
                         "VACE module file merged onto its Wan2.1 T2V base. The shape is read from the weights.",
             inputs=[
-                io.Combo.Input("model_name", options=models,
-                               tooltip="wan2.1_vace_1.3B_fp16.safetensors, wan2.1_vace_14B_fp16.safetensors, an "
-                                       "fp8 / scaled fp8 variant, or a VACE module file (then choose its base)."),
-                io.Combo.Input("base_model", options=[NO_BASE, *models], default=NO_BASE,
-                               tooltip="Only for a VACE module file (context blocks only): the Wan2.1 T2V base it "
-                                       "extends, e.g. wan2.1_t2v_14B_fp16.safetensors. An I2V base will not work."),
+                FileInput("model_name", "diffusion_models",
+                          tooltip="wan2.1_vace_1.3B_fp16.safetensors, wan2.1_vace_14B_fp16.safetensors, an "
+                                  "fp8 / scaled fp8 variant, or a VACE module file (then choose its base)."),
+                FileInput("base_model", "diffusion_models", extra=(NO_BASE,), default=NO_BASE,
+                          tooltip="Only for a VACE module file (context blocks only): the Wan2.1 T2V base it "
+                                  "extends, e.g. wan2.1_t2v_14B_fp16.safetensors. An I2V base will not work."),
                 io.Combo.Input("weight_dtype", options=list(DTYPES), default="default",
                                tooltip="How weights are stored in memory. default keeps the file's dtype; fp8 "
                                        "halves the memory of fp16 (each layer is upcast when it runs)."),
@@ -68,8 +67,8 @@ class LoadVaceModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, base_model, weight_dtype, compute_dtype, attention, block_swap) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
-        base = None if base_model == NO_BASE else folder_paths.get_full_path_or_raise("diffusion_models", base_model)
+        path = resolve("diffusion_models", model_name)
+        base = None if base_model == NO_BASE else resolve("diffusion_models", base_model)
         device = mm.get_torch_device()
         model = load_vace_model(path, base, storage_dtype=DTYPES[weight_dtype],
                                 compute_dtype=pick_compute_dtype(compute_dtype, device),
@@ -86,8 +85,8 @@ class LoadVaceVAE(io.ComfyNode):
             description="Loads the Wan2.1 VAE (wan_2.1_vae.safetensors, Wan2.1_VAE.pth or diffusers') from "
                         "models/vae for VCU encoding and tiled decoding.",
             inputs=[
-                io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae"),
-                               tooltip="wan_2.1_vae.safetensors (ComfyUI) or Wan2.1_VAE.pth (official)."),
+                FileInput("vae_name", "vae",
+                          tooltip="wan_2.1_vae.safetensors (ComfyUI) or Wan2.1_VAE.pth (official)."),
                 io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
                                tooltip="VAE precision. auto: ComfyUI's choice for the device (bf16 on recent "
                                        "GPUs, fp32 on CPU, where bf16 convolutions are slow)."),
@@ -97,7 +96,7 @@ class LoadVaceVAE(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name, dtype) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise("vae", vae_name)
+        path = resolve("vae", vae_name)
         dtype = mm.vae_dtype(mm.vae_device(), [torch.bfloat16, torch.float32]) if dtype == "auto" else DTYPES[dtype]
         vae = load_vae(path, dtype=dtype, device=mm.vae_offload_device(), operations=comfy.ops.manual_cast)
         return io.NodeOutput(patch(vae, mm.vae_device(), mm.vae_offload_device()))

@@ -1,9 +1,16 @@
 """GPU memory the ComfyUI way: models live in ModelPatchers and are loaded through load_models_gpu, so
 ComfyUI can offload them for other models and stream weights (low VRAM) when they do not fit."""
 
+import math
+
 import comfy.model_management as mm
 import comfy.model_patcher
 import torch
+
+from ..vace_core.errors import VaceError
+from ..vace_core.vae.tiling import WORK_PER_PIXEL
+
+GIB = 2**30
 
 
 def patch(model: torch.nn.Module, load_device, offload_device) -> comfy.model_patcher.ModelPatcher:
@@ -29,3 +36,41 @@ def offload(patcher) -> None:
             mm.current_loaded_models.pop(i).model_unload()
             break
     mm.soft_empty_cache()
+
+
+def available(device) -> int:
+    """Bytes a request can have on `device`: free now, plus the models ComfyUI holds there and can offload
+    (on the CPU, offloading frees nothing)."""
+    device = torch.device(device)
+    freeable = 0 if device.type == "cpu" else sum(
+        m.model_loaded_memory() for m in mm.current_loaded_models if m.model is not None and m.device == device)
+    return mm.get_free_memory(device) + freeable
+
+
+def require(needed: int, device, what: str, suggestions: str) -> None:
+    """Refuses, before any work, a request that cannot fit: the size, what is free, what to change."""
+    free = available(device)
+    if needed > free:
+        raise VaceError(f"{what} needs about {needed / GIB:.1f} GiB on {torch.device(device)}, but only "
+                        f"{free / GIB:.1f} GiB are free there (after offloading models). {suggestions}")
+
+
+def activation_bytes(model, latent_shape, guided: bool, streams: int) -> int:
+    """A generous estimate of the peak activations of one forward pass (CFG batched); latent_shape (T, h, w)."""
+    cfg = model.config
+    batch = 2 if guided else 1
+    tokens = latent_shape[0] * latent_shape[1] * latent_shape[2] // 4
+    return batch * tokens * ((cfg.ffn_dim + 6 * cfg.dim) * 2 + (1 + streams) * cfg.dim * 4)
+
+
+def sampling_bytes(model, latent_shape, guided: bool, streams: int) -> int:
+    """Activations plus the float32 latents the loop keeps (x, v, the solver's history: about 8 copies) and the
+    context latents (96 channels per stream)."""
+    latent = math.prod(latent_shape) * 4
+    return activation_bytes(model, latent_shape, guided, streams) + 8 * 16 * latent + streams * 96 * latent
+
+
+def decode_bytes(vae_config: dict, dtype: torch.dtype, frame_px: tuple[int, int], tile: int | None) -> int:
+    """The VAE decoder's working memory for one (tile of a) frame, as vace_core's automatic tiling counts it."""
+    pixels = tile * tile if tile else frame_px[0] * frame_px[1]
+    return WORK_PER_PIXEL["decode"] * vae_config["dim"] * vae_config["dim_mult"][0] * dtype.itemsize * pixels

@@ -33,32 +33,29 @@ def stream_inputs(i: int):
     ]
 
 
-def text_features(conditioning, what: str) -> torch.Tensor:
-    """CONDITIONING from CLIPTextEncode with a Wan (umt5) text encoder -> (1, L, 4096)."""
-    if not conditioning:
-        raise VaceError(f"the {what} conditioning is empty: connect a CLIP Text Encode with a Wan text encoder")
-    return conditioning[0][0]
-
-
-def vcu_streams(streams: dict) -> tuple[list, list[ContextStream]]:
-    """The stream inputs (vcu, strength, start, end; _2, _3) -> (connected VCUs, their ContextStreams)."""
-    units, settings = [], []
+def context_streams(streams: dict) -> tuple[list, list[ContextStream]]:
+    """The stream inputs (vcu, strength, start, end; _2 and _3 suffixed) -> (VCUs, their ContextStreams)."""
+    units, settings_per_stream = [], []
     for i in range(1, STREAMS + 1):
         suffix = "" if i == 1 else f"_{i}"
         if streams.get(f"vcu{suffix}") is not None:
             units.append(streams[f"vcu{suffix}"])
             # streams 2 and 3 are optional (API prompts may leave their settings out): ContextStream's defaults
             given = {k: streams[f"{k}{suffix}"] for k in ("strength", "start", "end") if f"{k}{suffix}" in streams}
-            settings.append(ContextStream(**given))
-    return units, settings
+            settings_per_stream.append(ContextStream(**given))
+    return units, settings_per_stream
 
 
-def activation_bytes(model, latent_shape, guided: bool, streams: int) -> int:
-    """A generous estimate of the peak activations of one forward pass (CFG batched)."""
-    cfg = model.config
-    batch = 2 if guided else 1
-    tokens = latent_shape[0] * latent_shape[1] * latent_shape[2] // 4
-    return batch * tokens * ((cfg.ffn_dim + 6 * cfg.dim) * 2 + (1 + streams) * cfg.dim * 4)
+def text_features(conditioning, what: str, width: int) -> torch.Tensor:
+    """CONDITIONING from CLIPTextEncode with a Wan (umt5) text encoder -> (1, L, 4096)."""
+    if not conditioning:
+        raise VaceError(f"the {what} conditioning is empty: connect a CLIP Text Encode with a Wan text encoder")
+    features = conditioning[0][0]
+    if features.ndim != 3 or features.shape[-1] != width:
+        raise VaceError(f"the {what} conditioning is {tuple(features.shape)}: VACE needs umt5-xxl features "
+                        f"(1, tokens, {width}). Load the text encoder with Load CLIP, type wan "
+                        "(umt5_xxl_fp8_e4m3fn_scaled.safetensors), not another model's CLIP.")
+    return features
 
 
 def interrupt_hooks(model):
@@ -110,19 +107,21 @@ class VaceSampler(io.ComfyNode):
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 **streams) -> io.NodeOutput:
-        units, settings_per_stream = vcu_streams(streams)
-        vae = memory.load(vace_vae)
+        units, settings_per_stream = context_streams(streams)
+        patcher = vace_model.patcher
+        texts = [text_features(c, what, patcher.model.config.text_dim)
+                 for c, what in ((positive, "positive"), (negative, "negative"))]
         device = mm.get_torch_device()
+        reserve = memory.sampling_bytes(patcher.model, units[0].latent_shape, cfg != 1, len(units))
+        memory.require(reserve, device, f"sampling {units[0].length} frames at {units[0].size[0]}x{units[0].size[1]}",
+                       "Use fewer frames (or long-video windows), a smaller size, or cfg 1 (halves the batch).")
+        vae = memory.load(vace_vae)
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))
         settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed)
-        patcher = vace_model.patcher
-        reserve = activation_bytes(patcher.model, contexts[0].shape[2:],
-                                   cfg != 1, len(units))
         model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap))
         hooks = interrupt_hooks(model)
         try:
-            latent = sample_latent(model, contexts, text_features(positive, "positive"),
-                                   text_features(negative, "negative"), settings_per_stream, settings,
+            latent = sample_latent(model, contexts, *texts, settings_per_stream, settings,
                                    progress(steps, device, len(units[0].references)), device)
         finally:
             for hook in hooks:

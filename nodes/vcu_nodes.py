@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..vace_core import vcu as V
 from ..vace_core.errors import VaceError
+from .guard import BinaryMaskInput
 from .types import CATEGORY, VCU
 
 SIZE = {"min": 16, "max": 4096, "step": 16}
@@ -38,8 +39,9 @@ class BuildVCU(io.ComfyNode):
                 *size_inputs(),
                 io.Image.Input("frames", optional=True,
                                tooltip="A control video or the video to edit; centre-cropped and resized to the size."),
-                io.Mask.Input("masks", optional=True,
-                              tooltip="White (1) = generate, black (0) = keep. One mask for all frames or one each."),
+                BinaryMaskInput("masks", optional=True,
+                                tooltip="White (1) = generate, black (0) = keep (binary: values > 0.5 generate). "
+                                        "One mask for all frames or one each."),
                 io.Image.Input("references", optional=True,
                                tooltip="Reference images (a batch: one per reference) for subject / style / scene."),
                 io.Combo.Input("reference_mode", options=["letterbox", "crop"], default="letterbox",
@@ -91,8 +93,11 @@ class FramePlacement(io.ComfyNode):
     @classmethod
     def execute(cls, images, placement, width, height, length, k, indices) -> io.NodeOutput:
         size = {"height": height, "width": width}
-        if placement == "first_last" and images.shape[0] < 2:
-            raise VaceError("first_last needs two images (a batch of 2): the first and the last frame.")
+        wanted = {"first": 1, "last": 1, "first_last": 2}.get(placement)
+        if wanted is not None and images.shape[0] != wanted:
+            raise VaceError(f"{placement} takes {wanted} image{'s' if wanted > 1 else ''} (a batch of {wanted}), got "
+                            f"{images.shape[0]}: the others would be dropped. For a clip use extend_after / "
+                            "extend_before, or pick images with ImageFromBatch.")
         builders = {
             "first": lambda: V.first_frame(images[0], length, **size),
             "last": lambda: V.last_frame(images[-1], length, **size),
@@ -113,6 +118,8 @@ def _indices(text: str, count: int) -> list[int]:
         raise VaceError(f"indices {text!r} must be whole numbers separated by commas, e.g. '0, 40, -1'") from None
     if len(values) != count:
         raise VaceError(f"{len(values)} indices for {count} images: give one position per image")
+    if len(set(values)) < len(values):
+        raise VaceError(f"indices {text!r} repeat a position, so an image would be lost: give each its own")
     return values
 
 

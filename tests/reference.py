@@ -30,8 +30,8 @@ def diffusers_vace(heads, head_dim, layers, vace_layers, ffn=32, text_dim=32, se
 
 
 def reference_forward(ref, x, t, text, vace_context, scale):
-    """diffusers' forward; text zero-padded to 512 as the Wan pipelines do."""
-    text = torch.nn.functional.pad(text, (0, 0, 0, 512 - text.shape[1]))
+    """diffusers' forward; text zero-padded to 512 as the Wan pipelines do (longer text attended whole)."""
+    text = torch.nn.functional.pad(text, (0, 0, 0, max(0, 512 - text.shape[1])))
     scales = torch.full((len(ref.config.vace_layers),), float(scale))
     with torch.no_grad():
         return ref(x, t, text, control_hidden_states=vace_context, control_hidden_states_scale=scales,

@@ -42,3 +42,29 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "vace_core", "info", str(tmp_path / "none.safetensors")],
                              cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode != 0 and "none.safetensors" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_run_long_video_streams_each_window_to_the_file(tmp_path, monkeypatch):
+    """`run --length N` longer than `--window`: long video, each window's frames written as they are final."""
+    from vace_core import tasks
+
+    writes = []
+
+    class Recording(tasks.VideoStream):
+        def write(self, frames):
+            writes.append(len(frames))
+            super().write(frames)
+    monkeypatch.setattr(tasks, "VideoStream", Recording)
+    out = tmp_path / "long.mp4"
+    main(["run", "--prompt", "a fox", "--length", "17", "--window", "9", "--overlap", "5", "--mode", "autoregressive",
+          "--width", "16", "--height", "16", "--steps", "1", "--cfg", "1", "--out", str(out)])
+    assert writes == [9, 4, 4]  # windows (0, 9), (4, 13), (8, 17), written as each finished
+    frames, fps = read_video(out)
+    assert frames.shape == (17, 16, 16, 3) and fps == 16
+
+
+def test_bad_long_video_flags_are_a_message(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vace_core", "run", "--length", "161", "--window", "80",
+                             "--out", str(tmp_path / "x.mp4")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: window 80: a window is 4n+1 frames")

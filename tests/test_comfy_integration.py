@@ -53,9 +53,11 @@ PACK = Path(__file__).resolve().parents[1]
 SHRINK = {"width": W, "height": H, "length": FRAMES}  # on VACE nodes (0 = "keep the input's" stays 0)
 # bf16 (the VAE loader's default, right for GPUs) runs convolutions ~6x slower than fp32 on a CPU
 PER_CLASS = {"VACESampler": {"steps": STEPS}, "VACEVAELoader": {"dtype": "fp32"}, "ImageFromBatch": {"length": 5},
+             "VACELongVideoSampler": {"steps": STEPS},  # window 81 > 9 frames: one window (multi-window: its own test)
              "VACEDepthAnnotator": {"backend": "midas"}, "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
              "VACELayoutAnnotator": {"start_box": "4,16,28,40", "end_box": "36,16,60,40"}}
-NEEDS = {"vace_pose": "mediapipe", "vace_animate_anything": "mediapipe", "vace_inpaint_sam2": "sam2"}
+NEEDS = {"vace_pose": "mediapipe", "vace_animate_anything": "mediapipe", "vace_inpaint_sam2": "sam2",
+         "vace_long_pose": "mediapipe"}
 
 
 @pytest.fixture(scope="module")

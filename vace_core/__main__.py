@@ -7,6 +7,8 @@ import sys
 import torch
 
 from .errors import VaceError
+from .outputs import check_writable
+from .video_io import WRITE_EXTS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -18,17 +20,48 @@ def _demo(args):
     main(args.out, args.checkpoints)
 
 
+def _device(name: str | None) -> torch.device:
+    """--device checked before anything loads."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VaceError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise VaceError(f"--device {name!r}: VACE runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VaceError(f"--device {name}: this PyTorch sees no CUDA GPU (a CPU-only build, or no driver); "
+                        "use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise VaceError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+                        f"cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+def _check_model_files(args):
+    """The embedded tiny defaults only fit each other: the user's files come as a set."""
+    given = {"--model": args.model, "--vae": args.vae, "--text-encoder": args.text_encoder}
+    if args.job:  # a job file carries its encoded prompts
+        del given["--text-encoder"]
+    missing = [flag for flag, value in given.items() if not value]
+    if missing and len(missing) < len(given):
+        raise VaceError(f"{' and '.join(missing)} missing: with your own model files give --model, --vae and "
+                        "--text-encoder together (e.g. --text-encoder umt5_xxl_fp8_e4m3fn_scaled.safetensors); "
+                        "the embedded tiny defaults only work with each other")
+
+
 def _models(args):
-    """The user's files, or the embedded tiny default for what is not given."""
+    """The user's files, or the embedded tiny default for all three."""
     from .embedded import tiny_model, tiny_vae
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     # --fsdp: the weights stay on the CPU until FSDP2 moves each block's shard to this process's GPU
     model_device = "cpu" if args.fsdp else device
     if args.model:
         from .checkpoints import load_vace_model
 
-        compute = torch.bfloat16 if torch.device(device).type == "cuda" else None  # as if loaded on the GPU
+        compute = torch.bfloat16 if device.type == "cuda" else None  # as if loaded on the GPU
         model = load_vace_model(args.model, args.base, storage_dtype=DTYPES.get(args.weight_dtype),
                                 device=model_device, compute_dtype=compute)
     else:
@@ -48,10 +81,8 @@ def _models(args):
         from .text import tiny_text_encoder
 
         text = tiny_text_encoder()
-    if not (args.model and args.vae and (args.text_encoder or args.job)):
-        print("using the embedded tiny default for the "
-              + ", ".join(n for n, given in (("model", args.model), ("VAE", args.vae),
-                                             ("text encoder", args.text_encoder or args.job)) if not given))
+    if not args.model:
+        print("using the embedded tiny default model, VAE and text encoder (random weights: a demo, not a video)")
     return model, vae, text
 
 
@@ -71,14 +102,23 @@ def _parallel(args, model):
 
 
 def _run(args):
+    from .long_video import LongVideoSettings
     from .pipeline import SamplerSettings
     from .tasks import TaskInputs, run
+    from .video_io import read_image
 
     inputs = TaskInputs(prompt=args.prompt, negative=args.negative, video=args.video, mask=args.mask,
                         outpaint=tuple(args.outpaint) if args.outpaint else None, extend_to=args.extend_to,
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
                         length=args.length)
     settings = SamplerSettings(args.steps, args.cfg, args.shift, args.sampler, "wan", args.seed)
+    check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
+    _check_model_files(args)
+    anchor = read_image(args.colour_anchor)[None, ..., :3] if args.colour_anchor else None
+    long = LongVideoSettings(args.window, args.overlap, args.discard, args.mode, args.perturbation,
+                             args.replace_latents, args.carry_guidance, args.keyframes, colour_method=args.colour,
+                             colour_strength=args.colour_strength, colour_anchor=anchor)
+    long.check()
     parallel = args.parallel or args.cfg_parallel or args.fsdp
     if parallel:
         from .distributed import launched, local_device
@@ -101,7 +141,7 @@ def _run(args):
         unit = job.vcus[0]
         run_job(job, model, vae, out, args.composite, tiling="auto")
     else:
-        unit, _ = run(inputs, model, vae, text, out, settings, feather=args.composite, tiling="auto")
+        unit, _ = run(inputs, model, vae, text, out, settings, feather=args.composite, tiling="auto", long=long)
     if writer:
         print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
 
@@ -118,6 +158,7 @@ def _info(args):
 def _convert(args):
     from .checkpoints import load_state_dict, merge_vace_module, save_checkpoint
 
+    check_writable(args.dst)
     state_dict = load_state_dict(args.src)
     if args.base:
         state_dict = merge_vace_module(load_state_dict(args.base), state_dict)
@@ -125,6 +166,26 @@ def _convert(args):
     scaled = bool(args.dtype and args.dtype.endswith("_scaled"))
     save_checkpoint(state_dict, args.dst, args.layout, dtype, scaled=scaled)
     print(f"wrote {args.dst}")
+
+
+def _long_video_flags(run):
+    """Long video (vace_core/long_video.py): used when the VCU is longer than --window."""
+    from .colour import METHODS
+    from .long_video import MODES
+
+    g = run.add_argument_group("long video (a VCU longer than --window)")
+    g.add_argument("--window", type=int, default=81, help="frames per window, 4n+1 (VACE was trained on 81)")
+    g.add_argument("--overlap", type=int, default=5, help="frames each window carries over from the one before")
+    g.add_argument("--mode", choices=MODES, default="autoregressive",
+                   help="windows carrying the video forward, keyframes then interpolation, or fused windows")
+    g.add_argument("--discard", type=int, default=0, help="frames dropped from the end of each window but the last")
+    g.add_argument("--perturbation", type=float, default=0.02, help="noise level on the carried frames' context")
+    g.add_argument("--replace-latents", action="store_true", help="re-noise carried latents to each step's level")
+    g.add_argument("--carry-guidance", type=float, default=0.0, help="LVDM unconditional guidance weight (0 = off)")
+    g.add_argument("--keyframes", type=int, default=0, help="hierarchical: keyframes, 4n+1 (0 = automatic)")
+    g.add_argument("--colour", choices=METHODS, default="reinhard", help="colour anchoring method")
+    g.add_argument("--colour-strength", type=float, default=1.0, help="colour anchoring strength, 0 = off")
+    g.add_argument("--colour-anchor", help="image whose colours every window matches (default: the first window)")
 
 
 def _run_parser(sub):
@@ -143,13 +204,14 @@ def _run_parser(sub):
     run.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
     run.add_argument("--width", type=int, default=832)
     run.add_argument("--height", type=int, default=480)
-    run.add_argument("--length", type=int, default=81, help="frames, 4n+1")
+    run.add_argument("--length", type=int, default=81, help="frames, 4n+1; longer than --window: long video")
     run.add_argument("--steps", type=int, default=50)
     run.add_argument("--cfg", type=float, default=5.0)
     run.add_argument("--shift", type=float, default=16.0)
     run.add_argument("--sampler", choices=["unipc", "euler", "dpmpp_2m"], default="unipc")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--composite", type=int, metavar="FEATHER", help="paste kept pixels back (feather in px)")
+    _long_video_flags(run)
     run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
     run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
     run.add_argument("--weight-dtype", choices=list(DTYPES), help="storage dtype (default: the file's)")
@@ -196,6 +258,8 @@ def main(argv=None):
         args.fn(args)
     except VaceError as e:  # a user's mistake: the message, not a traceback
         sys.exit(f"error: {e}")
+    except OSError as e:  # the machine's: unreadable files, a full disk...
+        sys.exit(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ The steps are separate functions so the ComfyUI nodes can run them one per node 
 sample in VACE Sampler, decode in Decode) and the command line can run them in one call (`generate`).
 """
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,10 @@ from torch import Tensor
 
 from .errors import VaceError
 from .sampling import ContextStream, cfg, context_strengths, flow_sigmas, make_noise, sample, sigma_to_timestep
+from .text import TEXT_LEN
 from .vcu import VCU, encode_vcu
+
+log = logging.getLogger("vace")
 
 
 @dataclass(frozen=True)
@@ -41,17 +45,22 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
     """(L, D) or (1, L, D) features -> (1 or 2, max L, D), zero-padded (the DiT pads to 512 anyway)."""
     texts = [t if t.ndim == 3 else t[None] for t in (positive, negative) if t is not None]
     length = max(t.shape[1] for t in texts)
+    if length > TEXT_LEN:
+        log.warning("VACE: a prompt has %d tokens; the official model saw at most %d. All are attended (as "
+                    "ComfyUI's native Wan model does); shorten the prompt to stay within what it was trained on.",
+                    length, TEXT_LEN)
     return torch.cat([F.pad(t, (0, 0, 0, length - t.shape[1])) for t in texts]).to(dtype)
 
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None) -> Tensor:
+                  callback=None, device=None, model_input=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     streams: (strength, start, end) per context, default full strength over every step. Guidance runs the
     negative prompt in the same batch (with the same contexts, as the reference does); guidance 1 skips it.
-    callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
+    callback(step, total, x, x0_preview) may stop the run (see sampling.sample). model_input(x, sigma) -> x is
+    what the DiT sees at each step (the solver keeps its own x): long video re-noises carried-over latents there.
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
@@ -66,6 +75,8 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
 
     def denoise(x, sigma, step):
+        if model_input is not None:
+            x = model_input(x, sigma)
         t = torch.full((text.shape[0],), sigma_to_timestep(sigma, settings.schedule), device=device)
         active = [(c, s) for c, s in zip(contexts, context_strengths(streams, step, settings.steps), strict=True) if s]
         with torch.no_grad():
@@ -85,12 +96,15 @@ def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: i
 def composite(video: Tensor, vcu: VCU, feather: int = 0) -> Tensor:
     """Pastes the VCU's kept pixels (mask 0) back over the output, so kept regions stay exact; `feather`
     pixels of soft edge reach into the kept side, so seams blend. video (3, T, H, W) in [-1, 1]."""
+    if video.shape[1:] != vcu.frames.shape[1:]:
+        raise VaceError(f"cannot paste the VCU's kept pixels back: the video is {video.shape[1]} frames at "
+                        f"{video.shape[2]}x{video.shape[3]}, the VCU {vcu.length} frames at "
+                        f"{vcu.size[0]}x{vcu.size[1]}. Connect the VCU this latent was sampled from.")
     weight = vcu.masks.to(video)  # 1 = take the generated pixel
     if feather > 0:
         soft = F.avg_pool2d(weight[:, None], 2 * feather + 1, stride=1, padding=feather, count_include_pad=False)
         weight = torch.maximum(weight, soft[:, 0])
-    n = min(video.shape[1], vcu.length)
-    return vcu.frames[:, :n].to(video) * (1 - weight[:n]) + video[:, :n] * weight[:n]
+    return vcu.frames.to(video) * (1 - weight) + video * weight
 
 
 def generate(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: Tensor | None = None,

@@ -16,8 +16,9 @@ import torch
 
 from . import vcu as V
 from .errors import VaceError
+from .long_video import LongVideoSettings, generate_long
 from .pipeline import SamplerSettings, composite, generate
-from .video_io import read_image, read_video, write_video
+from .video_io import VideoStream, read_image, read_video, write_video
 
 log = logging.getLogger("vace")
 
@@ -80,18 +81,35 @@ def build_vcu(inputs: TaskInputs) -> tuple[V.VCU, float]:
 
 
 def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings: SamplerSettings | None = None,
-        feather: int | None = None, tiling=None) -> tuple[V.VCU, torch.Tensor]:
+        feather: int | None = None, tiling=None, long: LongVideoSettings | None = None) -> tuple[V.VCU, torch.Tensor]:
     """Builds the VCU, samples, writes the video (unless `out` is None: the other ranks of a multi-process
-    run); returns (VCU, video (3, T, H, W) in [-1, 1])."""
+    run); returns (VCU, video (3, T, H, W) in [-1, 1]). A VCU longer than `long.window` (or long.mode "fused")
+    goes through vace_core.long_video, window by window, each window's frames streamed to the file as they
+    are final."""
     settings = settings or SamplerSettings()
     unit, fps = build_vcu(inputs)
     positive = text_encoder.encode(inputs.prompt)
     negative = text_encoder.encode_negative(inputs.negative)
     log.info("VACE: %s VCU, %d frames at %dx%d, %d reference(s)", unit.kind, unit.length, *unit.size,
              len(unit.references))
+    if long is not None and (unit.length > long.window or long.mode == "fused"):
+        return unit, _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long)
     video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling)
     if feather is not None:
         video = composite(video, unit, feather)
     if out is not None:
         write_video(out, V.to_images(video), fps)
     return unit, video
+
+
+def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long) -> torch.Tensor:
+    if out is None:
+        return generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
+                             composite_feather=feather).video
+    stream = VideoStream(out, fps)
+    try:
+        result = generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
+                               composite_feather=feather, on_frames=lambda frames: stream.write(V.to_images(frames)))
+    finally:
+        stream.close()
+    return result.video

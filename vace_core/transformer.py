@@ -166,8 +166,6 @@ class VaceTransformer(nn.Module):
                 raise VaceError(f"VACE context stream {i} has shape {tuple(c.shape)}; it must be "
                                 f"(B, {self.config.vace_in_dim}, {', '.join(map(str, x.shape[2:]))}) to match the "
                                 "latent: encode the VCU at the sampler's size and length.")
-        if context.shape[1] > self.config.text_len:
-            raise VaceError(f"text context has {context.shape[1]} tokens; at most {self.config.text_len}.")
 
     def embed(self, x, t, context, vace_context=()) -> Tokens:
         """The inputs as tokens: everything the blocks read (see `Tokens`)."""
@@ -179,7 +177,9 @@ class VaceTransformer(nn.Module):
 
         t_emb = self.time_embedding(sinusoid(t, cfg.freq_dim).to(hp))  # (B, dim)
         e = rearrange(self.time_projection(t_emb), "b (six d) -> b six d", six=6)
-        text = nn.functional.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
+        # zero-padded to 512 as the reference; longer prompts (ComfyUI's tokenizer does not truncate) are
+        # attended whole, as ComfyUI's native Wan model does
+        text = nn.functional.pad(context, (0, 0, 0, max(0, cfg.text_len - context.shape[1])))
         text = self.text_embedding(text.to(cd))
 
         x = self._patchify(self.patch_embedding, x, hp)
@@ -215,7 +215,7 @@ class VaceTransformer(nn.Module):
         """Predicts the flow velocity.
 
         x (B, in_dim, T, H, W) noisy latent (reference latents first along T), its dtype is the compute dtype;
-        t (B,) timesteps in [0, 1000]; context (B, L<=512, text_dim) text features (zero-padded to 512 here,
+        t (B,) timesteps in [0, 1000]; context (B, L, text_dim) text features (zero-padded to 512 here,
         as the reference attends all 512 positions); vace_context: one (B or 1, 96, T, H, W) tensor per
         context stream; vace_scale: one strength per stream. Returns (B, out_dim, T, H, W) in x's dtype.
 

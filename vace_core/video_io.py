@@ -6,6 +6,7 @@ Out: mp4 (h264, yuv420p), animated webp, gif. The frame rate travels with the fr
 written back unchanged.
 """
 
+import os
 import re
 from fractions import Fraction
 from itertools import pairwise
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .errors import VaceError
+from .outputs import atomic_output
 
 DEFAULT_FPS = 16.0  # Wan's sampling rate; used for image folders and still images
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -142,21 +144,43 @@ def frame_durations_ms(count: int, fps: float, step_ms: int) -> list[int]:
     return [max(end - start, step_ms) for start, end in pairwise([0] + ends)]
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: float):
-    """h264 yuv420p (plays everywhere). yuv420p needs even sizes: odd ones repeat their last row/column."""
-    import av
+class Mp4Writer:
+    """h264 yuv420p (plays everywhere), frames appended as they come (long videos stream window by window).
+    yuv420p needs even sizes: odd ones repeat their last row/column."""
 
-    _, h, w, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = w + w % 2, h + h % 2
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": MP4_CRF}
+    def __init__(self, path: Path, fps: float):
+        import av
+
+        self.container = av.open(str(path), mode="w")
+        self.fps, self.stream = fps, None
+
+    def write(self, frames: np.ndarray):
+        """uint8 (T, H, W, 3) frames."""
+        import av
+
+        _, h, w, _ = frames.shape
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        if self.stream is None:
+            self.stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            self.stream.width, self.stream.height = w + w % 2, h + h % 2
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"crf": MP4_CRF}
         for frame in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())  # flush the encoder's delayed frames
+            self.container.mux(self.stream.encode(frame))
+
+    def close(self):
+        if self.stream is not None:
+            self.container.mux(self.stream.encode())  # flush the encoder's delayed frames
+        self.container.close()
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: float):
+    writer = Mp4Writer(path, fps)
+    try:
+        writer.write(frames)
+    finally:
+        writer.close()
 
 
 def write_animated_image(path: Path, frames: np.ndarray, fps: float):
@@ -171,21 +195,67 @@ def write_animated_image(path: Path, frames: np.ndarray, fps: float):
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, **options)
 
 
-def write_video(path: str | Path, frames: Tensor, fps: float):
-    """(T, H, W, 3 or 4) float 0..1 -> .mp4 (h264), .webp (animated) or .gif at `fps`; mp4, gif drop alpha."""
-    path = Path(path)
+def check_output(path: Path, fps: float) -> str:
     suffix = path.suffix.lower()
     if suffix not in WRITE_EXTS:
         raise VaceError(f"Cannot write {path.name!r}: choose an extension among {', '.join(WRITE_EXTS)}")
-    if frames.ndim != 4 or frames.shape[-1] not in (3, 4) or len(frames) == 0:
-        raise VaceError(f"Expected frames (T, H, W, 3 or 4) with T >= 1, got shape {tuple(frames.shape)}")
     if not fps > 0:
         raise VaceError(f"fps must be positive, got {fps}")
-    pixels = to_uint8(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".mp4":
-        write_mp4(path, pixels[..., :3], fps)
-    elif suffix == ".gif":
-        write_animated_image(path, pixels[..., :3], fps)
-    else:
-        write_animated_image(path, pixels, fps)
+    return suffix
+
+
+def check_frames(frames: Tensor):
+    if frames.ndim != 4 or frames.shape[-1] not in (3, 4) or len(frames) == 0:
+        raise VaceError(f"Expected frames (T, H, W, 3 or 4) with T >= 1, got shape {tuple(frames.shape)}")
+
+
+def write_video(path: str | Path, frames: Tensor, fps: float):
+    """(T, H, W, 3 or 4) float 0..1 -> .mp4 (h264), .webp (animated) or .gif at `fps`; mp4, gif drop alpha."""
+    path = Path(path)
+    check_frames(frames)
+    suffix = check_output(path, fps)
+    pixels = to_uint8(frames)
+    with atomic_output(path) as temp:  # no partial file when the disk fills
+        if suffix == ".mp4":
+            write_mp4(temp, pixels[..., :3], fps)
+        elif suffix == ".gif":
+            write_animated_image(temp, pixels[..., :3], fps)
+        else:
+            write_animated_image(temp, pixels, fps)
+
+
+class VideoStream:
+    """Writes a video whose frames arrive in runs (`write(frames (T, H, W, 3))`, then `close()`): mp4 frames go
+    to the encoder as they come (under a temporary name, renamed at close, so a failed write leaves no partial
+    file); webp and gif (written whole by PIL) are gathered and written at close."""
+
+    def __init__(self, path: str | Path, fps: float):
+        self.path, self.fps = Path(path), fps
+        self.suffix = check_output(self.path, fps)
+        self.streaming = self.path.with_name(f".{self.path.stem}.streaming{self.suffix}")
+        self.mp4 = Mp4Writer(self.streaming, fps) if self.suffix == ".mp4" else None
+        self.pending: list[Tensor] = []
+
+    def write(self, frames: Tensor):
+        check_frames(frames)
+        if self.mp4 is None:
+            self.pending.append(frames)
+            return
+        try:
+            self.mp4.write(to_uint8(frames)[..., :3])
+        except OSError as e:
+            raise VaceError(f"could not write {self.path}: {e.strerror or e}. Nothing was written.") from None
+
+    def close(self):
+        """Finishes the file with the frames written so far (all, or the windows done before an interrupt)."""
+        if self.mp4 is None:
+            if self.pending:
+                write_video(self.path, torch.cat(self.pending), self.fps)
+            return
+        try:
+            with atomic_output(self.path) as temp:
+                self.mp4.close()
+                os.replace(self.streaming, temp)
+        finally:
+            self.streaming.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..base import Annotator, AnnotatorError, batches, pick_device, require
+from ..base import Annotator, AnnotatorError, batches, load_weights, pick_device, require
 from ..weights import resolve_weight
 from .convert import depth_anything_v2_from_original
 
@@ -26,7 +26,7 @@ def load_depth_model(path: Path):
     transformers = require("transformers")
     if path.is_dir():
         return any_input_size(transformers.AutoModelForDepthEstimation.from_pretrained(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path)
     if any(k.startswith("pretrained.blocks.") for k in state):
         return depth_anything_v2_from_original(state)
     raise AnnotatorError(

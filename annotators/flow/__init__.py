@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..base import Annotator, pick_device, require, to_uint8
+from ..base import Annotator, load_weights, pick_device, require, to_uint8
 from ..weights import resolve_weight
 from .colorwheel import flow_to_color
 
@@ -58,9 +58,11 @@ class RAFTFlow(FlowAnnotator):
     The pack itself never needs torchvision: without it this backend says so and DIS remains.
     """
 
+    WEIGHT = "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
+
     def __init__(
         self,
-        weight: str = "raft_large_C_T_SKHT_V2-ff5fadd5.pth",
+        weight: str = WEIGHT,
         search_dirs=(),
         device=None,
         iters: int = 20,
@@ -69,7 +71,7 @@ class RAFTFlow(FlowAnnotator):
         self.device = pick_device(device)
         self.model = optical_flow.raft_large(weights=None, progress=False)
         path = resolve_weight(weight, "annotators", search_dirs)
-        self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.model.load_state_dict(load_weights(path))
         self.model = self.model.eval().requires_grad_(False).to(self.device)
         self.iters = iters
 

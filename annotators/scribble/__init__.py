@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..base import Annotator, FrameAnnotator, batches, pick_device
+from ..base import Annotator, FrameAnnotator, batches, load_weights, pick_device
 from ..weights import resolve_weight
 from .lineart import LineartGenerator
 
@@ -63,7 +63,7 @@ class InformativeDrawings(Annotator):
         self.device = pick_device(device)
         path = resolve_weight(weight, "annotators", search_dirs)
         self.model = LineartGenerator(n_residual_blocks=3)
-        self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.model.load_state_dict(load_weights(path))
         self.model = self.model.eval().requires_grad_(False).to(self.device)
         self.batch_size, self.invert = batch_size, invert
 

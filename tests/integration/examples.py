@@ -207,12 +207,61 @@ def move_anything(wf: Workflow):
     finish(wf, base, vcu, "move_anything")
 
 
+LONG_NOTE = ("**Long video**: the VCU is longer than one window, so the **VACE Long Video Sampler** makes it "
+             "window by window and decodes inside (IMAGE out). Recommended: window 81 (what VACE was trained on), "
+             "overlap 5, perturbation 0.02, colour anchoring at 1.0 (mkl removes tints best; reinhard "
+             "matches LAB mean/std). Each extra window costs about one more 81-frame run. Cancel keeps the finished "
+             "windows.")
+
+
+def long_video(wf: Workflow, base: dict, vcu: Node, name: str, fps=None, **options) -> None:
+    """Long Video Sampler (decodes inside) -> mp4."""
+    images = wf.add("VACELongVideoSampler", vace_model=base["model"], vace_vae=base["vae"],
+                    positive=base["positive"], negative=base["negative"], vcu=vcu, **options)
+    video = wf.add("CreateVideo", images=images, fps=fps or 16.0)
+    wf.add("SaveVideo", video=video, filename_prefix=f"video/vace_{name}")
+
+
+def long_extension(wf: Workflow):
+    wf.note("241-frame extension", LONG_NOTE + "\n\n**Extension to 241 frames (15 s)**: the clip's first 17 "
+            "frames are kept and 224 more are generated in 4 windows; each window continues from the last 5 "
+            "frames of the one before. Colours are anchored to the clip itself, and its pixels pasted back.")
+    base = common(wf, "an astronaut turning slowly, the camera keeps panning right, continuous shot")
+    frames, fps = load_clip(wf)
+    clip = wf.add("ImageFromBatch", image=frames, batch_index=0, length=17)
+    vcu = wf.add("VACEFramePlacement", images=clip, placement="extend_after", width=832, height=480, length=241)
+    long_video(wf, base, vcu, "long_extension", fps, colour_anchor=clip, colour_method="mkl", paste_kept=True)
+
+
+def long_pose(wf: Workflow):
+    wf.note("Long pose-driven video", LONG_NOTE + "\n\n**Pose over 161 frames (10 s)**: the clip is chained "
+            "with itself (**Repeat Image Batch**) into a long pose video; the pose annotator draws the skeletons "
+            "and the windows follow them. Latent replacement holds each window to the frames it continues from.")
+    base = common(wf, "a dancer in a red dress on a stage, spotlight, full body")
+    frames, fps = load_clip(wf)
+    chained = wf.add("RepeatImageBatch", image=frames, amount=2)
+    poses = wf.add("VACEPoseAnnotator", frames=chained, backend="mediapipe")
+    vcu = wf.add("VACEBuildVCU", frames=poses, width=832, height=480, length=161)
+    long_video(wf, base, vcu, "long_pose", fps, replace_latents=True, colour_method="mkl")
+
+
+def long_hierarchical(wf: Workflow):
+    wf.note("Hierarchical long video", LONG_NOTE + "\n\n**Keyframes, then interpolation (LVDM)**: 5 keyframes "
+            "spread over 241 frames are made in one window, then each 61-frame gap is filled between its two "
+            "keyframes, so errors cannot pile up window after window. More `keyframes` (4n+1) follow faster "
+            "motion; the cost is one keyframe window plus one window per gap.")
+    base = common(wf, "a time-lapse of clouds rolling over a mountain lake, from dawn to noon, static camera")
+    vcu = wf.add("VACEBuildVCU", width=832, height=480, length=241)
+    long_video(wf, base, vcu, "long_hierarchical", mode="hierarchical")
+
+
 EXAMPLES: dict[str, Callable[[Workflow], None]] = {
     "vace_t2v": t2v, "vace_r2v_two_references": r2v, "vace_depth": depth, "vace_pose": pose, "vace_flow": flow,
     "vace_gray_colourise": gray, "vace_scribble": scribble, "vace_inpaint_sam2": inpaint_sam2,
     "vace_outpaint": outpaint, "vace_temporal_extension": extension, "vace_first_last_frame": first_last,
     "vace_swap_anything": swap_anything, "vace_animate_anything": animate_anything,
-    "vace_move_anything": move_anything,
+    "vace_move_anything": move_anything, "vace_long_extension": long_extension, "vace_long_pose": long_pose,
+    "vace_long_hierarchical": long_hierarchical,
 }
 
 

@@ -5,6 +5,7 @@ diffusers both write `weight_map`), or a folder holding one of these (plus, opti
 """
 
 import json
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -26,6 +27,14 @@ FOLDER_FILES = (
 PICKLE_WRAPPERS = ("state_dict", "model", "module", "ema")
 
 
+def check_finite(key: str, value: Tensor) -> None:
+    """Refuses a tensor holding NaN or inf: one float32 sum (NaN and inf survive a sum), cheaper than an
+    isfinite mask, done while the tensor is being copied anyway."""
+    if value.is_floating_point() and not torch.isfinite(torch.sum(value, dtype=torch.float32)):
+        raise VaceError(f"the checkpoint's tensor {key} holds NaN or infinite values: the file is damaged (or was "
+                        "saved from a diverged training run). Download it again.")
+
+
 def read_file(path: Path) -> dict[str, Tensor]:
     """One weights file -> {key: tensor} on the CPU. Corrupt or truncated files raise a VaceError naming it."""
     if not path.is_file():
@@ -38,6 +47,11 @@ def read_file(path: Path) -> dict[str, Tensor]:
             # mmap keeps a 69 GB pickle out of RAM; only the zip format (torch >= 1.6) supports it
             mmap = zipfile.is_zipfile(path)
             return _unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=mmap))
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never do that
+        raise VaceError(
+            f"Refusing to load {path}: the pickle holds more than tensors (objects that run code when loaded), so "
+            "it is unsafe or not a weights file. Use the model's .safetensors release instead."
+        ) from None
     except Exception as e:  # safetensors/pickle/zip errors differ by version: all mean a broken file
         raise VaceError(
             f"Could not read checkpoint file {path} ({type(e).__name__}: {e}). "

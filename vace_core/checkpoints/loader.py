@@ -9,7 +9,7 @@ from .. import ops
 from ..transformer import VaceTransformer
 from .detect import check_keys, detect_config, merge_vace_module
 from .fp8 import FP8_DTYPES, SCALE_WEIGHT, dequantize_tensor, drop_fp8_markers, is_scaled_fp8
-from .io import read_config_json, read_weights
+from .io import check_finite, read_config_json, read_weights
 from .keymap import to_official
 from .save import convert_tensor
 
@@ -40,6 +40,7 @@ def to_storage(state_dict: dict[str, Tensor], storage_dtype: torch.dtype | None,
         if dequant and key.endswith(SCALE_WEIGHT):
             continue
         value = value.to(device, copy=True)
+        check_finite(key, value)
         if dequant:
             value = dequantize_tensor(key, value, state_dict, as_float)
         out[key] = convert_tensor(key, value, storage_dtype)

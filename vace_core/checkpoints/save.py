@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..config import VaceConfig
 from ..errors import VaceError
+from ..outputs import atomic_output
 from .detect import detect_config
 from .fp8 import FP8_DTYPES, dequantize, drop_fp8_markers, is_scaled_fp8, quantize_scaled
 from .keymap import COMFY_PREFIX, is_vace_module_key, official_to_diffusers, to_official
@@ -116,23 +117,8 @@ def diffusers_config_json(config: VaceConfig) -> dict:
     }
 
 
-def save_checkpoint(
-    state_dict: dict[str, Tensor],
-    path: str | Path,
-    layout: str = "official",
-    dtype: torch.dtype | None = None,
-    *,
-    scaled: bool = False,
-    config: VaceConfig | None = None,
-    max_shard_bytes: int = 5 * 2**30,
-) -> Path:
-    """Write `state_dict` (any key layout the loader reads) to `path`: a file, or a folder for the sharded
-    and diffusers layouts. `config` (detected from the weights when needed and not given) goes into
-    config.json. Returns `path`."""
-    if layout not in LAYOUTS:
-        raise VaceError(f"Unknown checkpoint layout {layout!r}: expected one of {LAYOUTS}")
-    path = Path(path)
-    state_dict = convert_dtype(to_official(state_dict), dtype, scaled)
+def _write(state_dict: dict[str, Tensor], path: Path, layout: str, config: VaceConfig | None,
+           max_shard_bytes: int) -> None:
     if layout == "official":
         _save_safetensors(state_dict, path)
     elif layout == "official_sharded":
@@ -156,4 +142,25 @@ def save_checkpoint(
         _save_safetensors(official_to_diffusers(state_dict), path)
     elif layout == "vace_module":
         _save_safetensors({k: v for k, v in state_dict.items() if is_vace_module_key(k)}, path)
+
+
+def save_checkpoint(
+    state_dict: dict[str, Tensor],
+    path: str | Path,
+    layout: str = "official",
+    dtype: torch.dtype | None = None,
+    *,
+    scaled: bool = False,
+    config: VaceConfig | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> Path:
+    """Write `state_dict` (any key layout the loader reads) to `path`: a file, or a folder for the sharded
+    and diffusers layouts. `config` (detected from the weights when needed and not given) goes into
+    config.json. Returns `path`."""
+    if layout not in LAYOUTS:
+        raise VaceError(f"Unknown checkpoint layout {layout!r}: expected one of {LAYOUTS}")
+    path = Path(path)
+    state_dict = convert_dtype(to_official(state_dict), dtype, scaled)
+    with atomic_output(path) as temp:  # written whole or not at all (disk full), with normal permissions
+        _write(state_dict, temp, layout, config, max_shard_bytes)
     return path

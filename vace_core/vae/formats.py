@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoints.io import read_weights
+from ..checkpoints.io import check_finite, read_weights
 from ..errors import VaceError
 from .model import WanVAE
 
@@ -85,6 +85,10 @@ def official_state_dict(path: str | Path) -> dict[str, Tensor]:
     for prefix in PREFIXES:
         if any(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    conv_in = state_dict.get("encoder.conv_in.weight", state_dict.get("encoder.conv1.weight"))
+    if conv_in is not None and conv_in.ndim != 5:
+        raise VaceError(f"{path.name} is an image VAE (2D convolutions: SD / SDXL / Flux and the like), not the "
+                        "Wan2.1 video VAE. VACE needs `wan_2.1_vae.safetensors` (or the official Wan2.1_VAE.pth).")
     if "encoder.conv_in.weight" in state_dict:
         state_dict = diffusers_to_official(state_dict)
     if "encoder.conv1.weight" not in state_dict or "decoder.conv1.weight" not in state_dict:
@@ -97,6 +101,8 @@ def load_vae(path: str | Path, dtype: torch.dtype | None = None, device: torch.d
              operations=nn) -> WanVAE:
     """A WanVAE from a file or folder; dtype None keeps the file's. `operations` as in ComfyUI (comfy.ops)."""
     state_dict = official_state_dict(path)
+    for key, value in state_dict.items():
+        check_finite(key, value)
     with torch.device("meta"):  # no init work: every weight comes from the file
         vae = WanVAE(**vae_config(state_dict), operations=operations)
     try:

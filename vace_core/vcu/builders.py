@@ -8,14 +8,17 @@ import torch
 from torch import Tensor
 
 from ..errors import VaceError
-from .pixels import letterbox, resize_cover, to_masks, to_video
-from .unit import VCU, fit_length, fit_size
+from .pixels import letterbox, resize_cover, resize_masks, to_masks, to_video
+from .unit import VCU, check_memory, fit_length, fit_size
+
+MAX_REFERENCES = 8  # VACE was trained with 1-3; more is almost always a video wired in by mistake
 
 
 def _fit(video: Tensor, height: int | None, width: int | None, length: int | None) -> Tensor:
     """(3, T, H, W) video -> target size (centre crop + resize) and 4n+1 length (the first frames)."""
     size = fit_size(height or video.shape[2], width or video.shape[3])
     n = fit_length(length or video.shape[1])
+    check_memory(n, *size)
     if video.shape[1] < n:
         raise VaceError(f"the video has {video.shape[1]} frames but {n} were asked for; give a longer video "
                         "or use extend() to generate the rest")
@@ -25,6 +28,7 @@ def _fit(video: Tensor, height: int | None, width: int | None, length: int | Non
 def text_to_video(length: int = 81, height: int = 480, width: int = 832) -> VCU:
     """T2V: gray frames, everything generated."""
     n, size = fit_length(length), fit_size(height, width)
+    check_memory(n, *size)
     return VCU(torch.zeros(3, n, *size), torch.ones(n, *size))
 
 
@@ -49,7 +53,7 @@ def inpaint(video: Tensor, masks: Tensor, height: int | None = None, width: int 
                         "generated: white (1) marks what to generate. A mask loaded from an image's alpha "
                         "channel is empty when the image has none (in ComfyUI: Load Image (as Mask), channel red).")
     frames = _fit(frames, height, width, length)
-    masks = (resize_cover(masks[None], frames.shape[2:], nearest=True)[0][: frames.shape[1]] > 0.5).float()
+    masks = resize_masks(masks[: frames.shape[1]], frames.shape[2:])
     return VCU(frames * (1 - masks), masks, kind="repaint")
 
 
@@ -62,10 +66,11 @@ def outpaint(video: Tensor, left: float = 0, right: float = 0, top: float = 0, b
     if min(pad) < 0 or not any(pad):
         raise VaceError(f"outpaint needs a positive amount on at least one side, got left={left} right={right} "
                         f"top={top} bottom={bottom}")
+    check_memory(t, h + pad[2] + pad[3], w + pad[0] + pad[1])
     canvas = torch.nn.functional.pad(frames, pad)  # gray (0) outside
     masks = torch.nn.functional.pad(torch.zeros(t, h, w), pad, value=1.0)
     canvas = _fit(canvas, height, width, length)
-    masks = (resize_cover(masks[None], canvas.shape[2:])[0][: canvas.shape[1]] > 0.5).float()
+    masks = resize_masks(masks[: canvas.shape[1]], canvas.shape[2:])
     return VCU(canvas * (1 - masks), masks, kind="repaint")
 
 
@@ -76,11 +81,17 @@ def place_frames(frames: Mapping[int, Tensor], length: int, height: int | None =
     n = fit_length(length)
     if not frames:
         raise VaceError("place_frames needs at least one frame")
-    images = {i % n if -n <= i < n else i: to_video(img, f"frame {i}") for i, img in frames.items()}
-    if bad := [i for i in images if not 0 <= i < n]:
+    if bad := [i for i in frames if not -n <= i < n]:
         raise VaceError(f"frame indices {bad} are outside a {n}-frame video")
+    positions = [i % n for i in frames]
+    if len(set(positions)) < len(positions):
+        clash = sorted(i for i in frames if positions.count(i % n) > 1)
+        raise VaceError(f"frame indices {clash} land on the same position of a {n}-frame video, so one frame "
+                        "would be lost: give each frame its own position (or a longer video).")
+    images = {i % n: to_video(img, f"frame {i}") for i, img in frames.items()}
     first = next(iter(images.values()))
     size = fit_size(height or first.shape[2], width or first.shape[3])
+    check_memory(n, *size)
     video, masks = torch.zeros(3, n, *size), torch.ones(n, *size)
     for i, img in images.items():
         video[:, i:i + 1] = resize_cover(img[:, :1], size)
@@ -130,7 +141,12 @@ def with_references(vcu: VCU, images, mode: str = "letterbox") -> VCU:
     or centre-cropped ("crop"); RGBA is composited on white. Kept in order, before any already there."""
     if mode not in ("letterbox", "crop"):
         raise VaceError(f"reference mode {mode!r}: use 'letterbox' or 'crop'")
-    refs = [to_video(img, f"reference {i}") for i, img in enumerate(_image_list(images))]
+    images = _image_list(images)
+    if len(images) > MAX_REFERENCES:
+        raise VaceError(f"{len(images)} reference images: is a video wired into references? VACE takes a few "
+                        f"references (subject, object, background; at most {MAX_REFERENCES} here), each becoming a "
+                        "latent frame. Pick images with ImageFromBatch, or wire the video into frames.")
+    refs = [to_video(img, f"reference {i}") for i, img in enumerate(images)]
     if any(r.shape[1] != 1 for r in refs):
         raise VaceError("each reference must be one image (H, W, 3|4), not a video")
     fit = letterbox if mode == "letterbox" else resize_cover

@@ -13,8 +13,10 @@ from .unit import VCU
 def compose(a: VCU, b: VCU) -> VCU:
     if a.size != b.size:
         raise VaceError(f"cannot compose VCUs of sizes {a.size} and {b.size}: build them at one size")
-    n = min(a.length, b.length)
-    f1, f2, m1, m2 = a.frames[:, :n], b.frames[:, :n], a.masks[:n], b.masks[:n]
+    if a.length != b.length:
+        raise VaceError(f"cannot compose VCUs of {a.length} and {b.length} frames: the longer one's extra frames "
+                        "would be lost. Build both at one length (or extend the shorter one).")
+    f1, f2, m1, m2 = a.frames, b.frames, a.masks, b.masks
     kinds = (a.kind, b.kind)
     if a.kind == "extension":  # b fills what a generates
         frames, masks = f2 * m1 + f1 * (1 - m1), m1 * m2

@@ -42,32 +42,38 @@ def to_masks(masks: Tensor) -> Tensor:
     return (masks > 0.5).float()
 
 
-def _resize(video: Tensor, size: tuple[int, int], nearest: bool) -> Tensor:
-    """(C, T, H, W) -> (C, T, h, w)."""
-    if tuple(video.shape[-2:]) == tuple(size):
-        return video
-    if nearest:
-        return F.interpolate(video, size=size, mode="nearest-exact")
-    return F.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False)
-
-
-def resize_cover(video: Tensor, size: tuple[int, int], nearest: bool = False) -> Tensor:
-    """Centre-crop to the target aspect ratio, then resize: (C, T, H, W) -> (C, T, *size)."""
+def resize_cover(video: Tensor, size: tuple[int, int]) -> Tensor:
+    """The official VACE `resize_crop` (VaceVideoProcessor): scale by max(th/h, tw/w) to
+    (round(scale*h), round(scale*w)) with antialiased bicubic, then centre-crop to `size`, clamped to [-1, 1]
+    (the official uint8 pixels saturate bicubic overshoot there): (C, T, H, W) -> (C, T, *size)."""
     h, w = video.shape[-2:]
     th, tw = size
+    if (h, w) == (th, tw):
+        return video
     scale = max(th / h, tw / w)
-    ch, cw = min(h, round(th / scale)), min(w, round(tw / scale))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return _resize(video[..., top:top + ch, left:left + cw], size, nearest)
+    rh, rw = round(scale * h), round(scale * w)
+    resized = F.interpolate(video, size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (rh - th) // 2, (rw - tw) // 2
+    return resized[..., top:top + th, left:left + tw].clamp(-1, 1)
+
+
+def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """(T, H, W) binary masks -> (T, *size), resized as the official code resizes its mask video
+    (`resize_cover`), then binarised at 0.5 as its encoder does."""
+    return (resize_cover(masks[None], size)[0] > 0.5).float()
 
 
 def letterbox(image: Tensor, size: tuple[int, int], fill: float = 1.0) -> Tensor:
-    """Fit inside `size` keeping the aspect ratio, centred on a canvas of `fill` (1 = white):
-    (3, 1, H, W) -> (3, 1, *size). This is how the official VACE code places references."""
+    """The official `prepare_source` for references: scale = min(th/h, tw/w), resize to
+    (int(h*scale), int(w*scale)) with bilinear (align_corners=False, no antialias), centred on a canvas
+    of `fill` (1 = white): (3, 1, H, W) -> (3, 1, *size)."""
     h, w = image.shape[-2:]
+    if (h, w) == tuple(size):
+        return image
     scale = min(size[0] / h, size[1] / w)
     nh, nw = max(1, int(h * scale)), max(1, int(w * scale))
     canvas = torch.full((image.shape[0], image.shape[1], *size), fill)
     top, left = (size[0] - nh) // 2, (size[1] - nw) // 2
-    canvas[..., top:top + nh, left:left + nw] = _resize(image, (nh, nw), nearest=False)
+    canvas[..., top:top + nh, left:left + nw] = F.interpolate(image, size=(nh, nw), mode="bilinear",
+                                                              align_corners=False)
     return canvas

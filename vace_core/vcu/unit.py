@@ -5,10 +5,12 @@ separately, as conditioning). Pixels are in [-1, 1], where 0 is the "empty" gray
 import logging
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from ..errors import VaceError
 from ..vae.model import SPATIAL_STRIDE, TEMPORAL_STRIDE, check_frame_count
+from ..vae.tiling import free_memory
 
 log = logging.getLogger("vace")
 
@@ -74,3 +76,17 @@ def fit_length(length: int) -> int:
     if fitted != length:
         log.warning("VACE: %d frames is not 4n+1; using the first %d", length, fitted)
     return fitted
+
+
+# bytes per frame pixel while a VCU is built: 3 frame + 1 mask channels in float32, about 3 such sets alive at
+# once (the input as [-1, 1] video, the resized frames, the masked frames)
+BUILD_BYTES_PER_PIXEL = 4 * 4 * 3
+
+
+def check_memory(length: int, height: int, width: int) -> None:
+    """Refuses, before allocating, a VCU whose pixels cannot fit in the free RAM."""
+    needed, free = BUILD_BYTES_PER_PIXEL * length * height * width, free_memory(torch.device("cpu"))
+    if needed > free:
+        raise VaceError(f"a VCU of {length} frames at {height}x{width} needs about {needed / 2**30:.1f} GiB of RAM, "
+                        f"but {free / 2**30:.1f} GiB are free. Use fewer frames (or long-video windows) or a "
+                        "smaller size (VACE was trained at 832x480 and 1280x720, 81 frames).")

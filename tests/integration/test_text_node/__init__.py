@@ -15,11 +15,12 @@ import torch
 TEXT_LEN, TEXT_DIM = 512, 4096
 
 
-def features(text: str) -> torch.Tensor:
-    tokens = min(len(text.split()) + 1, TEXT_LEN)
+def features(text: str, width: int = TEXT_DIM) -> torch.Tensor:
+    """Like ComfyUI's Wan encoder, prompts over 512 tokens are not truncated."""
+    tokens = len(text.split()) + 1
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    real = torch.randn(tokens, TEXT_DIM, generator=torch.Generator().manual_seed(seed)) * 0.2
-    return torch.nn.functional.pad(real, (0, 0, 0, TEXT_LEN - tokens))[None]
+    real = torch.randn(tokens, width, generator=torch.Generator().manual_seed(seed)) * 0.2
+    return torch.nn.functional.pad(real, (0, 0, 0, max(0, TEXT_LEN - tokens)))[None]
 
 
 class VACETestTextEncode:
@@ -29,10 +30,29 @@ class VACETestTextEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"text": ("STRING", {"multiline": True, "default": ""})}}
+        return {"required": {"text": ("STRING", {"multiline": True, "default": ""})},
+                "optional": {"width": ("INT", {"default": TEXT_DIM, "min": 1})}}  # another encoder's width
 
-    def encode(self, text):
-        return ([[features(text), {}]],)
+    def encode(self, text, width=TEXT_DIM):
+        return ([[features(text, width), {}]],)
+
+
+class VACETestFill:
+    """IMAGE and MASK batches filled with any value (NaN, 200 for 0..255 pixels, 0.7 for a soft mask): what a
+    faulty upstream node or API client can send."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "fill"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = ("INT", {"default": 64, "min": 1})
+        return {"required": {"width": size, "height": size, "frames": ("INT", {"default": 1, "min": 1}),
+                             "value": ("FLOAT", {"default": 0.5})}}
+
+    def fill(self, width, height, frames, value):
+        return torch.full((frames, height, width, 3), value), torch.full((frames, height, width), value)
 
 
 class VACETestSigmas:
@@ -53,6 +73,8 @@ class VACETestSigmas:
         return (flow_sigmas(steps, shift, "wan").float(),)
 
 
-NODE_CLASS_MAPPINGS = {"VACETestTextEncode": VACETestTextEncode, "VACETestSigmas": VACETestSigmas}
+NODE_CLASS_MAPPINGS = {"VACETestTextEncode": VACETestTextEncode, "VACETestSigmas": VACETestSigmas,
+                       "VACETestFill": VACETestFill}
 NODE_DISPLAY_NAME_MAPPINGS = {"VACETestTextEncode": "VACE Test Text Encode (tests only)",
-                              "VACETestSigmas": "VACE Test Sigmas (tests only)"}
+                              "VACETestSigmas": "VACE Test Sigmas (tests only)",
+                              "VACETestFill": "VACE Test Fill (tests only)"}

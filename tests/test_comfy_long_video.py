@@ -1,0 +1,89 @@
+"""VACE Long Video Sampler and Color Match inside a real ComfyUI server (one server for the module): every
+mode end to end over the API queue, colour anchoring to an image, bad settings as clear errors, and Cancel
+returning the finished windows while the graph goes on. Tiny checkpoints (tests/integration/fixtures.py),
+32x32 frames, 17-frame VCUs in 9-frame windows, one step."""
+
+import time
+
+import pytest
+
+from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
+from tests.integration.fixtures import write_inputs, write_models
+from tests.test_comfy_integration import assert_success, t2v_prompt
+from vace_core.video_io import read_video
+
+RUNTIME = find_runtime()
+if RUNTIME is None:
+    pytest.skip(RUNTIME_HINT, allow_module_level=True)
+
+SIZE, FRAMES, WINDOW = 32, 17, 9
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_long")
+    write_models(base)
+    write_inputs(base, SIZE, SIZE, FRAMES)
+    with ComfyServer(RUNTIME, base) as server:
+        yield server
+
+
+def long_prompt(mode: str = "autoregressive", steps: int = 1, seed: int = 0, **options) -> dict:
+    """Text-to-video over 17 frames -> VACE Long Video Sampler -> Color Match to an image -> animated webp."""
+    sampler = {"vace_model": ["model", 0], "vace_vae": ["vae", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+               "vcu": ["vcu", 0], "strength": 1.0, "start": 0.0, "end": 1.0, "steps": steps, "cfg": 1.0,
+               "shift": 16.0, "sampler": "unipc", "seed": seed, "offload_after": False, "mode": mode,
+               "window": WINDOW, "overlap": 5, "discard": 0, "perturbation": 0.02, "replace_latents": False,
+               "carry_guidance": 0.0, "keyframes": 0, "fused_weights": "linear", "colour_method": "reinhard",
+               "colour_strength": 1.0, "colour_masked": False, "paste_kept": False, "feather": 8, **options}
+    prompt = {k: v for k, v in t2v_prompt().items() if k not in ("sample", "decode", "save")}
+    prompt["vcu"]["inputs"].update(width=SIZE, height=SIZE, length=FRAMES)
+    return {
+        **prompt,
+        "long": {"class_type": "VACELongVideoSampler", "inputs": sampler},
+        "anchor": {"class_type": "LoadImage", "inputs": {"image": "vace_example_reference.png"}},
+        "match": {"class_type": "VACEColorMatch", "inputs": {"images": ["long", 0], "anchor": ["anchor", 0],
+                                                             "method": "mkl", "strength": 0.5}},
+        "save": {"class_type": "SaveAnimatedWEBP", "inputs": {
+            "images": ["match", 0], "filename_prefix": f"long_{mode}_{seed}", "fps": 16.0, "lossless": False,
+            "quality": 80, "method": "fastest"}},
+    }
+
+
+@pytest.mark.parametrize("mode, options", [
+    ("autoregressive", {"replace_latents": True, "carry_guidance": 1.0}),
+    ("hierarchical", {"keyframes": 5}),
+    ("fused", {}),
+])
+def test_each_mode_makes_the_whole_video(comfy, mode, options):
+    entry = comfy.run(long_prompt(mode, **options), timeout=600)
+    assert_success(comfy, entry)
+    [video] = output_files(comfy.base_dir, entry)
+    frames, _ = read_video(video)
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3) and frames.std() > 0.01
+
+
+def test_bad_settings_are_clear_errors(comfy):
+    entry = comfy.run(long_prompt(window=9, overlap=5, discard=4), timeout=120)
+    error = messages(entry)["execution_error"]
+    assert error["node_type"] == "VACELongVideoSampler" and error["exception_type"].endswith("VaceError")
+    assert "leave no new frames" in error["exception_message"]
+    assert comfy.alive()
+
+
+def test_cancel_returns_the_finished_windows(comfy):
+    """Cancel during window 2 of 3: the sampler returns window 1's frames and the graph saves them."""
+    marker = "window 2 of 3"
+    seen = comfy.log_tail(10**7).count(marker)
+    prompt_id = comfy.queue(long_prompt(steps=30, seed=9, colour_strength=0.0))
+    deadline = time.monotonic() + 300
+    while comfy.log_tail(10**7).count(marker) == seen and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert time.monotonic() < deadline, comfy.log_tail()
+    comfy.interrupt()
+    entry = comfy.wait(prompt_id, timeout=300)
+    assert_success(comfy, entry)
+    assert "execution_interrupted" not in messages(entry)
+    [video] = output_files(comfy.base_dir, entry)
+    assert read_video(video)[0].shape[0] == WINDOW  # window 1's frames, nothing half-made
+    assert "cancelled; returning 9 frames (1 of 3 windows)" in comfy.log_tail()
