@@ -143,7 +143,9 @@ def test_object_info_lists_every_node_with_inputs(comfy):
         assert info["description"], f"{node_id} has no description"
         assert info["input"]["required"] or info["input"].get("optional"), f"{node_id} lists no inputs"
         assert info["output"], f"{node_id} lists no outputs"
-        for group in info["input"].values():
+        for kind, group in info["input"].items():
+            if kind == "hidden":  # filled by ComfyUI (output nodes get the prompt), never shown
+                continue
             for name, spec in group.items():
                 options = spec[1] if len(spec) > 1 else {}
                 assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
@@ -302,3 +304,35 @@ def test_interrupt_stops_a_long_run(comfy):
     assert events["execution_interrupted"]["node_type"] == "VACESampler"
     assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
     assert_success(comfy, comfy.run(t2v_prompt(seed=8), timeout=120))
+
+
+def test_saved_job_samples_outside_the_server_like_the_sampler(comfy):
+    """Save VACE Job beside the VACE Sampler in one prompt: sampling the file with vace_core (what
+    `torchrun ... run --job` does) gives the server's video (lossless WEBP: exact pixels)."""
+    import torch
+
+    from vace_core.checkpoints import load_vace_model
+    from vace_core.job import load_job, run_job
+    from vace_core.vae import load_vae
+    from vace_core.vcu import to_images
+
+    prompt = t2v_prompt(seed=5, steps=2)
+    prompt["save"]["inputs"]["lossless"] = True
+    sample = prompt["sample"]["inputs"]
+    prompt["job"] = {"class_type": "VACESaveJob", "inputs": {
+        **{k: v for k, v in sample.items() if k not in ("vace_model", "vace_vae", "offload_after")},
+        "filename_prefix": "vace_jobs/t2v"}}
+    entry = comfy.run(prompt, timeout=180)
+    assert_success(comfy, entry)
+    files = output_files(comfy.base_dir, entry)
+    [job_file] = [f for f in files if f.suffix == ".safetensors"]
+    [webp] = [f for f in files if f.suffix == ".webp"]
+    assert job_file.parent.name == "vace_jobs"
+    job = load_job(job_file)
+    assert job.settings.steps == 2 and job.settings.seed == 5 and job.positive.shape == (1, 512, 4096)
+    models = comfy.base_dir / "models"
+    model = load_vace_model(models / "diffusion_models" / DIT_NAME, device="cpu")
+    vae = load_vae(models / "vae" / VAE_NAME, dtype=torch.float32)
+    with torch.no_grad():
+        video = to_images(run_job(job, model, vae, None, feather=8, tiling="auto"))
+    torch.testing.assert_close(video, read_video(webp)[0], atol=1.5 / 255, rtol=0)

@@ -42,6 +42,8 @@ def _device(name: str | None) -> torch.device:
 def _check_model_files(args):
     """The embedded tiny defaults only fit each other: the user's files come as a set."""
     given = {"--model": args.model, "--vae": args.vae, "--text-encoder": args.text_encoder}
+    if args.job:  # a job file carries its encoded prompts
+        del given["--text-encoder"]
     missing = [flag for flag, value in given.items() if not value]
     if missing and len(missing) < len(given):
         raise VaceError(f"{' and '.join(missing)} missing: with your own model files give --model, --vae and "
@@ -54,12 +56,16 @@ def _models(args):
     from .embedded import tiny_model, tiny_vae
 
     device = _device(args.device)
+    # --fsdp: the weights stay on the CPU until FSDP2 moves each block's shard to this process's GPU
+    model_device = "cpu" if args.fsdp else device
     if args.model:
         from .checkpoints import load_vace_model
 
-        model = load_vace_model(args.model, args.base, storage_dtype=DTYPES.get(args.weight_dtype), device=device)
+        compute = torch.bfloat16 if device.type == "cuda" else None  # as if loaded on the GPU
+        model = load_vace_model(args.model, args.base, storage_dtype=DTYPES.get(args.weight_dtype),
+                                device=model_device, compute_dtype=compute)
     else:
-        model = tiny_model().to(device)
+        model = tiny_model().to(model_device)
     _apply_loras(model, args.lora)
     if args.vae:
         from .vae import load_vae
@@ -67,11 +73,12 @@ def _models(args):
         vae = load_vae(args.vae, device=device)
     else:
         vae = tiny_vae().to(device)
+    text = None  # a job file carries its encoded prompts
     if args.text_encoder:
         from .text import load_text_encoder
 
         text = load_text_encoder(args.text_encoder, device=device)
-    else:
+    elif not args.job:
         from .text import tiny_text_encoder
 
         text = tiny_text_encoder()
@@ -116,6 +123,21 @@ def _settings(args):
     return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed)
 
 
+def _parallel(args, model):
+    """Under torchrun with --parallel / --cfg-parallel / --fsdp: the model wrapped for this process's share."""
+    from .distributed import ParallelVace, init_parallel, shard_weights
+
+    layout = init_parallel(model.config.num_heads, args.parallel or "usp", args.cfg_parallel, args.ulysses_degree)
+    if args.fsdp:
+        shard_weights(model, layout)
+    d = layout.degrees
+    if layout.mesh.get_rank():
+        logging.getLogger("vace").setLevel(logging.WARNING)  # rank 0 reports progress
+    print(f"rank {layout.mesh.get_rank()}: CFG {d.cfg} x ring {d.ring} x Ulysses {d.ulysses} on {layout.device}"
+          + (", weights sharded (FSDP2)" if args.fsdp else ""))
+    return ParallelVace(model, layout), layout.mesh.get_rank() == 0
+
+
 def _run(args):
     from .long_video import LongVideoSettings
     from .tasks import TaskInputs, run
@@ -135,9 +157,31 @@ def _run(args):
                              args.replace_latents, args.carry_guidance, args.keyframes, colour_method=args.colour,
                              colour_strength=args.colour_strength, colour_anchor=anchor)
     long.check()
+    parallel = args.parallel or args.cfg_parallel or args.fsdp
+    if parallel:
+        from .distributed import launched, local_device
+
+        if not launched():
+            raise VaceError("--parallel, --cfg-parallel and --fsdp run under torchrun, one process per GPU: "
+                            "torchrun --nproc-per-node N -m vace_core run ... --parallel usp")
+        args.device = args.device or local_device()
+    job = None
+    if args.job:
+        from .job import load_job, run_job
+
+        job = load_job(args.job)  # before the models load, so a bad file fails fast
     model, vae, text = _models(args)
-    unit, _ = run(inputs, model, vae, text, args.out, settings, feather=args.composite, tiling="auto", long=long)
-    print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
+    writer = True
+    if parallel:
+        model, writer = _parallel(args, model)
+    out = args.out if writer else None
+    if job is not None:
+        unit = job.vcus[0]
+        run_job(job, model, vae, out, args.composite, tiling="auto")
+    else:
+        unit, _ = run(inputs, model, vae, text, out, settings, feather=args.composite, tiling="auto", long=long)
+    if writer:
+        print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
 
 
 def _info(args):
@@ -184,6 +228,8 @@ def _long_video_flags(run):
 
 def _run_parser(sub):
     run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
+    run.add_argument("--job", help="a VACE job file (ComfyUI's Save VACE Job node): its VCUs, encoded prompts, "
+                     "strengths and sampler settings replace the task and sampling flags")
     run.add_argument("--prompt", default="", help="what the video shows")
     run.add_argument("--negative", help="negative prompt (default: Wan's official one)")
     run.add_argument("--video", help="control video, or the video to edit with --mask / --outpaint")
@@ -223,6 +269,15 @@ def _run_parser(sub):
     run.add_argument("--text-encoder", help="umt5-xxl file or folder; default: the embedded tiny encoder")
     run.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     run.add_argument("--out", default="out/vace.mp4", help=".mp4, .webp or .gif")
+    multi = run.add_argument_group("multi-GPU (under torchrun; rank 0 writes --out)")
+    multi.add_argument("--parallel", choices=["ulysses", "ring", "usp"],
+                       help="split each video's tokens over the processes: ulysses (heads must divide by the "
+                       "processes), ring (any head count), usp (Ulysses x ring)")
+    multi.add_argument("--cfg-parallel", action="store_true",
+                       help="conditional and unconditional passes on two halves of the processes (guidance != 1)")
+    multi.add_argument("--ulysses-degree", type=int, help="Ulysses degree for usp (default: the largest that fits)")
+    multi.add_argument("--fsdp", action="store_true",
+                       help="shard the weights over the processes (FSDP2) when a replica does not fit")
     run.set_defaults(fn=_run)
 
 

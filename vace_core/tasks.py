@@ -92,11 +92,12 @@ def build_regions(inputs: TaskInputs, text_encoder) -> Regions:
     return Regions(text, [_masks(m) for _, m in inputs.regions], *inputs.region_strength, inputs.region_end)
 
 
-def run(inputs: TaskInputs, model, vae, text_encoder, out: str, settings: SamplerSettings | None = None,
+def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings: SamplerSettings | None = None,
         feather: int | None = None, tiling=None, long: LongVideoSettings | None = None) -> tuple[V.VCU, torch.Tensor]:
-    """Builds the VCU, samples, writes the video; returns (VCU, video (3, T, H, W) in [-1, 1]). A VCU longer
-    than `long.window` (or long.mode "fused") goes through vace_core.long_video, window by window, each
-    window's frames streamed to the file as they are final."""
+    """Builds the VCU, samples, writes the video (unless `out` is None: the other ranks of a multi-process
+    run); returns (VCU, video (3, T, H, W) in [-1, 1]). A VCU longer than `long.window` (or long.mode "fused")
+    goes through vace_core.long_video, window by window, each window's frames streamed to the file as they
+    are final."""
     settings = settings or SamplerSettings()
     unit, fps = build_vcu(inputs)
     regions = build_regions(inputs, text_encoder) if inputs.regions else None
@@ -112,11 +113,15 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str, settings: Sample
     video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling, regions=regions)
     if feather is not None:
         video = composite(video, unit, feather)
-    write_video(out, V.to_images(video), fps)
+    if out is not None:
+        write_video(out, V.to_images(video), fps)
     return unit, video
 
 
 def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long) -> torch.Tensor:
+    if out is None:
+        return generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
+                             composite_feather=feather).video
     stream = VideoStream(out, fps)
     try:
         result = generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,

@@ -51,6 +51,7 @@ class Attention(nn.Module):
     def __init__(self, dim, num_heads, eps, ops, factory, backend):
         super().__init__()
         self.num_heads, self.backend = num_heads, backend
+        self.attend = attention  # sequence parallelism swaps in its own for self-attention (vace_core.distributed)
         self.q, self.k, self.v, self.o = (ops.Linear(dim, dim, **factory) for _ in range(4))
         self.norm_q = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **factory)
         self.norm_k = ops.RMSNorm(dim, eps=eps, elementwise_affine=True, **factory)
@@ -65,7 +66,7 @@ class Attention(nn.Module):
         q, k, v = (rearrange(t, "b l (h d) -> b l h d", h=self.num_heads) for t in (q, k, self.v(kv)))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.o(attention(q, k, v, self.backend, bias))
+        return self.o(self.attend(q, k, v, self.backend, bias))
 
 
 class WanBlock(nn.Module):
@@ -202,8 +203,12 @@ class VaceTransformer(nn.Module):
 
     def unpatchify(self, x, tokens: Tokens, dtype) -> torch.Tensor:
         """Head over the residual stream (B, L, dim) -> (B, out_dim, T, H, W) in `dtype`."""
-        (t, h, w), (pt, ph, pw) = tokens.grid, self.config.patch_size
-        out = self.head(x, tokens.t_emb)
+        return self.to_video(self.head(x, tokens.t_emb), tokens.grid, dtype)
+
+    def to_video(self, out, grid, dtype) -> torch.Tensor:
+        """Head output (B, L, out_dim * prod(patch)) -> (B, out_dim, T, H, W) in `dtype` (sequence parallelism
+        runs the head per rank and gathers its narrow output instead of the residual stream)."""
+        (t, h, w), (pt, ph, pw) = grid, self.config.patch_size
         return rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
                          t=t, h=h, w=w, pt=pt, ph=ph, pw=pw).to(dtype)
 

@@ -1,0 +1,48 @@
+"""Save VACE Job: the graph's VCUs, encoded prompts, strengths and sampler settings in one file, for a
+multi-GPU run outside the server (`torchrun --nproc-per-node N -m vace_core run --job FILE --parallel usp`)."""
+
+import os
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..vace_core.config import VACE_14B
+from ..vace_core.job import Job, save_job
+from ..vace_core.pipeline import SamplerSettings
+from .sampler import SOLVERS, VaceSampler, context_streams, text_features
+from .types import CATEGORY
+
+# the sampler's own inputs (same names, defaults and tooltips), less the models and what only a live run needs
+SAMPLER_INPUTS = ["positive", "negative", "vcu", "strength", "start", "end", "vcu_2", "strength_2", "start_2",
+                  "end_2", "vcu_3", "strength_3", "start_3", "end_3", "steps", "cfg", "shift", "sampler", "seed"]
+
+
+class SaveVaceJob(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        sampler = {i.id: i for i in VaceSampler.define_schema().inputs}
+        return io.Schema(
+            node_id="VACESaveJob", display_name="Save VACE Job", category=CATEGORY, is_output_node=True,
+            description="Saves what the VACE Sampler would sample (VCUs, prompts, strengths, settings) to "
+                        "output/vace_jobs/ for a multi-GPU run with torchrun (see the README, Multi-GPU).",
+            inputs=[*(sampler[name] for name in SAMPLER_INPUTS),
+                    io.String.Input("filename_prefix", default="vace_jobs/job",
+                                    tooltip="File name under ComfyUI's output folder (a counter is added).")],
+            outputs=[io.String.Output(display_name="job_file")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, steps, cfg, shift, sampler, seed, filename_prefix, **streams):
+        units, stream_settings = context_streams(streams)
+        width = VACE_14B.text_dim  # umt5-xxl, the text encoder of every VACE model
+        job = Job(units, text_features(positive, "positive", width).cpu(),
+                  text_features(negative, "negative", width).cpu(), stream_settings,
+                  SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed))
+        root = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
+        filename = f"{name}_{counter:05}.safetensors"
+        path = save_job(os.path.join(folder, filename), job)
+        return io.NodeOutput(str(path), ui={"vace_job": [ui.SavedResult(filename, subfolder, io.FolderType.output)]})
+
+
+NODES = [SaveVaceJob]
