@@ -4,6 +4,7 @@ The steps are separate functions so the ComfyUI nodes can run them one per node 
 sample in VACE Sampler, decode in Decode) and the command line can run them in one call (`generate`).
 """
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -12,8 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import VaceError
+from .experts import as_experts
 from .sampling import ContextStream, cfg, context_strengths, flow_sigmas, make_noise, sample, sigma_to_timestep
+from .step_cache import TeaCache
 from .vcu import VCU, encode_vcu
+
+log = logging.getLogger("vace")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class SamplerSettings:
     solver: str = "unipc"
     schedule: str = "wan"
     seed: int = 0
+    step_cache: TeaCache | None = None  # None: every step runs the blocks
 
 
 def encode_contexts(vcus: Sequence[VCU], vae_encode: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -49,32 +55,46 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
                   callback=None, device=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
-    streams: (strength, start, end) per context, default full strength over every step. Guidance runs the
-    negative prompt in the same batch (with the same contexts, as the reference does); guidance 1 skips it.
-    callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
+    model: a VaceTransformer, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
+    t >= boundary, then the low-noise one and its guidance). streams: (strength, start, end) per context, default
+    full strength over every step. Guidance runs the negative prompt in the same batch (with the same contexts,
+    as the reference does); guidance 1 skips it. settings.step_cache (TeaCache) skips the blocks of steps it
+    deems redundant. callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
         raise VaceError(f"{len(contexts)} VCUs but {len(streams)} strengths: give one per VCU")
     if not contexts:
         raise VaceError("VACE needs at least one VCU (use text_to_video() for plain text-to-video)")
-    dtype = getattr(model, "compute_dtype", next(model.parameters()).dtype)
-    device = device or next(model.parameters()).device  # given when weights stream from the CPU (low VRAM)
-    guided = settings.guidance != 1 and negative is not None
+    sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
+    experts = as_experts(model)
+    first, _ = experts.at(sigma_to_timestep(float(sigmas[0]), settings.schedule), settings.guidance)
+    dtype = getattr(first, "compute_dtype", next(first.parameters()).dtype)
+    device = device or next(first.parameters()).device  # given when weights stream from the CPU (low VRAM)
+    guided = negative is not None and any(g != 1 for g in experts.guidances(settings.guidance))
     text = _text_batch(positive, negative if guided else None, dtype).to(device)
     contexts = [c.to(device, dtype) for c in contexts]
-    sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
+    run_model = settings.step_cache or (lambda net, *args, step, key: net(*args))
+    if settings.step_cache is not None:
+        settings.step_cache.begin(settings.steps)
 
     def denoise(x, sigma, step):
-        t = torch.full((text.shape[0],), sigma_to_timestep(sigma, settings.schedule), device=device)
-        active = [(c, s) for c, s in zip(contexts, context_strengths(streams, step, settings.steps), strict=True) if s]
+        timestep = sigma_to_timestep(sigma, settings.schedule)
+        net, guidance = experts.at(timestep, settings.guidance)
+        rows = 2 if guided and guidance != 1 else 1  # a cfg-1 expert skips the negative pass
+        strengths = context_strengths(streams, step, settings.steps)
+        active = [(c, s) for c, s in zip(contexts, strengths, strict=True) if s]
         with torch.no_grad():
-            v = model(x.to(dtype).expand(text.shape[0], -1, -1, -1, -1), t, text,
-                      [c for c, _ in active], [s for _, s in active]).float()
-        return cfg(v[:1], v[1:], settings.guidance) if guided else v
+            v = run_model(net, x.to(dtype).expand(rows, -1, -1, -1, -1), torch.full((rows,), timestep, device=device),
+                          text[:rows], [c for c, _ in active], [s for _, s in active],
+                          step=step, key=tuple(strengths)).float()
+        return cfg(v[:1], v[1:], guidance) if rows == 2 else v
 
     noise = make_noise((1, 16, *contexts[0].shape[2:]), settings.seed, device)
-    return sample(denoise, noise, sigmas, settings.solver, callback)
+    latent = sample(denoise, noise, sigmas, settings.solver, callback)
+    if settings.step_cache is not None:
+        log.info("%s", settings.step_cache.stats)
+    return latent
 
 
 def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:
