@@ -6,7 +6,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import annotator_nodes, decode, loaders, sampler, vcu_nodes
+from . import annotator_nodes, caching, decode, experts, loaders, sampler, vcu_nodes
 
 # annotator weights live in their own model folders (models/annotators, models/sam2)
 for _kind in ("annotators", "sam2"):
@@ -16,7 +16,8 @@ for _kind in ("annotators", "sam2"):
 class VaceExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*loaders.NODES, *vcu_nodes.NODES, *annotator_nodes.NODES, *sampler.NODES, *decode.NODES]
+        return [*loaders.NODES, *vcu_nodes.NODES, *annotator_nodes.NODES, *sampler.NODES, *decode.NODES, *caching.NODES,
+                *experts.NODES]
 
 
 async def comfy_entrypoint() -> VaceExtension:

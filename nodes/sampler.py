@@ -1,5 +1,7 @@
 """VACE Sampler: VCUs + ComfyUI text conditioning -> a LATENT in ComfyUI's Wan 2.1 convention."""
 
+import dataclasses
+
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
@@ -12,7 +14,8 @@ from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream
 from ..vace_core.vae import to_comfy_latent
 from . import memory
-from .types import CATEGORY, VCU, VaceModel, VaceVAE
+from .experts import two_experts
+from .types import CATEGORY, VCU, LowNoiseExpert, StepCache, VaceModel, VaceVAE
 
 STREAMS = 3
 SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m"}
@@ -90,13 +93,18 @@ class VaceSampler(io.ComfyNode):
                              tooltip="Noise seed: the same seed gives the same noise on every device."),
                 io.Boolean.Input("offload_after", default=False,
                                  tooltip="Move the model off the GPU when done (frees VRAM for decoding)."),
+                StepCache.Input("step_cache", optional=True,
+                                tooltip="From VACE Step Cache: skip the blocks of near-redundant steps (faster)."),
+                LowNoiseExpert.Input("low_noise_expert", optional=True,
+                                     tooltip="Wan2.2-VACE-Fun: the low-noise expert (vace_model is then the "
+                                             "high-noise one, and cfg its guidance)."),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
-                **streams) -> io.NodeOutput:
+                step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
         units, settings_per_stream = [], []
         for i in range(1, STREAMS + 1):
             suffix = "" if i == 1 else f"_{i}"
@@ -108,12 +116,17 @@ class VaceSampler(io.ComfyNode):
         vae = memory.load(vace_vae)
         device = mm.get_torch_device()
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))
-        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed)
-        patcher = vace_model.patcher
-        reserve = activation_bytes(patcher.model, contexts[0].shape[2:],
-                                   cfg != 1, len(units))
-        model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap))
-        hooks = interrupt_hooks(model)
+        step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
+        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, step_cache)
+        guided = cfg != 1 or (low_noise_expert is not None and low_noise_expert.cfg != 1)
+        reserve = activation_bytes(vace_model.patcher.model, contexts[0].shape[2:], guided, len(units))
+
+        def load(loaded):
+            return memory.load(loaded.patcher, reserve + memory.swap_reserve(loaded.patcher.model, loaded.block_swap))
+
+        experts = [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else [])
+        model = load(vace_model) if low_noise_expert is None else two_experts(vace_model, low_noise_expert, load)
+        hooks = [h for e in experts for h in interrupt_hooks(e.patcher.model)]
         try:
             latent = sample_latent(model, contexts, text_features(positive, "positive"),
                                    text_features(negative, "negative"), settings_per_stream, settings,
@@ -122,9 +135,11 @@ class VaceSampler(io.ComfyNode):
             for hook in hooks:
                 hook.remove()
             if offload_after:
-                memory.offload(patcher)
+                for e in experts:
+                    memory.offload(e.patcher)
         latent = latent[:, :, len(units[0].references):]
-        return io.NodeOutput({"samples": to_comfy_latent(latent).to(mm.intermediate_device())})
+        ui = None if step_cache is None else {"text": [str(step_cache.stats)]}
+        return io.NodeOutput({"samples": to_comfy_latent(latent).to(mm.intermediate_device())}, ui=ui)
 
 
 NODES = [VaceSampler]

@@ -133,3 +133,22 @@ def test_experts_of_different_shapes_and_missing_folders_are_refused(setup, tmp_
         load_experts(tmp_path)
     with pytest.raises(VaceError, match="boundary"):
         Experts(None, None, boundary=875)
+
+
+def test_command_line_runs_a_wan22_release_folder(tmp_path):
+    from safetensors.torch import save_file
+
+    from vace_core.__main__ import main
+    from vace_core.embedded import tiny_model
+    from vace_core.video_io import read_video
+
+    for seed, name in enumerate(("high_noise_model", "low_noise_model")):
+        (tmp_path / name).mkdir()
+        save_file(tiny_model(seed).state_dict(), tmp_path / name / "diffusion_pytorch_model.safetensors")
+    args = ["run", "--prompt", "a cat", "--width", "48", "--height", "32", "--length", "5", "--steps", "3",
+            "--shift", "3", "--device", "cpu"]
+    main([*args, "--model", str(tmp_path), "--cfg-low", "2", "--out", str(tmp_path / "two.mp4")])
+    main([*args, "--model", str(tmp_path / "high_noise_model"), "--out", str(tmp_path / "one.mp4")])
+    two, one = read_video(tmp_path / "two.mp4")[0], read_video(tmp_path / "one.mp4")[0]
+    assert two.shape == one.shape == (5, 32, 48, 3)
+    assert (two - one).abs().mean() > 0.01  # the low-noise expert ran the later steps

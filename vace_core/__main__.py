@@ -25,8 +25,14 @@ def _models(args):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.model:
         from .checkpoints import load_vace_model
+        from .experts import expert_folders, load_experts
 
-        model = load_vace_model(args.model, args.base, storage_dtype=DTYPES.get(args.weight_dtype), device=device)
+        kwargs = {"storage_dtype": DTYPES.get(args.weight_dtype), "device": device}
+        if args.model_low or expert_folders(args.model):  # Wan2.2: two experts
+            model = load_experts(args.model, args.model_low, base_high=args.base, base_low=args.base_low,
+                                 boundary=args.boundary, guidance_low=args.cfg_low, **kwargs)
+        else:
+            model = load_vace_model(args.model, args.base, **kwargs)
     else:
         model = tiny_model().to(device)
     if args.vae:
@@ -58,7 +64,10 @@ def _run(args):
                         outpaint=tuple(args.outpaint) if args.outpaint else None, extend_to=args.extend_to,
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
                         length=args.length)
-    settings = SamplerSettings(args.steps, args.cfg, args.shift, args.sampler, "wan", args.seed)
+    from .step_cache import TeaCache
+
+    cache = TeaCache(args.teacache, args.teacache_mode) if args.teacache else None
+    settings = SamplerSettings(args.steps, args.cfg, args.shift, args.sampler, "wan", args.seed, cache)
     model, vae, text = _models(args)
     unit, _ = run(inputs, model, vae, text, args.out, settings, feather=args.composite, tiling="auto")
     print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
@@ -109,6 +118,15 @@ def _run_parser(sub):
     run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
     run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
     run.add_argument("--weight-dtype", choices=list(DTYPES), help="storage dtype (default: the file's)")
+    run.add_argument("--model-low", help="Wan2.2: the low-noise expert (--model is then the high-noise one); a "
+                                          "--model folder with high_noise_model/ and low_noise_model/ needs none")
+    run.add_argument("--base-low", help="Wan2.2 T2V A14B low-noise base, when --model-low is a VACE module file")
+    run.add_argument("--boundary", type=float, default=0.875, help="Wan2.2: low-noise expert below t = 1000 x this")
+    run.add_argument("--cfg-low", type=float, help="Wan2.2: the low-noise expert's cfg (default: --cfg)")
+    run.add_argument("--teacache", type=float, default=0.0, metavar="THRESHOLD",
+                     help="step caching (TeaCache): 1.3B 0.05-0.08, 14B 0.14-0.2; 0 = off")
+    run.add_argument("--teacache-mode", choices=["t_emb", "e"], default="t_emb",
+                     help="t_emb: timestep embedding (published default); e: modulation, first 5 steps kept")
     run.add_argument("--vae", help="Wan2.1 VAE file; default: the embedded tiny VAE")
     run.add_argument("--text-encoder", help="umt5-xxl file or folder; default: the embedded tiny encoder")
     run.add_argument("--device", help="cuda or cpu (default: cuda when available)")
