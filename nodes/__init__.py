@@ -6,7 +6,20 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from . import annotator_nodes, decode, job, loaders, long_video, lora, native, regional, sampler, vcu_nodes
+from . import (
+    annotator_nodes,
+    caching,
+    decode,
+    experts,
+    job,
+    loaders,
+    long_video,
+    lora,
+    native,
+    regional,
+    sampler,
+    vcu_nodes,
+)
 from .guard import guard
 
 # annotator weights live in their own model folders (models/annotators, models/sam2)
@@ -18,7 +31,8 @@ class VaceExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         nodes = [*loaders.NODES, *vcu_nodes.NODES, *annotator_nodes.NODES, *sampler.NODES, *decode.NODES,
-                 *long_video.NODES, *regional.NODES, *lora.NODES, *native.NODES, *job.NODES]
+                 *long_video.NODES, *regional.NODES, *lora.NODES, *native.NODES, *caching.NODES, *experts.NODES,
+                 *job.NODES]
         return [guard(node) for node in nodes]  # every node of the pack gets the input guard (nodes/guard.py)
 
 

@@ -1,5 +1,7 @@
 """VACE Sampler: VCUs + ComfyUI text conditioning -> a LATENT in ComfyUI's Wan 2.1 convention."""
 
+import dataclasses
+
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
@@ -12,7 +14,8 @@ from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream
 from ..vace_core.vae import to_comfy_latent
 from . import memory
-from .types import CATEGORY, VCU, RegionsType, VaceModel, VaceVAE
+from .experts import two_experts
+from .types import CATEGORY, VCU, LowNoiseExpert, RegionsType, StepCache, VaceModel, VaceVAE
 
 STREAMS = 3
 SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m", "lcm": "lcm"}
@@ -104,26 +107,38 @@ class VaceSampler(io.ComfyNode):
                 RegionsType.Input("regions", optional=True,
                                   tooltip="From Regional Prompts: a prompt per masked region. Its `positive` output "
                                           "must be this sampler's positive."),
+                StepCache.Input("step_cache", optional=True,
+                                tooltip="From VACE Step Cache: skip the blocks of near-redundant steps (faster)."),
+                LowNoiseExpert.Input("low_noise_expert", optional=True,
+                                     tooltip="Wan2.2-VACE-Fun: the low-noise expert (vace_model is then the "
+                                             "high-noise one, and cfg its guidance)."),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
-                regions=None, **streams) -> io.NodeOutput:
+                regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
         units, settings_per_stream = context_streams(streams)
         patcher = vace_model.patcher
         texts = [text_features(c, what, patcher.model.config.text_dim)
                  for c, what in ((positive, "positive"), (negative, "negative"))]
         device = mm.get_torch_device()
-        reserve = memory.sampling_bytes(patcher.model, units[0].latent_shape, cfg != 1, len(units))
+        guided = cfg != 1 or (low_noise_expert is not None and low_noise_expert.cfg != 1)
+        reserve = memory.sampling_bytes(patcher.model, units[0].latent_shape, guided, len(units))
         memory.require(reserve, device, f"sampling {units[0].length} frames at {units[0].size[0]}x{units[0].size[1]}",
                        "Use fewer frames (or long-video windows), a smaller size, or cfg 1 (halves the batch).")
         vae = memory.load(vace_vae)
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))
-        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed)
-        model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap))
-        hooks = interrupt_hooks(model)
+        step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
+        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, step_cache)
+
+        def load(loaded):
+            return memory.load(loaded.patcher, reserve + memory.swap_reserve(loaded.patcher.model, loaded.block_swap))
+
+        experts = [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else [])
+        model = load(vace_model) if low_noise_expert is None else two_experts(vace_model, low_noise_expert, load)
+        hooks = [h for e in experts for h in interrupt_hooks(e.patcher.model)]
         try:
             latent = sample_latent(model, contexts, *texts, settings_per_stream, settings,
                                    progress(steps, device, len(units[0].references)), device,
@@ -132,9 +147,11 @@ class VaceSampler(io.ComfyNode):
             for hook in hooks:
                 hook.remove()
             if offload_after:
-                memory.offload(patcher)
+                for e in experts:
+                    memory.offload(e.patcher)
         latent = latent[:, :, len(units[0].references):]
-        return io.NodeOutput({"samples": to_comfy_latent(latent).to(mm.intermediate_device())})
+        ui = None if step_cache is None else {"text": [str(step_cache.stats)]}
+        return io.NodeOutput({"samples": to_comfy_latent(latent).to(mm.intermediate_device())}, ui=ui)
 
 
 NODES = [VaceSampler]

@@ -8,3 +8,5 @@ RegionsType = io.Custom("VACE_REGIONS")  # vace_core.regional.Regions: composed 
 VCU = io.Custom("VACE_VCU")  # vace_core.vcu.VCU: frames, masks, references (pixels; encoded by the sampler)
 
 CATEGORY = "VACE"
+StepCache = io.Custom("VACE_STEP_CACHE")  # vace_core.step_cache.TeaCache settings (the sampler copies it per run)
+LowNoiseExpert = io.Custom("VACE_LOW_NOISE_EXPERT")  # nodes.experts.LowNoiseExpert: Wan2.2's second expert

@@ -60,10 +60,15 @@ def _models(args):
     model_device = "cpu" if args.fsdp else device
     if args.model:
         from .checkpoints import load_vace_model
+        from .experts import expert_folders, load_experts
 
         compute = torch.bfloat16 if device.type == "cuda" else None  # as if loaded on the GPU
-        model = load_vace_model(args.model, args.base, storage_dtype=DTYPES.get(args.weight_dtype),
-                                device=model_device, compute_dtype=compute)
+        kwargs = {"storage_dtype": DTYPES.get(args.weight_dtype), "device": model_device, "compute_dtype": compute}
+        if args.model_low or expert_folders(args.model):  # Wan2.2: two experts
+            model = load_experts(args.model, args.model_low, base_high=args.base, base_low=args.base_low,
+                                 boundary=args.boundary, guidance_low=args.cfg_low, **kwargs)
+        else:
+            model = load_vace_model(args.model, args.base, **kwargs)
     else:
         model = tiny_model().to(model_device)
     _apply_loras(model, args.lora)
@@ -103,16 +108,21 @@ def _apply_loras(model, specs):
     """--lora, applied unmerged (fp8 weights keep their precision; nothing is copied)."""
     from .lora import apply_lora
 
+    from .experts import Experts
+
+    models = [model.high, model.low] if isinstance(model, Experts) else [model]  # Wan2.2: on both experts
     for spec in specs:
         path, numbers = _lora_spec(spec)
         strength, context = (numbers + [1.0])[0], (numbers[1] if len(numbers) == 2 else None)
-        print(apply_lora(model, path, strength, context, merge=False).report())
+        for net in models:
+            print(apply_lora(net, path, strength, context, merge=False).report())
 
 
 def _settings(args):
     """The sampler settings: explicit flags, else the preset's, else the official VACE ones."""
     from .pipeline import SamplerSettings
     from .sampling.presets import lora_strength, preset
+    from .step_cache import TeaCache
 
     chosen = preset(args.preset or "official")
     values = {k: getattr(args, k) if getattr(args, k) is not None else getattr(chosen, v)
@@ -120,7 +130,8 @@ def _settings(args):
     if args.preset and args.preset != "official":
         print(f"preset {args.preset}: {values['steps']} steps, cfg {values['cfg']}, shift {values['shift']}, "
               f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
-    return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed)
+    cache = TeaCache(args.teacache, args.teacache_mode) if args.teacache else None
+    return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed, cache)
 
 
 def _parallel(args, model):
@@ -265,6 +276,15 @@ def _run_parser(sub):
     run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
     run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
     run.add_argument("--weight-dtype", choices=list(DTYPES), help="storage dtype (default: the file's)")
+    run.add_argument("--model-low", help="Wan2.2: the low-noise expert (--model is then the high-noise one); a "
+                                          "--model folder with high_noise_model/ and low_noise_model/ needs none")
+    run.add_argument("--base-low", help="Wan2.2 T2V A14B low-noise base, when --model-low is a VACE module file")
+    run.add_argument("--boundary", type=float, default=0.875, help="Wan2.2: low-noise expert below t = 1000 x this")
+    run.add_argument("--cfg-low", type=float, help="Wan2.2: the low-noise expert's cfg (default: --cfg)")
+    run.add_argument("--teacache", type=float, default=0.0, metavar="THRESHOLD",
+                     help="step caching (TeaCache): 1.3B 0.05-0.08, 14B 0.14-0.2; 0 = off")
+    run.add_argument("--teacache-mode", choices=["t_emb", "e"], default="t_emb",
+                     help="t_emb: timestep embedding (published default); e: modulation, first 5 steps kept")
     run.add_argument("--vae", help="Wan2.1 VAE file; default: the embedded tiny VAE")
     run.add_argument("--text-encoder", help="umt5-xxl file or folder; default: the embedded tiny encoder")
     run.add_argument("--device", help="cuda or cpu (default: cuda when available)")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import VaceError
+from .experts import as_experts
 from .sampling import (
     ContextStream,
     cfg,
@@ -23,6 +24,7 @@ from .sampling import (
     seeded_generator,
     sigma_to_timestep,
 )
+from .step_cache import TeaCache
 from .text import TEXT_LEN
 from .vcu import VCU, encode_vcu
 
@@ -39,6 +41,7 @@ class SamplerSettings:
     solver: str = "unipc"
     schedule: str = "wan"
     seed: int = 0
+    step_cache: TeaCache | None = None  # None: every step runs the blocks
 
 
 def encode_contexts(vcus: Sequence[VCU], vae_encode: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -66,41 +69,55 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
                   callback=None, device=None, model_input=None, regions=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
-    streams: (strength, start, end) per context, default full strength over every step. Guidance runs the
-    negative prompt in the same batch (with the same contexts, as the reference does); guidance 1 skips it.
-    callback(step, total, x, x0_preview) may stop the run (see sampling.sample). model_input(x, sigma) -> x is
-    what the DiT sees at each step (the solver keeps its own x): long video re-noises carried-over latents there.
-    regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional prompts, `positive` being their text.
+    model: a VaceTransformer, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
+    t >= boundary, then the low-noise one and its guidance). streams: (strength, start, end) per context, default
+    full strength over every step. Guidance runs the negative prompt in the same batch (with the same contexts,
+    as the reference does); guidance 1 skips it. settings.step_cache (TeaCache) skips the blocks of steps it
+    deems redundant. callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
+    model_input(x, sigma) -> x is what the DiT sees at each step (the solver keeps its own x): long video
+    re-noises carried-over latents there. regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional
+    prompts, `positive` being their text.
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
         raise VaceError(f"{len(contexts)} VCUs but {len(streams)} strengths: give one per VCU")
     if not contexts:
         raise VaceError("VACE needs at least one VCU (use text_to_video() for plain text-to-video)")
-    dtype = getattr(model, "compute_dtype", next(model.parameters()).dtype)
-    device = device or next(model.parameters()).device  # given when weights stream from the CPU (low VRAM)
-    guided = settings.guidance != 1 and negative is not None
+    sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
+    experts = as_experts(model)
+    first, _ = experts.at(sigma_to_timestep(float(sigmas[0]), settings.schedule), settings.guidance)
+    dtype = getattr(first, "compute_dtype", next(first.parameters()).dtype)
+    device = device or next(first.parameters()).device  # given when weights stream from the CPU (low VRAM)
+    guided = negative is not None and any(g != 1 for g in experts.guidances(settings.guidance))
     text = _text_batch(positive, negative if guided else None, dtype).to(device)
     contexts = [c.to(device, dtype) for c in contexts]
-    sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
     if regions is not None:
         regions.regions.check_text(positive)
+    run_model = settings.step_cache or (lambda net, *args, step, key, **bias: net(*args, **bias))
+    if settings.step_cache is not None:
+        settings.step_cache.begin(settings.steps)
 
     def denoise(x, sigma, step):
         if model_input is not None:
             x = model_input(x, sigma)
         timestep = sigma_to_timestep(sigma, settings.schedule)
-        t = torch.full((text.shape[0],), timestep, device=device)
-        active = [(c, s) for c, s in zip(contexts, context_strengths(streams, step, settings.steps), strict=True) if s]
-        bias = regions.biases(timestep, step, settings.steps, text.shape[0]) if regions is not None else {}
+        net, guidance = experts.at(timestep, settings.guidance)
+        rows = 2 if guided and guidance != 1 else 1  # a cfg-1 expert skips the negative pass
+        strengths = context_strengths(streams, step, settings.steps)
+        active = [(c, s) for c, s in zip(contexts, strengths, strict=True) if s]
+        bias = regions.biases(timestep, step, settings.steps, rows) if regions is not None else {}
         with torch.no_grad():
-            v = model(x.to(dtype).expand(text.shape[0], -1, -1, -1, -1), t, text,
-                      [c for c, _ in active], [s for _, s in active], **bias).float()
-        return cfg(v[:1], v[1:], settings.guidance) if guided else v
+            v = run_model(net, x.to(dtype).expand(rows, -1, -1, -1, -1), torch.full((rows,), timestep, device=device),
+                          text[:rows], [c for c, _ in active], [s for _, s in active],
+                          step=step, key=(*strengths, bool(bias)), **bias).float()
+        return cfg(v[:1], v[1:], guidance) if rows == 2 else v
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
-    return sample(denoise, noise, sigmas, settings.solver, callback, generator)
+    latent = sample(denoise, noise, sigmas, settings.solver, callback, generator)
+    if settings.step_cache is not None:
+        log.info("%s", settings.step_cache.stats)
+    return latent
 
 
 def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:

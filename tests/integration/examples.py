@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .fixtures import DIT_NAME, TEXT_ENCODER_NAME, VAE_NAME
+from .fixtures import DIT_NAME, EXPERT_NAMES, TEXT_ENCODER_NAME, VAE_NAME
 from .workflow_builder import Node, Workflow
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "example_workflows"
@@ -23,6 +23,8 @@ MODELS = {
     "vae": {"name": VAE_NAME, "url": f"{HF}/vae/{VAE_NAME}", "directory": "vae"},
     "text": {"name": TEXT_ENCODER_NAME, "url": f"{HF}/text_encoders/{TEXT_ENCODER_NAME}", "directory": "text_encoders"},
 }
+HF22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/diffusion_models"
+EXPERTS = [{"name": n, "url": f"{HF22}/{n}", "directory": "diffusion_models"} for n in EXPERT_NAMES]
 # Wan2.1's official default negative prompt
 NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，"
             "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
@@ -41,10 +43,11 @@ black = keep (the opposite of Wan image-to-video). Settings are the official one
 UniPC; 20-30 steps are a quicker preview."""
 
 
-def common(wf: Workflow, prompt: str | None) -> dict[str, Node]:
-    """Model, VAE and text nodes every example shares (no positive prompt node when `prompt` is None)."""
+def common(wf: Workflow, prompt: str | None, model: Node | None = None) -> dict[str, Node]:
+    """Model (the Wan2.1-VACE one unless given), VAE and text nodes every example shares (no positive prompt node
+    when `prompt` is None)."""
     clip = wf.add("CLIPLoader", models=[MODELS["text"]], clip_name=TEXT_ENCODER_NAME, type="wan")
-    base = {"clip": clip, "model": wf.add("VACEModelLoader", models=[MODELS["dit"]], model_name=DIT_NAME),
+    base = {"clip": clip, "model": model or wf.add("VACEModelLoader", models=[MODELS["dit"]], model_name=DIT_NAME),
             "vae": wf.add("VACEVAELoader", models=[MODELS["vae"]], vae_name=VAE_NAME)}
     if prompt is not None:
         base["positive"] = wf.add("CLIPTextEncode", title="Positive Prompt", text=prompt, clip=clip)
@@ -311,6 +314,22 @@ def long_hierarchical(wf: Workflow):
     long_video(wf, base, vcu, "long_hierarchical", mode="hierarchical")
 
 
+def wan22_two_experts(wf: Workflow):
+    wf.note("Wan2.2-VACE-Fun-A14B", "**Two experts**: Wan2.2 denoises with a high-noise expert while the timestep "
+            "is >= 875 (of 1000), then a low-noise expert, each with its own cfg (official A14B: 40 steps, "
+            "shift 12, cfg 4 then 3; these replace the Wan2.1 file and settings named above). Load each file "
+            "with **Load VACE Model** (the weights look like Wan2.1-VACE-14B, so the file decides which expert "
+            "it is), connect the high-noise one to the sampler and the low-noise one through **VACE Wan2.2 "
+            "Low-Noise Expert**. Only one expert is on the GPU at a time. Same VAE and text encoder as Wan2.1; "
+            "14B sizes (1280x720 or 832x480). Put LoRAs on each expert's model.")
+    high = wf.add("VACEModelLoader", title="High-noise expert", models=[EXPERTS[0]], model_name=EXPERT_NAMES[0])
+    base = common(wf, "a cat in a tiny astronaut suit walking on the moon, earth in the sky, cinematic", high)
+    low = wf.add("VACEModelLoader", title="Low-noise expert", models=[EXPERTS[1]], model_name=EXPERT_NAMES[1])
+    vcu = wf.add("VACEBuildVCU", references=wf.add("LoadImage", image=REFERENCE), **SIZE)
+    finish(wf, base, vcu, "wan22_two_experts", steps=40, cfg=4.0, shift=12.0,
+           low_noise_expert=wf.add("VACEWan22LowNoiseExpert", low_noise_model=low, cfg=3.0, boundary=0.875))
+
+
 EXAMPLES: dict[str, Callable[[Workflow], None]] = {
     "vace_t2v": t2v, "vace_r2v_two_references": r2v, "vace_depth": depth, "vace_pose": pose, "vace_flow": flow,
     "vace_gray_colourise": gray, "vace_scribble": scribble, "vace_inpaint_sam2": inpaint_sam2,
@@ -319,6 +338,7 @@ EXAMPLES: dict[str, Callable[[Workflow], None]] = {
     "vace_move_anything": move_anything, "vace_long_extension": long_extension, "vace_long_pose": long_pose,
     "vace_long_hierarchical": long_hierarchical, "vace_regional_boxing_cats": regional_boxing_cats,
     "vace_regional_pose": regional_pose,
+    "vace_wan22_two_experts": wan22_two_experts,
 }
 
 

@@ -21,6 +21,9 @@ VAE_NAME = "wan_2.1_vae.safetensors"
 TEXT_ENCODER_NAME = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 MODULE_NAME = "wan2.1_vace_module_only_fp16.safetensors"  # context blocks only: needs a base model
 SAM2_NAME = "sam2.1_hiera_tiny.pt"
+# Wan2.2-VACE-Fun-A14B as Comfy-Org/Wan_2.2_ComfyUI_Repackaged ships it (scaled fp8); here tiny, two seeds
+EXPERT_NAMES = ("wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors",
+                "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors")
 # real-shaped text (4096, umt5) and head dim (128, so RoPE splits like the real model); tiny otherwise
 TINY_DIT = VaceConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, vace_layers=(0, 2), text_dim=4096)
 TINY_VAE = dict(dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1, temporal_downsample=(False, True, True))
@@ -28,7 +31,7 @@ FULL_VAE = dict(dim=96, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, tempo
 
 
 def write_models(base: Path, vae_shape: dict = TINY_VAE) -> dict[str, Path]:
-    """The DiT (fp16, official keys), the VAE (the shape given), and a VACE-module-only file."""
+    """The DiT (fp16, official keys), the VAE (the shape given), a VACE-module-only file, and two Wan2.2 experts."""
     torch.manual_seed(0)
     dit = VaceTransformer(TINY_DIT).state_dict()
     paths = {"dit": base / "models" / "diffusion_models" / DIT_NAME,
@@ -36,6 +39,10 @@ def write_models(base: Path, vae_shape: dict = TINY_VAE) -> dict[str, Path]:
              "vae": base / "models" / "vae" / VAE_NAME}
     save_checkpoint(dit, paths["dit"], "official", torch.float16)
     save_checkpoint(split_vace_module(dit)[1], paths["module"], "official", torch.float16)
+    for seed, name in enumerate(EXPERT_NAMES, start=2):
+        torch.manual_seed(seed)
+        save_checkpoint(VaceTransformer(TINY_DIT).state_dict(), base / "models" / "diffusion_models" / name,
+                        "official", torch.float8_e4m3fn, scaled=True)
     torch.manual_seed(1)
     vae = WanVAE(**vae_shape)
     paths["vae"].parent.mkdir(parents=True, exist_ok=True)

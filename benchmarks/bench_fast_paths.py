@@ -1,0 +1,92 @@
+"""What users run to go faster, on the pipeline benchmark's config (bench_pipeline.py's defaults): the official
+50 steps at cfg 5, 8 steps at cfg 1 (the speed-LoRA recipe), and 50 steps at cfg 5 with TeaCache.
+
+    .venv/bin/python benchmarks/bench_fast_paths.py [--dim 256 --layers 4 --size 128 192 --frames 17 \
+        --threshold 0.08]
+
+Times the sampling (the DiT evaluations; VAE encode/decode is the same for all three and left out), each in its
+own subprocess, one timed run after a one-step warm-up. Reports model evaluations (one per CFG branch per step, as
+TeaCache counts them), seconds, the speed-up over the official run, and the difference of the final latent
+from the official run's. The weights are random (no real checkpoint here): TeaCache uses the published Wan2.1
+1.3B polynomial on them, so how many steps it skips and the difference it makes are a sanity figure for the
+plumbing, not a quality or speed claim for real models; the 8-step run is a different sampling altogether
+(its latent difference is shown for scale only).
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RUNS = {"cfg5_50": (50, 5.0, False), "cfg1_8": (8, 1.0, False), "cfg5_50_teacache": (50, 5.0, True)}
+TITLES = {"cfg5_50": "50 steps, cfg 5 (official)", "cfg1_8": "8 steps, cfg 1",
+          "cfg5_50_teacache": "50 steps, cfg 5, TeaCache"}
+
+
+def run_one(impl: str, args) -> dict:
+    import torch
+
+    from vace_core.config import VaceConfig
+    from vace_core.pipeline import SamplerSettings, sample_latent
+    from vace_core.step_cache import COEFFICIENTS, TeaCache
+    from vace_core.transformer import VaceTransformer
+
+    torch.set_num_threads(args.threads)
+    h, w = args.size
+    torch.manual_seed(0)  # the same random DiT in every run
+    config = VaceConfig(dim=args.dim, ffn_dim=4 * args.dim, num_heads=args.dim // 128, num_layers=args.layers,
+                        vace_layers=tuple(range(0, args.layers, 2)), text_dim=4096)
+    dit = VaceTransformer(config).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    contexts = [torch.randn(1, 96, (args.frames - 1) // 4 + 1, h // 8, w // 8, generator=g)]
+    positive, negative = torch.randn(1, 512, 4096, generator=g), torch.randn(1, 512, 4096, generator=g)
+    steps, guidance, cached = RUNS[impl]
+    cache = TeaCache(args.threshold, coefficients=COEFFICIENTS["t_emb", 1536]) if cached else None
+    settings = SamplerSettings(steps=steps, guidance=guidance, shift=16.0, seed=1, step_cache=cache)
+    warm = SamplerSettings(steps=1, guidance=guidance, shift=16.0, seed=1)
+    sample_latent(dit, contexts, positive, negative, settings=warm)  # one step: allocator and kernels warm
+    start = time.perf_counter()
+    latent = sample_latent(dit, contexts, positive, negative, settings=settings)
+    seconds = time.perf_counter() - start
+    torch.save(latent, Path(args.latents) / f"{impl}.pt")
+    evaluations = cache.stats.computed if cached else steps * (2 if guidance != 1 else 1)
+    return {"seconds": seconds, "evaluations": evaluations}
+
+
+def main():
+    import torch
+
+    from benchmarks.harness import side_by_side
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--size", type=int, nargs=2, default=(128, 192), metavar=("H", "W"))
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--threshold", type=float, default=0.08, help="TeaCache threshold (1.3B 'fast': 0.08)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--latents", default=tempfile.gettempdir(), help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=tuple(RUNS), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.impl is None:
+            sys.argv += ["--latents", tmp]
+        rows = side_by_side(__file__, args, run_one, impls=tuple(RUNS))
+        latents = {k: torch.load(Path(tmp) / f"{k}.pt") for k in RUNS}
+    base = rows["cfg5_50"]
+    print(f"DiT dim {args.dim}, {args.layers} layers (random weights); {args.frames} frames {args.size[0]}x"
+          f"{args.size[1]}; shift 16, UniPC; TeaCache threshold {args.threshold}; {args.threads} threads")
+    print("| run | model evaluations | seconds | speed-up | latent rel. diff vs official |")
+    print("|---|---|---|---|---|")
+    for k, row in rows.items():
+        diff = ((latents[k] - latents["cfg5_50"]).norm() / latents["cfg5_50"].norm()).item()
+        print(f"| {TITLES[k]} | {row['evaluations']} | {row['seconds']:.2f} | "
+              f"{base['seconds'] / row['seconds']:.2f}x | {diff:.3g} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""VACE Step Cache: TeaCache settings for the VACE Sampler (see vace_core/step_cache.py)."""
+
+from comfy_api.latest import io
+
+from ..vace_core.step_cache import COEFFICIENTS, TeaCache
+from .types import CATEGORY, StepCache
+
+MODES = {"timestep embedding": "t_emb", "modulation (first 5 steps kept)": "e"}
+SIZES = {"auto (from the model)": None, "wan2.1 1.3B": 1536, "wan2.1 14B": 5120}
+
+
+class VaceStepCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VACEStepCache", display_name="VACE Step Cache (TeaCache)", category=CATEGORY,
+            description="Skips the DiT blocks of steps whose timestep embedding barely changed, reusing the last "
+                        "computed residual (TeaCache, with its Wan2.1 coefficients). VACE-aware: a VCU stream's "
+                        "start/end switching forces a computed step; one cache per CFG branch and per Wan2.2 "
+                        "expert. The sampler shows how many model evaluations it saved.",
+            inputs=[
+                io.Float.Input("threshold", default=0.08, min=0.0, max=1.0, step=0.005,
+                               tooltip="How much estimated change may pile up before the blocks run again. 0 turns "
+                                       "caching off. Published: 1.3B 0.05 (safe) to 0.08 (about 2x); 14B 0.14 "
+                                       "to 0.2."),
+                io.Combo.Input("mode", options=list(MODES), default="timestep embedding",
+                               tooltip="What TeaCache watches. timestep embedding: the published default (first "
+                                       "and last steps always computed). modulation: TeaCache's 'retention "
+                                       "steps' variant (first 5 steps always computed; allows higher thresholds)."),
+                io.Combo.Input("coefficients", options=list(SIZES), default="auto (from the model)",
+                               tooltip="Which fitted polynomial rescales the change. auto: the model's size (1.3B "
+                                       "or 14B, read from its weights; Wan2.2 A14B experts use the 14B one)."),
+            ],
+            outputs=[StepCache.Output(display_name="step_cache")],
+        )
+
+    @classmethod
+    def execute(cls, threshold, mode, coefficients) -> io.NodeOutput:
+        mode = MODES[mode]
+        dim = SIZES[coefficients]
+        return io.NodeOutput(TeaCache(threshold, mode, None if dim is None else COEFFICIENTS[mode, dim]))
+
+
+NODES = [VaceStepCache]

@@ -1,0 +1,72 @@
+"""Wan2.2-VACE-Fun-A14B in ComfyUI: the low-noise expert for the VACE Sampler, and the two experts with only
+one resident on the GPU at a time (the other offloaded through ComfyUI's model management)."""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import comfy.model_management as mm
+from comfy_api.latest import io
+
+from ..vace_core.experts import WAN22_BOUNDARY, Experts, check_pair
+from . import memory
+from .loaders import LoadedVace
+from .types import CATEGORY, LowNoiseExpert, VaceModel
+
+log = logging.getLogger("vace")
+
+
+@dataclass
+class LowNoise:
+    """What flows through a VACE_LOW_NOISE_EXPERT socket."""
+
+    model: LoadedVace
+    cfg: float
+    boundary: float
+
+
+class VaceLowNoiseExpert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VACEWan22LowNoiseExpert", display_name="VACE Wan2.2 Low-Noise Expert", category=CATEGORY,
+            description="Wan2.2-VACE-Fun-A14B: connect the low-noise expert here and the high-noise expert to the "
+                        "sampler's vace_model. The high-noise expert runs while t >= boundary x 1000, then this "
+                        "one, each with its own cfg; only one is on the GPU at a time. Apply LoRAs to each "
+                        "expert's model before.",
+            inputs=[
+                VaceModel.Input("low_noise_model", tooltip="Load VACE Model with the low-noise file, e.g. "
+                                                           "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors."),
+                io.Float.Input("cfg", default=3.0, min=1.0, max=30.0, step=0.1,
+                               tooltip="Guidance of the low-noise expert (official Wan2.2 A14B: 3; the sampler's "
+                                       "cfg is the high-noise expert's, officially 4). 1 skips its negative pass."),
+                io.Float.Input("boundary", default=WAN22_BOUNDARY, min=0.0, max=1.0, step=0.005,
+                               tooltip="Switch to the low-noise expert below this fraction of the 1000 timesteps "
+                                       "(Wan2.2 A14B: 0.875)."),
+            ],
+            outputs=[LowNoiseExpert.Output(display_name="low_noise_expert")],
+        )
+
+    @classmethod
+    def execute(cls, low_noise_model, cfg, boundary) -> io.NodeOutput:
+        return io.NodeOutput(LowNoise(low_noise_model, cfg, boundary))
+
+
+def two_experts(high: LoadedVace, low: LowNoise, load: Callable[[LoadedVace], object]) -> Experts:
+    """The sampler's denoiser: switching expert offloads the other one first, then `load`s the new one."""
+    check_pair(high.patcher.model.config, low.model.patcher.model.config)
+
+    def load_alone(expert: LoadedVace):
+        other = low.model if expert is high else high
+        if other.patcher is not expert.patcher:
+            memory.offload(other.patcher)
+        model = load(expert)
+        resident = sum(m.model in (high.patcher, low.model.patcher) for m in mm.current_loaded_models)
+        log.info("VACE Wan2.2: %s-noise expert loaded; experts resident: %d",
+                 "high" if expert is high else "low", resident)
+        return model
+
+    return Experts(high, low.model, low.boundary, low.cfg, load_alone)
+
+
+NODES = [VaceLowNoiseExpert]

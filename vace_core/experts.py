@@ -1,0 +1,101 @@
+"""Wan2.2 two-expert denoising (Wan2.2-VACE-Fun-A14B).
+
+Wan2.2 A14B splits the denoising between two experts: the high-noise expert runs while the timestep
+t >= boundary * 1000, the low-noise expert after it, each with its own guidance (as diffusers'
+WanVACEPipeline(transformer, transformer_2, boundary_ratio) and the official Wan2.2 code do).
+
+Each expert is an ordinary VACE transformer of the Wan2.1-VACE-14B shape: same keys, same dims, context blocks
+after blocks 0, 5, ..., 35, same VAE. Nothing in the weights tells a Wan2.2 expert from Wan2.1-VACE-14B, nor
+the high-noise expert from the low-noise one (only their values differ), so the user says which is which: two
+files (or two VACE modules on the Wan2.2 T2V A14B high/low bases), or the release folder whose
+`high_noise_model` / `low_noise_model` subfolders name them.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import VaceError
+from .sampling import NUM_TRAIN_TIMESTEPS
+
+WAN22_BOUNDARY = 0.875  # Wan2.2 T2V A14B and VACE-Fun-A14B (the official code and VideoX-Fun's config)
+EXPERT_FOLDERS = ("high_noise_model", "low_noise_model")  # the release layout (official Wan2.2 and VideoX-Fun)
+
+
+def check_pair(high_config, low_config) -> None:
+    """Both experts must have one shape (a 1.3B and a 14B file, or a module on the wrong base, would not)."""
+    if high_config != low_config:
+        raise VaceError(f"the two experts differ in shape (high-noise: {high_config}; low-noise: {low_config}): "
+                        "Wan2.2-VACE-Fun-A14B's experts are both of the 14B shape; load its high-noise and "
+                        "low-noise files")
+
+
+def _identity(expert):
+    return expert
+
+
+@dataclass
+class Experts:
+    """Two denoisers and when each runs. high / low: the experts (modules, or handles that `load` turns into
+    the module to run: ComfyUI loads that expert onto the GPU there and offloads the other, so only one is
+    resident). guidance_low: the low-noise expert's guidance (None: the run's guidance, as diffusers)."""
+
+    high: Any
+    low: Any
+    boundary: float = WAN22_BOUNDARY
+    guidance_low: float | None = None
+    load: Callable[[Any], Any] = _identity
+    _active: tuple = field(default=(None, None), init=False, repr=False)
+
+    def __post_init__(self):
+        if not 0 <= self.boundary <= 1:
+            raise VaceError(f"the expert boundary is a fraction of the 1000 training timesteps (Wan2.2: "
+                            f"{WAN22_BOUNDARY}), got {self.boundary!r}")
+        if self.guidance_low is not None and not math.isfinite(self.guidance_low):
+            raise VaceError(f"the low-noise expert's guidance must be a number, got {self.guidance_low!r}")
+
+    def which(self, timestep: float) -> str:
+        """'high' while timestep >= boundary * 1000 (diffusers' rule, on the timestep the DiT sees), else 'low'."""
+        return "high" if timestep >= self.boundary * NUM_TRAIN_TIMESTEPS else "low"
+
+    def at(self, timestep: float, guidance: float) -> tuple[Any, float]:
+        """(the module to run at `timestep`, its guidance); loads the expert when it changes."""
+        name = self.which(timestep)
+        if self._active[0] != name:
+            self._active = (name, self.load(self.high if name == "high" else self.low))
+        low_guidance = guidance if self.guidance_low is None else self.guidance_low
+        return self._active[1], guidance if name == "high" else low_guidance
+
+    def guidances(self, guidance: float) -> tuple[float, float]:
+        return guidance, guidance if self.guidance_low is None else self.guidance_low
+
+
+def as_experts(model) -> Experts:
+    """A plain model as the one expert of every step (boundary 0: 'high' always)."""
+    return model if isinstance(model, Experts) else Experts(model, model, boundary=0.0)
+
+
+def expert_folders(path: str | Path) -> tuple[Path, Path] | None:
+    """(high, low) when `path` is a Wan2.2 release folder with high_noise_model / low_noise_model, else None."""
+    folders = tuple(Path(path) / name for name in EXPERT_FOLDERS)
+    return folders if all(f.is_dir() for f in folders) else None
+
+
+def load_experts(high: str | Path, low: str | Path | None = None, *, base_high=None, base_low=None,
+                 boundary: float = WAN22_BOUNDARY, guidance_low: float | None = None, **load_kwargs) -> Experts:
+    """Wan2.2-VACE-Fun-A14B from its release folder (`high` alone), or from two files / folders (each a full
+    VACE model, or a VACE module with its Wan2.2 T2V A14B base: base_high / base_low). load_kwargs go to
+    load_vace_model (dtypes, device, operations, attention backend)."""
+    from .checkpoints import load_vace_model
+
+    if low is None:
+        folders = expert_folders(high)
+        if folders is None:
+            raise VaceError(f"{high} is not a Wan2.2 folder with {' and '.join(EXPERT_FOLDERS)} subfolders: give "
+                            "the low-noise expert's file too")
+        high, low = folders
+    models = (load_vace_model(high, base_high, **load_kwargs), load_vace_model(low, base_low, **load_kwargs))
+    check_pair(*(m.config for m in models))
+    return Experts(*models, boundary=boundary, guidance_low=guidance_low)

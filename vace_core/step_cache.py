@@ -1,0 +1,142 @@
+"""Step caching with TeaCache (Liu et al., "Timestep Embedding Tells: It's Time to Cache for Video Diffusion
+Model", arXiv 2411.19108), made VACE-aware.
+
+TeaCache watches the DiT's modulated input (the timestep embedding) from one model evaluation to the next:
+its relative L1 change, rescaled by a polynomial fitted on Wan2.1 T2V, estimates how much the blocks' output
+changes. While the accumulated estimate stays below the threshold, an evaluation skips the blocks and adds the
+residual (blocks' output - input) of the last evaluation that ran them. Embedding and head still run, so the
+saved work is the blocks (main and context), nearly all of a forward.
+
+VACE-aware: the residual includes the context blocks' hints scaled by each VCU stream's strength, so a cached
+evaluation never reuses a residual computed under other stream strengths (a stream's start/end window opening
+or closing forces a computed step). Caches are per CFG branch (the residual keeps one row per branch of the
+batched forward; a change of branches forces a computed step) and per denoiser (Wan2.2's two experts each keep
+their own). A cache is reset at the start of every sampling run (so per long-video window too).
+
+The decision rule is the published one (TeaCache4Wan2.1): the first `retention` steps always run, the last
+step too in the timestep-embedding mode; otherwise acc += poly(|inp - prev|_1 / |prev|_1) and the blocks are
+skipped while acc < threshold, acc restarting at 0 when they run.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import VaceError
+
+# TeaCache4Wan2.1's rescaling polynomials (highest power first), fitted on Wan2.1 T2V; keyed by (mode, dim).
+# "t_emb": the timestep embedding (the default); "e": the 6-way modulation (TeaCache's use_ret_steps).
+COEFFICIENTS = {
+    ("t_emb", 1536): (2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01),
+    ("t_emb", 5120): (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
+    ("e", 1536): (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02),
+    ("e", 5120): (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01),
+}
+RETENTION = {"t_emb": 1, "e": 5}  # steps always computed at the start
+LAST_STEP_COMPUTED = {"t_emb": True, "e": False}
+# the published "fast" thresholds (about 1.6-2x on Wan2.1 T2V); "slow" ones are 0.05 (1.3B) and 0.14 (14B)
+SUGGESTED_THRESHOLD = {1536: 0.08, 5120: 0.2}
+MODES = tuple(RETENTION)
+
+
+def relative_l1(inp: torch.Tensor, prev: torch.Tensor) -> float:
+    """mean |inp - prev| / mean |prev|, as a Python float (one device sync per step)."""
+    return ((inp - prev).abs().mean() / prev.abs().mean()).item()
+
+
+@dataclass
+class CacheStats:
+    """Model evaluations of the last run (one per CFG branch per step): how many ran the blocks, how many
+    reused the cached residual."""
+
+    computed: int = 0
+    skipped: int = 0
+
+    def __str__(self):
+        total = self.computed + self.skipped
+        return f"TeaCache skipped the blocks of {self.skipped} of {total} model evaluations"
+
+
+@dataclass
+class DenoiserCache:
+    """The cache of one denoiser: previous modulated input, accumulated estimate, residual and what it was
+    computed under (the stream strengths and the CFG branches)."""
+
+    prev: torch.Tensor | None = None
+    acc: float = 0.0
+    residual: torch.Tensor | None = None
+    key: tuple = ()
+
+
+@dataclass
+class TeaCache:
+    """TeaCache settings, and the cache of the run in progress. threshold 0 turns caching off (the plain
+    forward runs). coefficients: None picks TeaCache's Wan2.1 polynomial for the model's size (1.3B or 14B,
+    from its width; Wan2.2 A14B experts use the 14B one, as no Wan2.2 fit is published)."""
+
+    threshold: float = 0.08
+    mode: str = "t_emb"
+    coefficients: tuple[float, ...] | None = None
+    stats: CacheStats = field(default_factory=CacheStats)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise VaceError(f"unknown TeaCache mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if not np.isfinite(self.threshold) or self.threshold < 0:
+            raise VaceError(f"the TeaCache threshold must be 0 (off) or more, got {self.threshold!r} "
+                            "(Wan2.1 1.3B: 0.05-0.08; 14B: 0.14-0.2)")
+        self._states: dict[int, DenoiserCache] = {}
+        self._steps = 0
+
+    def begin(self, steps: int) -> None:
+        """Starts a run of `steps` steps: empty caches, zero counts."""
+        self._states, self._steps, self.stats = {}, steps, CacheStats()
+
+    def _coefficients(self, model) -> tuple[float, ...]:
+        if self.coefficients is not None:
+            return self.coefficients
+        dim = model.config.dim
+        if (self.mode, dim) not in COEFFICIENTS:
+            raise VaceError(f"TeaCache has no published coefficients for a model of width {dim} (only Wan2.1 "
+                            "1.3B = 1536 and 14B = 5120): pass coefficients=")
+        return COEFFICIENTS[self.mode, dim]
+
+    def should_compute(self, state: DenoiserCache, inp: torch.Tensor, step: int, key: tuple,
+                       coefficients: tuple[float, ...]) -> bool:
+        """The published decision for this step (0 <= step < the run's steps); updates the accumulated estimate
+        and the previous input in `state`."""
+        forced = (step < RETENTION[self.mode] or (LAST_STEP_COMPUTED[self.mode] and step >= self._steps - 1)
+                  or state.residual is None or key != state.key)
+        if forced:
+            compute = True
+        else:
+            state.acc += float(np.polyval(coefficients, relative_l1(inp, state.prev)))
+            compute = state.acc >= self.threshold
+        if compute:
+            state.acc = 0.0
+        state.prev = inp
+        return compute
+
+    def __call__(self, model, x, t, context, vace_context=(), vace_scale=(), *, step: int, key: tuple = (),
+                 **block_kwargs) -> torch.Tensor:
+        """The model's forward (same arguments and result) with the blocks skipped when the cache allows.
+
+        step: the step index in the run (from 0); key: what else the residual depends on besides x and t
+        (the sampler passes every stream's strength at this step); block_kwargs go to run_blocks."""
+        if self.threshold == 0:
+            self.stats.computed += x.shape[0]
+            return model(x, t, context, vace_context, vace_scale, **block_kwargs)
+        model._check(x, context, vace_context, vace_scale)
+        tokens = model.embed(x, t, context, vace_context)
+        state = self._states.setdefault(id(model), DenoiserCache())
+        key = (tuple(key), x.shape[0])
+        inp = tokens.t_emb if self.mode == "t_emb" else tokens.e
+        if self.should_compute(state, inp, step, key, self._coefficients(model)):
+            out = model.run_blocks(tokens, vace_scale, **block_kwargs)
+            state.residual, state.key = out - tokens.x, key
+            self.stats.computed += x.shape[0]
+        else:
+            out = tokens.x + state.residual
+            self.stats.skipped += x.shape[0]
+        return model.unpatchify(out, tokens, x.dtype)
