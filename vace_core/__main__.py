@@ -106,9 +106,8 @@ def _lora_spec(spec: str) -> tuple[str, list[float]]:
 
 def _apply_loras(model, specs):
     """--lora, applied unmerged (fp8 weights keep their precision; nothing is copied)."""
-    from .lora import apply_lora
-
     from .experts import Experts
+    from .lora import apply_lora
 
     models = [model.high, model.low] if isinstance(model, Experts) else [model]  # Wan2.2: on both experts
     for spec in specs:
