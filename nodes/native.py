@@ -15,6 +15,7 @@ import node_helpers
 import torch
 from comfy_api.latest import io
 
+from ..vace_core.errors import VaceError
 from ..vace_core.pipeline import encode_contexts
 from ..vace_core.vae import from_comfy_latent, to_comfy_latent
 from ..vace_core.vcu.pixels import to_images
@@ -25,7 +26,13 @@ STREAMS = 3
 
 def native_encoder(vae):
     """Our encoder interface ((1, 3, T, H, W) in [-1, 1] -> normalised latent) over a native VAE."""
-    return lambda video: from_comfy_latent(vae.encode(to_images(video[0])).float())
+    def encode(video):
+        latent = vae.encode(to_images(video[0])).float()
+        if latent.ndim != 5 or latent.shape[1] != 16:
+            raise VaceError(f"the VAE gave a latent of shape {tuple(latent.shape)}; VACE needs the Wan2.1 VAE "
+                            "(16 channels, wan_2.1_vae.safetensors), also with Wan2.2-VACE-Fun")
+        return from_comfy_latent(latent)
+    return encode
 
 
 def native_context(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

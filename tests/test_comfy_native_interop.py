@@ -103,6 +103,10 @@ def test_lora_node_equals_native_lora_loader(comfy):
     for kind in ("comfy", "lycoris"):
         graph[f"native_{kind}"] = native_lora(["native", 0], kind)
         graph[f"save_native_{kind}"] = save_weights(f"native_{kind}", model=[f"native_{kind}", 0])
+    graph["ours_stack"] = our_lora(["ours_comfy", 0], "lycoris", 0.5)  # a stack: comfy 0.8, then LyCORIS 0.5
+    graph["native_stack"] = native_lora(["native_comfy", 0], "lycoris", 0.5)
+    graph["save_ours_stack"] = save_weights("ours_stack", vace_model=["ours_stack", 0])
+    graph["save_native_stack"] = save_weights("native_stack", model=["native_stack", 0])
     w = run_files(comfy, graph)
     base = w["base"]
     expected = {f"{layer}.weight" if f"{layer}.weight" in base else layer for layer, kind in LAYERS.items()
@@ -127,6 +131,9 @@ def test_lora_node_equals_native_lora_loader(comfy):
         assert max(rel(core[k] - base[k], ours[k] - base[k]) for k in changed | native_skips) <= 1e-5
     assert {k for k in base if not torch.equal(w["native_comfy"][k], base[k])} == expected - native_skips
     assert {k for k in base if not torch.equal(w["ours_comfy"][k], base[k])} == expected
+    stacked = {k for k in base if not torch.equal(w["ours_stack"][k], w["ours_comfy"][k])}
+    assert stacked == {"blocks.0.self_attn.q.weight", "blocks.1.self_attn.v.weight"}  # the LyCORIS layers
+    assert all(torch.equal(w["ours_stack"][k], w["native_stack"][k]) for k in base if k not in native_skips)
     for kind in ("kohya", "diffusers"):  # the same LoRA in other layouts: the same weights, bit for bit
         assert all(torch.equal(w[f"ours_{kind}"][k], w["ours_comfy"][k]) for k in base), kind
 
@@ -189,7 +196,7 @@ def test_wrong_family_fails_clearly_and_the_queue_keeps_working(comfy):
 # ---- VCU to Native Conditioning ----------------------------------------------------------------------------
 
 def adapter_graph(two_streams: bool) -> dict:
-    """Our VCUs through the adapter, and native WanVaceToVideo (chained for two streams), on the same inputs."""
+    """Our VCUs through the adapter, and native WanVaceToVideo (chained for two streams) on the same VCUs' pixels."""
     graph = {**shared(),
              "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": FP32_DIT, "weight_dtype": "default"}},
              "vae": {"class_type": "VAELoader", "inputs": {"vae_name": VAE_NAME}},
@@ -199,18 +206,23 @@ def adapter_graph(two_streams: bool) -> dict:
              "adapter": {"class_type": "VACEToNativeConditioning", "inputs": {
                  "positive": ["pos", 0], "negative": ["neg", 0], "vae": ["vae", 0], "vcu": ["vcu", 0],
                  "strength": 1.0, "batch_size": 1}},
+             # native gets the VCU's own pixels (Concept Decouple): our inpainting VCU is gray where it generates,
+             # as VACE's preprocessing makes it; WanVaceToVideo would otherwise keep the original pixels there
+             "decouple": {"class_type": "VACEConceptDecouple", "inputs": {"vcu": ["vcu", 0]}},
              "wan": {"class_type": "WanVaceToVideo", "inputs": {
                  "positive": ["pos", 0], "negative": ["neg", 0], "vae": ["vae", 0], "width": W, "height": H,
-                 "length": FRAMES, "batch_size": 1, "strength": 1.0, "control_video": ["frames", 0],
-                 "control_masks": ["masks", 0], "reference_image": ["ref", 0]}}}
+                 "length": FRAMES, "batch_size": 1, "strength": 1.0, "control_video": ["decouple", 0],
+                 "control_masks": ["decouple", 2], "reference_image": ["decouple", 3]}}}
     native_out = "wan"
     if two_streams:
         graph["vcu_2"] = {"class_type": "VACEBuildVCU", "inputs": {
             "width": W, "height": H, "length": FRAMES, "reference_mode": "letterbox", "frames": ["frames", 0],
             "references": ["ref", 0]}}
         graph["adapter"]["inputs"] |= {"vcu_2": ["vcu_2", 0], "strength_2": 0.7}
-        graph["wan_2"] = {"class_type": "WanVaceToVideo", "inputs": {
-            **graph["wan"]["inputs"], "positive": ["wan", 0], "negative": ["wan", 1], "strength": 0.7}}
+        graph["decouple_2"] = {"class_type": "VACEConceptDecouple", "inputs": {"vcu": ["vcu_2", 0]}}
+        graph["wan_2"] = {"class_type": "WanVaceToVideo", "inputs": {  # a control video: all of it is reactive
+            **graph["wan"]["inputs"], "positive": ["wan", 0], "negative": ["wan", 1], "strength": 0.7,
+            "control_video": ["decouple_2", 1], "reference_image": ["decouple_2", 3]}}
         del graph["wan_2"]["inputs"]["control_masks"]
         native_out = "wan_2"
     for name, node in (("ours", "adapter"), ("native", native_out)):
