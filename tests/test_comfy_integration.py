@@ -33,6 +33,7 @@ from tests.integration.comfy_server import (
 from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, build
 from tests.integration.fixtures import (
     DIT_NAME,
+    EXPERT_NAMES,
     MODULE_NAME,
     SAM2_NAME,
     VAE_NAME,
@@ -165,7 +166,8 @@ def test_example_workflows_carry_models_and_notes():
     for path in sorted(EXAMPLES_DIR.glob("*.json")):
         nodes = json.loads(path.read_text())["nodes"]
         models = {m["name"]: m for n in nodes for m in n["properties"].get("models", [])}
-        assert {DIT_NAME, VAE_NAME, "umt5_xxl_fp8_e4m3fn_scaled.safetensors"} <= set(models), path.name
+        dit = set(EXPERT_NAMES) if path.stem == "vace_wan22_two_experts" else {DIT_NAME}  # Wan2.2: both experts
+        assert {*dit, VAE_NAME, "umt5_xxl_fp8_e4m3fn_scaled.safetensors"} <= set(models), path.name
         assert all(m["url"].startswith("https://") and m["url"].endswith(name) and m["directory"]
                    for name, m in models.items())
         notes = [n["widgets_values"][0] for n in nodes if n["type"] == "MarkdownNote"]
