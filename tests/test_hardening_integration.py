@@ -81,7 +81,7 @@ def widget_defaults(spec: dict) -> dict:
 SINKS = {"IMAGE": ("PreviewImage", "images"), "MASK": ("MaskPreview", "mask"),
          "VACE_VCU": ("VACEConceptDecouple", "vcu"),
          "LATENT": ("VACEDecode", "samples"), "VACE_MODEL": ("VACESampler", "vace_model"),
-         "VACE_VAE": ("VACEDecode", "vace_vae")}
+         "VACE_VAE": ("VACEDecode", "vace_vae"), "STRING": ("PreviewAny", "source")}
 
 
 def reaching_an_output(info: dict, node: str, inputs: dict) -> dict:

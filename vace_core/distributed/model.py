@@ -77,7 +77,7 @@ class ParallelVace(nn.Module):
 
     def __init__(self, model: VaceTransformer, layout: ParallelLayout):
         super().__init__()
-        self.model, self.layout = model, layout
+        self.model, self.layout, self.warned = model, layout, False
 
     @property
     def compute_dtype(self):
@@ -92,9 +92,11 @@ class ParallelVace(nn.Module):
         or 1); biases have a batch dim when 4-D. -> (inputs, biases, whether the halves must be gathered)."""
         if self.layout.degrees.cfg == 1:
             return inputs, biases, False
-        if batch % 2:
-            log.warning("VACE: --cfg-parallel needs the conditional and unconditional passes in one batch "
-                        "(guidance != 1); both CFG groups compute the whole batch")
+        if batch % 2:  # guidance 1, or long video's guidance-free pass: said once, not every step
+            if not self.warned:
+                log.warning("VACE: --cfg-parallel needs the conditional and unconditional passes in one batch "
+                            "(guidance != 1); both CFG groups compute the whole batch")
+                self.warned = True
             return inputs, biases, False
         rank = self.layout.rank("cfg")
         half = slice(rank * batch // 2, (rank + 1) * batch // 2)
