@@ -56,8 +56,7 @@ def sample(
     run = make_solver(solver, sigmas)
     total = len(sigmas) - 1
     x = noise
-    for step in range(total):
-        sigma = float(sigmas[step])
+    for step, sigma in enumerate(sigmas[:-1].tolist()):  # host floats: no tensor-to-host reads in the loop
         v = denoise(x, sigma, step).to(x.dtype)
         x0_preview = x - sigma * v
         x = run.step(x, v)
