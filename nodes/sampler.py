@@ -8,6 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..vace_core.errors import VaceError
+from ..vace_core.memory import activation_bytes as estimate_activations
 from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream
 from ..vace_core.vae import to_comfy_latent
@@ -41,11 +42,9 @@ def text_features(conditioning, what: str) -> torch.Tensor:
 
 
 def activation_bytes(model, latent_shape, guided: bool, streams: int) -> int:
-    """A generous estimate of the peak activations of one forward pass (CFG batched)."""
-    cfg = model.config
-    batch = 2 if guided else 1
-    tokens = latent_shape[0] * latent_shape[1] * latent_shape[2] // 4
-    return batch * tokens * ((cfg.ffn_dim + 6 * cfg.dim) * 2 + (1 + streams) * cfg.dim * 4)
+    """The peak activations of one forward pass (CFG batched), measured-calibrated (vace_core.memory)."""
+    return estimate_activations(model.config, latent_shape, 2 if guided else 1, streams, model.compute_dtype,
+                                getattr(model, "speed", None))
 
 
 def interrupt_hooks(model):

@@ -48,6 +48,7 @@ def apply_speed(model, speed: Speed = Speed()):
     for layer in model.modules():
         if isinstance(layer, ops.Linear):
             layer.fp8_compute = speed.fp8_compute
+    model.speed = speed  # the memory estimate reads it (vace_core.memory)
     return model
 
 
@@ -58,7 +59,8 @@ HOST_SYNCS = frozenset({"item", "cpu", "tolist", "numpy", "__bool__", "__float__
 class HostSyncs(TorchFunctionMode):
     """While active (`with HostSyncs() as syncs:`, or entered and exited by hand around some steps), records in
     `calls` the name of every tensor call that copies a value to the host: on a GPU, a sync point. Works on
-    CPU, where those calls are cheap but still counted."""
+    CPU, where those calls are cheap but still counted (`.to("cpu")` only for device tensors: layers cast their
+    weights with `.to(device=x.device)`, a no-op for a CPU input)."""
 
     def __init__(self):
         super().__init__()
@@ -66,7 +68,8 @@ class HostSyncs(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        moves_to_host = name == "to" and any(str(a).startswith("cpu") for a in [*args[1:], *(kwargs or {}).values()])
+        moves_to_host = (name == "to" and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu"
+                         and any(str(a).startswith("cpu") for a in [*args[1:], *(kwargs or {}).values()]))
         if name in HOST_SYNCS or moves_to_host:
             self.calls.append(name)
         return func(*args, **(kwargs or {}))
