@@ -97,14 +97,14 @@ def test_fp8_linear_is_the_quantised_matmul():
 
 @pytest.mark.parametrize("scaled", [False, True])
 def test_fp8_compute_error_vs_upcast_fp8_weights_is_pinned(tiny, scaled):
-    """Same fp8 weights: multiplying in fp8 (activations quantised too) vs upcasting the weights. Bounded at 10%
-    on this random tiny model (measured about 3%); the CUDA kernel's error is measured by gpu_check.py."""
+    """Same fp8 weights: multiplying in fp8 (activations quantised too) vs upcasting the weights. Between 1% and
+    10% on this random tiny model (measured 3.5%: every block matmul runs in fp8); gpu_check.py measures CUDA's."""
     model = fp8_model(*tiny, scaled)
     upcast = forward(model)
     fp8 = forward(apply_speed(model, Speed(fp8_compute=True)))
     assert sum(layer.fp8_compute and layer._fp8_ready(torch.empty(32, layer.in_features))
                for layer in model.modules() if isinstance(layer, ops.Linear)) >= 5 * 8  # q, k, v, o, ffn x 5 blocks
-    assert 1e-4 < rel_err(fp8, upcast) < 0.1
+    assert 0.01 < rel_err(fp8, upcast) < 0.1
     assert torch.equal(forward(apply_speed(model, Speed())), upcast)
 
 
