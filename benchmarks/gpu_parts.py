@@ -412,15 +412,19 @@ def part_switches() -> dict:
         variants["fp8_compute"] = (build(cfg, scaled), Speed(fp8_compute=True))
     reference = step(exact, args)
     errors, compile_seconds = {}, None
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     for name, (model, speed) in variants.items():
         apply_speed(model, speed)
         if speed.compile:
             compile_seconds = timed(lambda m=model: step(m, args))
         errors[name] = rel_err(step(model, args), reference)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # one per block kind: regional compile
     runs = {name: lambda a, m=m: step(m, a) for name, (m, _) in variants.items()}
     seconds = interleaved(runs, args, SHAPE.repeats)
     return {"status": "ok", **speed_report(seconds, cfg, "exact"), "relative_error_vs_exact": errors,
-            "compile_warmup_seconds": compile_seconds}
+            "compile_warmup_seconds": compile_seconds, "compiled_graphs": graphs,
+            "blocks": len(exact.blocks) + len(exact.vace_blocks)}
 
 
 def peak_of(fn, warmup: bool = True) -> dict:
