@@ -521,7 +521,7 @@ def large_fp8_under_caps() -> dict:
             rows[f"{cap or 'no'}_cap_{name}"] = one_capped_step(mm, memory, model, args, cap, speed)
     return {"status": "ok" if dev.type == "cuda" else "skipped caps: no CUDA (one uncapped CPU step)",
             "weights_gib": sum(p.nbytes for p in model.parameters()) / GIB, "runs": rows,
-            "fits_24gb": any(r.get("ok") for k, r in rows.items() if k.startswith("24_"))}
+            "fits_24gb": any(r.get("ok") for k, r in rows.items() if k.startswith("24_")) if caps != (None,) else None}
 
 
 def one_capped_step(mm, memory, model, args, cap_gib, speed) -> dict:
