@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: venv demo test bench lint
+.PHONY: venv demo test bench lint gpu-check
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-annotators.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench_transformer.py
+
+# correctness, speed and VRAM of the CUDA path (benchmarks/gpu_check.py; --dry-run runs it small on CPU)
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

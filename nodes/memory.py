@@ -8,6 +8,7 @@ import comfy.model_patcher
 import torch
 
 from ..vace_core.errors import VaceError
+from ..vace_core.memory import activation_bytes as estimate_activations
 from ..vace_core.vae.tiling import WORK_PER_PIXEL
 
 GIB = 2**30
@@ -56,11 +57,10 @@ def require(needed: int, device, what: str, suggestions: str) -> None:
 
 
 def activation_bytes(model, latent_shape, guided: bool, streams: int) -> int:
-    """A generous estimate of the peak activations of one forward pass (CFG batched); latent_shape (T, h, w)."""
-    cfg = model.config
-    batch = 2 if guided else 1
-    tokens = latent_shape[0] * latent_shape[1] * latent_shape[2] // 4
-    return batch * tokens * ((cfg.ffn_dim + 6 * cfg.dim) * 2 + (1 + streams) * cfg.dim * 4)
+    """The peak activations of one forward pass (CFG batched), measured-calibrated (vace_core.memory);
+    latent_shape (T, h, w)."""
+    return estimate_activations(model.config, latent_shape, 2 if guided else 1, streams, model.compute_dtype,
+                                getattr(model, "speed", None))
 
 
 def sampling_bytes(model, latent_shape, guided: bool, streams: int) -> int:

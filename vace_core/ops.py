@@ -6,11 +6,19 @@ A Linear loaded from a ComfyUI "scaled fp8" file also keeps its per-weight `scal
 (weight = fp8 weight * scale_weight), applied at the same moment. Constructors match torch.nn's; like
 ComfyUI's `comfy.ops`, the layers skip random initialisation: they exist to receive loaded weights (and
 random init has no fp8 kernels).
+
+fp8 compute (off by default, switched on per layer by `vace_core.speed`): a Linear whose weight is stored in
+fp8 e4m3 multiplies in fp8 with `torch._scaled_mm` (Ada/Hopper GPUs; CPU too) instead of upcasting the weight:
+the input is quantised per tensor on the fly (its absolute maximum mapped to the fp8 maximum), the weight keeps
+its stored values and `scale_weight`.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = torch.finfo(E4M3).max  # 448
 
 
 def cast_like(tensor: Tensor | None, x: Tensor) -> Tensor | None:
@@ -42,9 +50,37 @@ class CastWeights:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+def quantize_e4m3(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x -> (fp8 e4m3 values, float32 scale of shape ()) with x ~ values * scale, the scale mapping x's absolute
+    maximum to 448. The scale stays a device tensor: no host sync."""
+    scale = (x.detach().abs().amax().float() / E4M3_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    return (x * scale.reciprocal().to(x.dtype)).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+
+
+def fp8_linear(x: Tensor, weight: Tensor, bias: Tensor | None, weight_scale: Tensor | None) -> Tensor:
+    """x (..., in) @ (weight * weight_scale).T + bias in fp8: weight (out, in) e4m3, x quantised per tensor,
+    products accumulated in float32 by `torch._scaled_mm`; returns x's dtype."""
+    rows = x.reshape(-1, x.shape[-1])
+    xq, x_scale = quantize_e4m3(rows)
+    w_scale = torch.ones((), device=x.device) if weight_scale is None else weight_scale.to(x.device, torch.float32)
+    out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+    if bias is not None:
+        out = out + cast_like(bias, out)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
 class Linear(CastWeights, nn.Linear):
+    fp8_compute = False  # set by vace_core.speed: multiply fp8 weights in fp8 (torch._scaled_mm)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fp8_compute and self._fp8_ready(x):
+            return fp8_linear(x, self.weight.to(x.device), self.bias, self.scale_weight)
         return F.linear(x, *self.cast_weight_bias(x))
+
+    def _fp8_ready(self, x: Tensor) -> bool:
+        """fp8 e4m3 weight, and every dimension a multiple of 16 (torch._scaled_mm's rule on CUDA)."""
+        rows = x.numel() // x.shape[-1]
+        return self.weight.dtype == E4M3 and rows % 16 == 0 and all(n % 16 == 0 for n in self.weight.shape)
 
 
 class Conv3d(CastWeights, nn.Conv3d):

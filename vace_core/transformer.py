@@ -70,7 +70,15 @@ class Attention(nn.Module):
 
 
 class WanBlock(nn.Module):
-    """One DiT block: modulated self-attention, cross-attention to text, modulated FFN."""
+    """One DiT block: modulated self-attention, cross-attention to text, modulated FFN.
+
+    `lean` (inference only, set by `vace_core.speed`): modulation and residual adds in place or fused
+    (torch.addcmul), so no fp32 copies of the branch outputs, and the FFN runs `ffn_chunk` tokens at a time
+    (0: all) writing into the residual stream, so its (B, L, ffn_dim) hidden exists one chunk at a time.
+    """
+
+    lean = False
+    ffn_chunk = 0
 
     def __init__(self, cfg: VaceConfig, ops, factory, backend):
         super().__init__()
@@ -89,11 +97,25 @@ class WanBlock(nn.Module):
         cd = text.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = rearrange(
             self.modulation.to(e) + e, "b six d -> six b 1 d")
-        y = self.self_attn((self.norm1(x) * (1 + scale1) + shift1).to(cd), rope=rope, bias=self_bias)
+        y = self.self_attn(self._modulate(self.norm1, x, shift1, scale1).to(cd), rope=rope, bias=self_bias)
+        if self.lean:  # out of place: x may be x0, which the context blocks read later
+            return self._lean_rest(torch.addcmul(x, y, gate1), text, cross_bias, shift2, scale2, gate2)
         x = x + y.to(x.dtype) * gate1
         x = x + self.cross_attn(self.norm3(x).to(cd), context=text, bias=cross_bias).to(x.dtype)
-        y = self.ffn((self.norm2(x) * (1 + scale2) + shift2).to(cd))
+        y = self.ffn(self._modulate(self.norm2, x, shift2, scale2).to(cd))
         return x + y.to(x.dtype) * gate2
+
+    def _modulate(self, norm, x, shift, scale):
+        """norm(x) * (1 + scale) + shift in fp32; lean: in place on the norm's output (the same values)."""
+        y = norm(x)
+        return y.mul_(1 + scale).add_(shift) if self.lean else y * (1 + scale) + shift
+
+    def _lean_rest(self, x, text, cross_bias, shift, scale, gate):
+        """Cross-attention and FFN written into x (B, L, dim), which this block owns."""
+        x.add_(self.cross_attn(self.norm3(x).to(text.dtype), context=text, bias=cross_bias))
+        for part in x.split(self.ffn_chunk or x.shape[1], dim=1):  # views of x: the FFN is per token
+            part.addcmul_(self.ffn(self._modulate(self.norm2, part, shift, scale).to(text.dtype)), gate)
+        return x
 
 
 class ContextBlock(WanBlock):
@@ -151,6 +173,14 @@ class VaceTransformer(nn.Module):
         self.vace_blocks = nn.ModuleList(ContextBlock(cfg, ops, factory, backend, first=i == 0)
                                          for i in range(len(cfg.vace_layers)))
         self.context_block_after = {layer: i for i, layer in enumerate(cfg.vace_layers)}
+        self._rope_cache = {}
+
+    def _rope(self, grid, device, dtype) -> tuple:
+        """RoPE (cos, sin) for a token grid: computed once per (grid, device, dtype), reused every step."""
+        key = (grid, device, dtype)
+        if key not in self._rope_cache:
+            self._rope_cache = {key: rope_cos_sin(rope_angles(grid, self.config.head_dim, device=device), dtype)}
+        return self._rope_cache[key]
 
     @staticmethod
     def _patchify(embed, video, dtype):
@@ -173,7 +203,7 @@ class VaceTransformer(nn.Module):
         hp = upcast(x).dtype  # the fp32 islands: residual stream, time embedding, modulation, norms
         pt, ph, pw = cfg.patch_size
         grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
-        rope = rope_cos_sin(rope_angles(grid, cfg.head_dim, device=x.device), hp)
+        rope = self._rope(grid, x.device, hp)
 
         t_emb = self.time_embedding(sinusoid(t, cfg.freq_dim).to(hp))  # (B, dim)
         e = rearrange(self.time_projection(t_emb), "b (six d) -> b six d", six=6)

@@ -1,0 +1,75 @@
+"""Speed switches for the DiT, each off by default (the exact path) until a GPU run measures it faster.
+
+- `compile`: regional torch.compile: each block's forward is compiled; blocks of one kind share the compiled
+  graph (their weights are graph inputs), so a 30-block model compiles once per block kind, not 30 times.
+- `fp8_compute`: Linear layers whose weights are stored in fp8 e4m3 multiply in fp8 (`torch._scaled_mm`, per-
+  tensor scales) instead of upcasting the weight (needs `vace_core.ops` layers: the default of load_vace_model).
+- `lean` + `ffn_chunk`: in-place / fused modulation and residual adds, and the FFN run `ffn_chunk` tokens at a
+  time (see `WanBlock`): fewer fp32 temporaries and a (B, L, ffn_dim) hidden that exists one chunk at a time.
+
+`HostSyncs` counts the calls that make a GPU wait for the host (`.item()`, `.cpu()`, `float(t)`...), so
+a test can show on CPU that a sampling step has none.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from . import ops
+from .errors import VaceError
+
+
+@dataclass(frozen=True)
+class Speed:
+    compile: bool = False
+    compile_mode: str | None = None  # torch.compile's mode ("max-autotune-no-cudagraphs", ...); None: default
+    fp8_compute: bool = False
+    lean: bool = False
+    ffn_chunk: int = 0  # tokens per FFN call with lean; 0: all tokens at once
+
+    def __post_init__(self):
+        if self.ffn_chunk < 0 or (self.ffn_chunk and not self.lean):
+            raise VaceError(f"ffn_chunk={self.ffn_chunk}: give a number of tokens >= 0, and chunking needs lean=True "
+                            "(the chunks are written into the residual stream in place)")
+
+
+def blocks(model) -> list[torch.nn.Module]:
+    return [*model.blocks, *model.vace_blocks]
+
+
+def apply_speed(model, speed: Speed = Speed()):
+    """Sets the switches on `model` (a VaceTransformer) in place and returns it; Speed() restores the exact path."""
+    for block in blocks(model):
+        block.__dict__.pop("forward", None)  # undo an earlier compile
+        block.lean, block.ffn_chunk = speed.lean, speed.ffn_chunk
+        if speed.compile:
+            block.forward = torch.compile(block.forward, mode=speed.compile_mode)
+    for layer in model.modules():
+        if isinstance(layer, ops.Linear):
+            layer.fp8_compute = speed.fp8_compute
+    model.speed = speed  # the memory estimate reads it (vace_core.memory)
+    return model
+
+
+HOST_SYNCS = frozenset({"item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__",
+                        "nonzero", "__array__"})
+
+
+class HostSyncs(TorchFunctionMode):
+    """While active (`with HostSyncs() as syncs:`, or entered and exited by hand around some steps), records in
+    `calls` the name of every tensor call that copies a value to the host: on a GPU, a sync point. Works on
+    CPU, where those calls are cheap but still counted (`.to("cpu")` only for device tensors: layers cast their
+    weights with `.to(device=x.device)`, a no-op for a CPU input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        moves_to_host = (name == "to" and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu"
+                         and any(str(a).startswith("cpu") for a in [*args[1:], *(kwargs or {}).values()]))
+        if name in HOST_SYNCS or moves_to_host:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
