@@ -24,8 +24,12 @@ def comfy(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_long")
     write_models(base)
     write_inputs(base, SIZE, SIZE, FRAMES)
-    with ComfyServer(RUNTIME, base) as server:
+    server = ComfyServer(RUNTIME, base)
+    server.start(timeout=600)  # a machine busy with other test servers can take minutes to import ComfyUI
+    try:
         yield server
+    finally:
+        server.stop()
 
 
 def long_prompt(mode: str = "autoregressive", steps: int = 1, seed: int = 0, **options) -> dict:
