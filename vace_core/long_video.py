@@ -258,13 +258,12 @@ class FusedWindows:
 
     def __call__(self, x, t, text, contexts, strengths):
         refs = self.references
-        v = None
+        v = torch.zeros_like(x)  # the DiT answers in x's dtype
         for (a, b), w in zip(self.spans, self.weights, strict=True):
             index = torch.cat([torch.arange(refs), torch.arange(refs + a, refs + b)]).to(x.device)
             v_w = self.model(x[:, :, index], t, text, [c[:, :, index] for c in contexts], strengths)
             w = torch.cat([torch.full((refs,), 1.0 / len(self.spans)), w]).to(v_w)
-            v = torch.zeros_like(x, dtype=v_w.dtype) if v is None else v
-            v[:, :, index] += v_w * w[:, None, None]
+            v[:, :, index] += v_w * w[:, None, None]  # w (T_w,) broadcasts over (B, C, T_w, h, w)
         return v
 
 
