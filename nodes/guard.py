@@ -139,16 +139,17 @@ def _guard_execute(node_cls) -> None:
         if found := problems(cls, values):
             raise VaceError("; ".join(found))
 
+    # ComfyUI passes inputs by name; positional arguments (direct calls) pass through unchecked
     if inspect.iscoroutinefunction(execute):
         @wraps(execute)
-        async def guarded(cls, **values):
+        async def guarded(cls, *args, **values):
             check(cls, values)
-            return await execute(cls, **values)
+            return await execute(cls, *args, **values)
     else:
         @wraps(execute)
-        def guarded(cls, **values):
+        def guarded(cls, *args, **values):
             check(cls, values)
-            return execute(cls, **values)
+            return execute(cls, *args, **values)
     node_cls.execute = classmethod(guarded)
 
 

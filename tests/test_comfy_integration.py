@@ -252,12 +252,12 @@ def test_regional_prompts_run_through_the_api(comfy):
 EMPTY_MASK = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": W, "height": H}}
 HALF_SIZE_MASKS = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": W // 2, "height": H // 2}}
 # (graph edit, where it fails: "validation" (/prompt refuses it) or the node type, the exception, a phrase of
-# the message). Missing files fail in the loader with ComfyUI's own FileNotFoundError naming file and folder.
+# the message). Missing files are refused at validation, naming the file and the folder (nodes/files.py).
 BAD_INPUTS = {
-    "missing model file": (bad_model, "VACEModelLoader", "FileNotFoundError",
-                           "'diffusion_models' with filename 'wan2.1_vace_1.3B_missing.safetensors' not found"),
-    "missing vae file": (missing_vae, "VACEVAELoader", "FileNotFoundError",
-                         "'vae' with filename 'missing_vae.safetensors' not found"),
+    "missing model file": (bad_model, "validation", None,
+                           "'wan2.1_vace_1.3B_missing.safetensors' is not a file in ComfyUI's models/diffusion_models"),
+    "missing vae file": (missing_vae, "validation", None,
+                         "'missing_vae.safetensors' is not a file in ComfyUI's models/vae"),
     "size below the minimum": (too_small, "validation", None, "Value 8 smaller than min of 16"),
     "vace module with no base": (module_without_base, "VACEModelLoader", "VaceError", "T2V base model"),
     "streams of different lengths": (mismatched_streams, "VACESampler", "VaceError", "different latents"),
