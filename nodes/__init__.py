@@ -6,6 +6,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from ..vace_core import example_media
 from . import annotator_nodes, decode, loaders, sampler, vcu_nodes
 
 # annotator weights live in their own model folders (models/annotators, models/sam2)
@@ -20,4 +21,5 @@ class VaceExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> VaceExtension:
+    example_media.install(folder_paths.get_input_directory())  # the example workflows' files, never overwriting
     return VaceExtension()

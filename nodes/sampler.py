@@ -12,6 +12,7 @@ from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream
 from ..vace_core.vae import to_comfy_latent
 from . import memory
+from .preview import vcu_ui
 from .types import CATEGORY, VCU, VaceModel, VaceVAE
 
 STREAMS = 3
@@ -124,7 +125,7 @@ class VaceSampler(io.ComfyNode):
             if offload_after:
                 memory.offload(patcher)
         latent = latent[:, :, len(units[0].references):]
-        return io.NodeOutput({"samples": to_comfy_latent(latent).to(mm.intermediate_device())})
+        return io.NodeOutput({"samples": to_comfy_latent(latent).to(mm.intermediate_device())}, ui=vcu_ui(*units))
 
 
 NODES = [VaceSampler]
