@@ -30,7 +30,7 @@ from tests.integration.comfy_server import (
     output_files,
     runtime_has,
 )
-from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, build
+from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, build, example_path, file_name
 from tests.integration.fixtures import (
     DIT_NAME,
     MODULE_NAME,
@@ -53,7 +53,8 @@ PACK = Path(__file__).resolve().parents[1]
 SHRINK = {"width": W, "height": H, "length": FRAMES}  # on VACE nodes (0 = "keep the input's" stays 0)
 # bf16 (the VAE loader's default, right for GPUs) runs convolutions ~6x slower than fp32 on a CPU
 PER_CLASS = {"VACESampler": {"steps": STEPS}, "VACEVAELoader": {"dtype": "fp32"}, "ImageFromBatch": {"length": 5},
-             "VACEDepthAnnotator": {"backend": "midas"}, "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
+             "VACEDepthAnnotator": {"model": "dpt-hybrid-midas"},
+             "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
              "VACELayoutAnnotator": {"start_box": "4,16,28,40", "end_box": "36,16,60,40"}}
 NEEDS = {"vace_pose": "mediapipe", "vace_animate_anything": "mediapipe", "vace_inpaint_sam2": "sam2"}
 
@@ -148,9 +149,9 @@ def test_example_workflows_are_current(comfy):
     """The shipped JSON equals a fresh build from today's node definitions (else: regenerate them with
     `.venv/bin/python -m tests.integration.examples`); every task has its file."""
     shipped = {p.stem for p in EXAMPLES_DIR.glob("*.json")}
-    assert shipped == set(EXAMPLES)
+    assert shipped == {file_name(name) for name in EXAMPLES}
     for name in EXAMPLES:
-        shipped_json = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+        shipped_json = json.loads(example_path(name).read_text())
         assert shipped_json == json.loads(json.dumps(build(name, comfy.info))), f"{name}.json is stale"
 
 
@@ -170,7 +171,7 @@ def test_example_workflow_runs(comfy, name):
     if name in NEEDS and not runtime_has(comfy.runtime, NEEDS[name]):
         pytest.skip(f"{name} needs `{NEEDS[name]}` in the ComfyUI runtime ({comfy.runtime.python} -m pip install "
                     f"{NEEDS[name]}); it is not installed there")
-    workflow = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+    workflow = json.loads(example_path(name).read_text())
     entry = comfy.run(runnable(workflow, comfy.info), timeout=300)
     assert_success(comfy, entry)
     [video] = output_files(comfy.base_dir, entry)

@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from vace_core.example_media import FILES
+
 from .fixtures import DIT_NAME, TEXT_ENCODER_NAME, VAE_NAME
 from .workflow_builder import Node, Workflow
 
@@ -28,8 +30,9 @@ NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风�
             "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
             "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 SIZE = {"width": 832, "height": 480, "length": 81}  # the 1.3B model's native size: 5 s at 16 fps
-CLIP, REFERENCE, REFERENCE_2 = "vace_example_clip.mp4", "vace_example_reference.png", "vace_example_reference_2.png"
-FIRST, LAST, MASK = "vace_example_first.png", "vace_example_last.png", "vace_example_mask.png"
+# the shipped example media (example_media/, copied into ComfyUI's input folder when the pack loads)
+CLIP, REFERENCE, REFERENCE_2 = FILES["clip"], FILES["reference"], FILES["reference_2"]
+FIRST, LAST, MASK = FILES["first"], FILES["last"], FILES["mask"]
 
 MODELS_NOTE = f"""## Models (put them in ComfyUI/models/...)
 - diffusion_models: [{DIT_NAME}]({MODELS['dit']['url']}) (or the 14B: wan2.1_vace_14B_fp16.safetensors, 1280x720)
@@ -79,7 +82,7 @@ def r2v(wf: Workflow):
     wf.note("Reference to video", "**R2V**: reference images (a subject, an object, a background) are encoded "
             "before the video and steer what appears in it. Batch several with **Batch Images**. Plain "
             "backgrounds work best; `letterbox` fits each on a white canvas as VACE was trained.")
-    base = common(wf, "a cup of coffee on a table next to a cat, the cat looks at the camera, soft light")
+    base = common(wf, "a young woman holding a green snake, smiling, in a sunny garden")
     refs = wf.add("ImageBatch", image1=wf.add("LoadImage", image=REFERENCE),
                   image2=wf.add("LoadImage", image=REFERENCE_2))
     finish(wf, base, wf.add("VACEBuildVCU", references=refs, **SIZE), "r2v")
@@ -88,10 +91,10 @@ def r2v(wf: Workflow):
 def outpaint(wf: Workflow):
     wf.note("Outpainting", "**Outpaint**: the video is placed on a larger canvas; the new border (mask 1) is "
             "generated, the original area is kept. Sides are pixels (>= 1) or a fraction of the size (< 1). "
-            "width/height/length 0 keep the input's size plus the border.")
-    base = common(wf, "an astronaut in a white suit standing in a wide space station corridor")
+            "width/height 0 keep the input's size plus the border; `length_from_input` keeps its length.")
+    base = common(wf, "two cats boxing in a cosy living room, wide shot")
     frames, fps = load_clip(wf)
-    vcu = wf.add("VACEOutpaint", frames=frames, left=0.25, right=0.25, width=0, height=0, length=0)
+    vcu = wf.add("VACEOutpaint", frames=frames, left=0.25, right=0.25, width=0, height=0, length_from_input=True)
     finish(wf, base, vcu, "outpaint", fps, composite=True)
 
 
@@ -99,7 +102,7 @@ def extension(wf: Workflow):
     wf.note("Temporal extension", "**Extension**: the clip's frames are kept at the start (extend_after) or the "
             "end (extend_before) of a longer video and the rest is generated, continuing the motion. "
             "**Get Image or Mask Range From Batch** picks the frames to continue from.")
-    base = common(wf, "an astronaut turning slowly, the camera keeps panning right")
+    base = common(wf, "two cats keep boxing, the camera slowly pans right")
     frames, fps = load_clip(wf)
     clip = wf.add("ImageFromBatch", image=frames, batch_index=0, length=17)
     vcu = wf.add("VACEFramePlacement", images=clip, placement="extend_after", **SIZE)
@@ -109,7 +112,7 @@ def extension(wf: Workflow):
 def first_last(wf: Workflow):
     wf.note("First-last frame", "**Interpolation**: a first and a last frame are kept and everything between "
             "them is generated. Batch the two images in order (first, last).")
-    base = common(wf, "a smooth camera pan across an astronaut portrait")
+    base = common(wf, "two cats boxing, smooth natural motion")
     images = wf.add("ImageBatch", image1=wf.add("LoadImage", image=FIRST), image2=wf.add("LoadImage", image=LAST))
     finish(wf, base, wf.add("VACEFramePlacement", images=images, placement="first_last", **SIZE), "first_last")
 
@@ -118,9 +121,9 @@ def swap_anything(wf: Workflow):
     wf.note("Swap anything", "**Reference + inpaint**: the masked area (white) of the video is regenerated to "
             "show the reference subject; the rest is kept and pasted back exactly (Decode's vcu input). Draw "
             "the mask in the mask editor, or use a mask video.")
-    base = common(wf, "a cup of coffee floating in front of the astronaut")
+    base = common(wf, "a young woman in a boxing stance, throwing punches, in the same room")
     frames, fps = load_clip(wf)
-    mask = wf.add("LoadImageMask", image=MASK, channel="red")
+    mask = wf.add("LoadImageMask", image=MASK, channel="red")  # widgets_values: file, channel, upload
     vcu = wf.add("VACEBuildVCU", frames=frames, masks=mask, references=wf.add("LoadImage", image=REFERENCE), **SIZE)
     finish(wf, base, vcu, "swap_anything", fps, composite=True)
 
@@ -148,8 +151,8 @@ def controlled(wf: Workflow, name: str, what: str, prompt: str, annotator: str, 
 
 
 def depth(wf: Workflow):
-    controlled(wf, "depth", "depth", "an astronaut statue made of bronze in a museum hall", "VACEDepthAnnotator",
-               [ANNOTATOR_MODELS["depth"]], backend="depth_anything_v2")
+    controlled(wf, "depth", "depth", "two bronze cat statues come alive and box in a museum hall", "VACEDepthAnnotator",
+               [ANNOTATOR_MODELS["depth"]], model=ANNOTATOR_MODELS["depth"]["name"])
 
 
 def pose(wf: Workflow):
@@ -158,17 +161,17 @@ def pose(wf: Workflow):
 
 
 def flow(wf: Workflow):
-    controlled(wf, "flow", "optical flow drawn as colour", "a sailing boat crossing a calm bay at sunset",
+    controlled(wf, "flow", "optical flow drawn as colour", "two robots boxing in a neon-lit garage",
                "VACEFlowAnnotator", backend="dis")
 
 
 def gray(wf: Workflow):
     controlled(wf, "gray", "grayscale frames: VACE colourises them",
-               "a vivid colour photo of an astronaut, blue sky, red and white flag", "VACEGrayAnnotator")
+               "two ginger cats boxing, vivid natural colours, warm light", "VACEGrayAnnotator")
 
 
 def scribble(wf: Workflow):
-    controlled(wf, "scribble", "line drawings", "a watercolour painting of an astronaut, soft pastel colours",
+    controlled(wf, "scribble", "line drawings", "a watercolour painting of two cats boxing, soft pastel colours",
                "VACEScribbleAnnotator", backend="xdog")
 
 
@@ -177,9 +180,9 @@ def inpaint_sam2(wf: Workflow):
             "`frame`, in pixels of the input video) and follows it through the video; the masked area (white) "
             "is regenerated from the prompt, the rest is kept and pasted back. Needs the `sam2` package and a "
             "SAM2.1 checkpoint in models/sam2. Grow the mask a little so edges blend.")
-    base = common(wf, "a golden retriever sitting in the same place, looking around")
+    base = common(wf, "a golden retriever boxing with its paws, in the same room")
     frames, fps = load_clip(wf)
-    masks = wf.add("VACESAM2Masks", models=[ANNOTATOR_MODELS["sam2"]], frames=frames, points="416,240",
+    masks = wf.add("VACESAM2Masks", models=[ANNOTATOR_MODELS["sam2"]], frames=frames, points="110,120",
                    checkpoint=ANNOTATOR_MODELS["sam2"]["name"])
     grown = wf.add("VACECompositeMask", mask_a=masks, operation="grow", amount=8)
     finish(wf, base, wf.add("VACEBuildVCU", frames=frames, masks=grown, **SIZE), "inpaint_sam2", fps, composite=True)
@@ -189,10 +192,10 @@ def animate_anything(wf: Workflow):
     wf.note("Animate anything", "**Reference + pose**: a character from a reference image moves as the person "
             "in the video does. The pose annotator makes the control video; the reference image (a plain "
             "background works best) is added to the same VCU.")
-    base = common(wf, "a cartoon cat character dancing, full body, clean background")
+    base = common(wf, "the young woman from the reference dancing, full body, clean background")
     frames, fps = load_clip(wf)
     poses = wf.add("VACEPoseAnnotator", frames=frames, backend="mediapipe")
-    vcu = wf.add("VACEBuildVCU", frames=poses, references=wf.add("LoadImage", image=REFERENCE_2), **SIZE)
+    vcu = wf.add("VACEBuildVCU", frames=poses, references=wf.add("LoadImage", image=REFERENCE), **SIZE)
     finish(wf, base, vcu, "animate_anything", fps)
 
 
@@ -200,8 +203,8 @@ def move_anything(wf: Workflow):
     wf.note("Move anything", "**Image + layout**: the first frame is your image; the layout annotator draws a "
             "box moving from `start_box` to `end_box` (x1,y1,x2,y2 in pixels) and **Compose VCUs** makes the "
             "object inside the start box follow it. Describe the motion in the prompt.")
-    base = common(wf, "a cup of coffee sliding slowly across the table to the right")
-    first = wf.add("VACEFramePlacement", images=wf.add("LoadImage", image=REFERENCE), placement="first", **SIZE)
+    base = common(wf, "a green snake slithering slowly to the right on a white floor")
+    first = wf.add("VACEFramePlacement", images=wf.add("LoadImage", image=REFERENCE_2), placement="first", **SIZE)
     layout = wf.add("VACELayoutAnnotator", start_box="96,140,336,380", end_box="496,140,736,380", **SIZE)
     vcu = wf.add("VACEComposeVCU", vcu_a=first, vcu_b=wf.add("VACEBuildVCU", frames=layout, **SIZE))
     finish(wf, base, vcu, "move_anything")
@@ -216,6 +219,27 @@ EXAMPLES: dict[str, Callable[[Workflow], None]] = {
 }
 
 
+# titles in the template browser (it shows the file name) and their order (web/vace.js sorts by number)
+TITLES = {
+    "vace_t2v": "Text to video", "vace_r2v_two_references": "Reference to video (two references)",
+    "vace_first_last_frame": "First and last frame", "vace_temporal_extension": "Temporal extension",
+    "vace_outpaint": "Outpainting", "vace_inpaint_sam2": "Inpainting with SAM2 clicks",
+    "vace_swap_anything": "Swap anything (reference + mask)", "vace_depth": "Depth control",
+    "vace_pose": "Pose control", "vace_flow": "Optical flow control", "vace_gray_colourise": "Colourise gray video",
+    "vace_scribble": "Scribble control", "vace_animate_anything": "Animate anything (reference + pose)",
+    "vace_move_anything": "Move anything (image + layout)",
+}
+
+
+def file_name(name: str) -> str:
+    """The example's file name without extension: 'VACE 01 Text to video' (its id when it has no title)."""
+    return f"VACE {list(TITLES).index(name) + 1:02d} {TITLES[name]}" if name in TITLES else name
+
+
+def example_path(name: str, suffix: str = ".json") -> Path:
+    return EXAMPLES_DIR / f"{file_name(name)}{suffix}"
+
+
 def build(name: str, object_info: dict) -> dict:
     wf = Workflow(object_info, name)
     wf.note("About this workflow", MODELS_NOTE)
@@ -223,11 +247,11 @@ def build(name: str, object_info: dict) -> dict:
     return wf.to_json()
 
 
-def write_all(object_info: dict, folder: Path = EXAMPLES_DIR) -> list[Path]:
-    folder.mkdir(exist_ok=True)
+def write_all(object_info: dict) -> list[Path]:
+    EXAMPLES_DIR.mkdir(exist_ok=True)
     paths = []
     for name in EXAMPLES:
-        paths.append(folder / f"{name}.json")
+        paths.append(example_path(name))
         paths[-1].write_text(json.dumps(build(name, object_info), indent=2, ensure_ascii=False) + "\n")
     return paths
 
@@ -235,6 +259,7 @@ def write_all(object_info: dict, folder: Path = EXAMPLES_DIR) -> list[Path]:
 def main() -> None:
     from .comfy_server import RUNTIME_HINT, ComfyServer, find_runtime
     from .fixtures import write_inputs, write_models
+    from .thumbnails import write_thumbnails
 
     runtime = find_runtime()
     if runtime is None:
@@ -245,6 +270,7 @@ def main() -> None:
         with ComfyServer(runtime, Path(tmp)) as server:
             for path in write_all(server.object_info()):
                 print(path)
+    write_thumbnails(TITLES, {name: example_path(name, ".jpg") for name in EXAMPLES})
 
 
 if __name__ == "__main__":
