@@ -80,10 +80,14 @@ def thumbnail(title: str, unit: V.VCU, first: torch.Tensor | None) -> Image.Imag
     image, index = strips["frames"]
     frames = np.split(np.asarray(image), len(index), axis=1)
     if "references" in strips:
-        lead = np.asarray(strips["references"][0])
-    else:
-        lead = preview.to_uint8((first if first is not None else torch.zeros(1, 2, 2, 3) + 0.5).numpy())[0]
-    tiles = [cell(lead), *(cell(frames[i]) for i in (0, len(frames) // 2, len(frames) - 1))]
+        lead = cell(np.asarray(strips["references"][0]))
+    elif first is not None:
+        lead = cell(preview.to_uint8(first.numpy())[0])
+    else:  # text to video: the prompt is the only input
+        lead = Image.new("RGB", CELL, (34, 34, 34))
+        ImageDraw.Draw(lead).text((CELL[0] // 2, CELL[1] // 2), "prompt only", fill=(200, 200, 200), font_size=22,
+                                  anchor="mm")
+    tiles = [lead, *(cell(frames[i]) for i in (0, len(frames) // 2, len(frames) - 1))]
     sheet = Image.new("RGB", (2 * CELL[0], TITLE_BAR + 2 * CELL[1]), (24, 24, 24))
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % 2) * CELL[0], TITLE_BAR + (i // 2) * CELL[1]))
@@ -97,7 +101,8 @@ def write_thumbnails(titles: dict, paths: dict) -> None:
     firsts = {"vace_depth": m["clip"][:1], "vace_pose": m["clip"][:1], "vace_flow": m["clip"][:1],
               "vace_gray_colourise": m["clip"][:1], "vace_scribble": m["clip"][:1],
               "vace_first_last_frame": m["first"][None], "vace_temporal_extension": m["clip"][:1],
-              "vace_outpaint": m["clip"][:1], "vace_inpaint_sam2": m["clip"][:1]}
+              "vace_outpaint": m["clip"][:1], "vace_inpaint_sam2": m["clip"][:1],
+              "vace_move_anything": m["reference_2"][None]}
     for name, unit in vcus(m).items():
         if name in paths:
             thumbnail(titles[name], unit, firsts.get(name)).save(paths[name], quality=85)
