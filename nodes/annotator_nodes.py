@@ -29,7 +29,7 @@ def _model(kind: str, *args):
     if kind == "dwpose":
         from ..annotators.pose import DWPose
 
-        return DWPose(search_dirs=search_dirs(), body=args[0], face=args[1], hands=args[2])
+        return DWPose(*args[3:], search_dirs=search_dirs(), body=args[0], face=args[1], hands=args[2])
     if kind == "depth":
         from ..annotators.depth import Depth
 
@@ -58,6 +58,11 @@ def progress_bar() -> Progress:
     return update
 
 
+def onnx_files(default: str) -> list[str]:
+    """`default` and the .onnx files in models/annotators (a combo's options)."""
+    return sorted({default, *(f for f in folder_paths.get_filename_list("annotators") if f.endswith(".onnx"))})
+
+
 def frames_input(tooltip="The video (or image) to annotate."):
     return io.Image.Input("frames", tooltip=tooltip)
 
@@ -80,14 +85,21 @@ class PoseAnnotator(io.ComfyNode):
                 io.Boolean.Input("body", default=True, tooltip="Draw the body skeleton."),
                 io.Boolean.Input("face", default=True, tooltip="Draw face keypoints."),
                 io.Boolean.Input("hands", default=False, tooltip="Draw hands (VACE's pose videos have none)."),
+                # named by file, so the frontend's Missing Models dialog can list a workflow's DWPose weights
+                io.Combo.Input("detector", options=onnx_files("yolox_l.onnx"), default="yolox_l.onnx",
+                               tooltip="dwpose: the person detector in models/annotators (yzd-v/DWPose)."),
+                io.Combo.Input("estimator", options=onnx_files("dw-ll_ucoco_384.onnx"),
+                               default="dw-ll_ucoco_384.onnx",
+                               tooltip="dwpose: the whole-body keypoint model in models/annotators (yzd-v/DWPose)."),
             ],
             outputs=control_output(),
         )
 
     @classmethod
-    def execute(cls, frames, backend, body, face, hands) -> io.NodeOutput:
+    def execute(cls, frames, backend, body, face, hands, detector="yolox_l.onnx",
+                estimator="dw-ll_ucoco_384.onnx") -> io.NodeOutput:
         if backend == "dwpose":
-            annotator = _model("dwpose", body, face, hands)
+            annotator = _model("dwpose", body, face, hands, detector, estimator)
         else:
             from ..annotators.pose import MediaPipePose
 

@@ -18,12 +18,7 @@ import pytest
 
 from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, runtime_has
 from tests.integration.examples import EXAMPLES, example_path, file_name
-from tests.integration.fixtures import (
-    write_annotator_models,
-    write_inputs,
-    write_models,
-    write_sam2_checkpoint,
-)
+from tests.integration.fixtures import write_base
 from tests.integration.workflow_api import ordered_inputs, to_api
 from vace_core.example_media import FILES, MEDIA_DIR
 
@@ -42,17 +37,14 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 OUT = Path(__file__).resolve().parents[1] / "out" / "browser"
 CLIP_FRAMES = 5  # shorter than the API tests' clip: SAM2 propagates through every frame, slowly on a CPU
 UI_WRITTEN = {"VACESAM2Masks": ("points", "negative_points", "box"), "VACELayoutAnnotator": ("start_box", "end_box")}
-# files the example workflows name that the test server does not have (no real umt5, depth or SAM2-large)
-ABSENT = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "depth_anything_v2_vitl.pth", "sam2.1_hiera_large.pt"}
+# files the example workflows name that the test server does not have (no real umt5, depth, DWPose or SAM2-large)
+ABSENT = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "depth_anything_v2_vitl.pth", "sam2.1_hiera_large.pt",
+          "yolox_l.onnx", "dw-ll_ucoco_384.onnx"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("browser_base")
-    write_models(base)
-    write_annotator_models(base)
-    write_sam2_checkpoint(base)
-    write_inputs(base, H, W + 32, CLIP_FRAMES)
+    base = write_base(tmp_path_factory.mktemp("browser_base"), H, W + 32, CLIP_FRAMES, dwpose=False)  # see ABSENT
     (base / "input" / FILES["reference_2"]).unlink()  # the pack copies the shipped one in, and only that one
     with ComfyServer(RUNTIME, base) as comfy:
         comfy.post("/settings/Comfy.TutorialCompleted", True)  # no first-visit template dialog
@@ -224,9 +216,9 @@ def test_example_workflow_in_the_browser(page, server, name):
         assert (frontend[node_id]["class_type"], known) == (node["class_type"], node["inputs"]), node_id
 
 
-@pytest.mark.parametrize("name", ["vace_t2v", "vace_swap_anything", "vace_outpaint", "vace_depth"])
-def test_example_workflow_runs_from_the_ui_queue(page, server, name):
-    """Run as the Run button does, to a video; nothing overlaps after the run (previews shown)."""
+def run_to_a_video(page, name: str) -> dict:
+    """Loads `name` and runs it as the Run button does, to a video; nothing overlaps after the run (previews
+    shown); returns the run's result."""
     load(page, name)
     result = run_queue(page)
     assert result["status"] == "success", json.dumps(result)[:3000]
@@ -235,11 +227,18 @@ def test_example_workflow_runs_from_the_ui_queue(page, server, name):
     page.wait_for_timeout(300)
     assert not overlaps(bounds(page)), f"overlapping nodes after a run: {overlaps(bounds(page))}"
     assert not panels_outside_their_nodes(page)
+    return result
+
+
+# the runs the UI adds to the API tests' (which run every example): the fixed upload widget order (swap), the
+# preview images under the annotator (depth), the length switch (outpaint); T2V runs in the preview test
+@pytest.mark.parametrize("name", ["vace_swap_anything", "vace_outpaint", "vace_depth"])
+def test_example_workflow_runs_from_the_ui_queue(page, name):
+    run_to_a_video(page, name)
 
 
 def test_vcu_preview_after_a_run(page):
-    load(page, "vace_t2v")
-    assert run_queue(page)["status"] == "success"
+    run_to_a_video(page, "vace_t2v")
     [build] = nodes_of(page, "VACEBuildVCU")
     show_node(page, build)
     frames = page.evaluate("""(id) => { const v = window.app.graph.getNodeById(id).vacePreview;

@@ -36,10 +36,7 @@ from tests.integration.fixtures import (
     MODULE_NAME,
     SAM2_NAME,
     VAE_NAME,
-    write_annotator_models,
-    write_inputs,
-    write_models,
-    write_sam2_checkpoint,
+    write_base,
 )
 from tests.integration.workflow_api import to_api
 from vace_core.video_io import read_video
@@ -56,16 +53,12 @@ PER_CLASS = {"VACESampler": {"steps": STEPS}, "VACEVAELoader": {"dtype": "fp32"}
              "VACEDepthAnnotator": {"model": "dpt-hybrid-midas"},
              "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
              "VACELayoutAnnotator": {"start_box": "4,16,28,40", "end_box": "36,16,60,40"}}
-NEEDS = {"vace_pose": "mediapipe", "vace_animate_anything": "mediapipe", "vace_inpaint_sam2": "sam2"}
+NEEDS = {"vace_pose": "onnxruntime", "vace_animate_anything": "onnxruntime", "vace_inpaint_sam2": "sam2"}
 
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    write_models(base)
-    write_annotator_models(base)
-    write_sam2_checkpoint(base)
-    write_inputs(base, H, W + 32, FRAMES)  # wider than the output: Build VCU centre-crops
+    base = write_base(tmp_path_factory.mktemp("comfy_base"), H, W + 32, FRAMES)  # wider: Build VCU centre-crops
     with ComfyServer(RUNTIME, base) as server:
         server.info = server.object_info()
         yield server
@@ -152,7 +145,7 @@ def test_example_workflows_are_current(comfy):
     assert shipped == {file_name(name) for name in EXAMPLES}
     for name in EXAMPLES:
         shipped_json = json.loads(example_path(name).read_text())
-        assert shipped_json == json.loads(json.dumps(build(name, comfy.info))), f"{name}.json is stale"
+        assert shipped_json == json.loads(json.dumps(build(name, comfy.info))), f"{file_name(name)}.json is stale"
 
 
 def test_example_workflows_carry_models_and_notes():

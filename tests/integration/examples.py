@@ -132,9 +132,13 @@ ANNOTATOR_MODELS = {
     "depth": {"name": "depth_anything_v2_vitl.pth", "directory": "annotators",
               "url": "https://huggingface.co/depth-anything/Depth-Anything-V2-Large/resolve/main/"
                      "depth_anything_v2_vitl.pth"},
+    **{kind: {"name": name, "directory": "annotators", "url": f"https://huggingface.co/yzd-v/DWPose/resolve/main/{name}"}
+       for kind, name in (("dwpose_detector", "yolox_l.onnx"), ("dwpose_estimator", "dw-ll_ucoco_384.onnx"))},
     "sam2": {"name": "sam2.1_hiera_large.pt", "directory": "sam2",
              "url": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt"},
 }
+# DWPose (VACE's own pose annotator; onnxruntime is in the annotator extras, unlike MediaPipe)
+DWPOSE = [ANNOTATOR_MODELS["dwpose_detector"], ANNOTATOR_MODELS["dwpose_estimator"]]
 CONTROL_NOTE = ("**Control video (V2V)**: the annotator turns the input video into a control video ({what}); "
                 "the VCU holds it with masks of 1 everywhere, so every pixel is generated following it. The prompt "
                 "says what the video shows. The preview shows the control video.")
@@ -157,7 +161,7 @@ def depth(wf: Workflow):
 
 def pose(wf: Workflow):
     controlled(wf, "pose", "pose skeletons", "a dancer in a red dress on a stage, spotlight",
-               "VACEPoseAnnotator", backend="mediapipe")
+               "VACEPoseAnnotator", DWPOSE, backend="dwpose")
 
 
 def flow(wf: Workflow):
@@ -194,7 +198,7 @@ def animate_anything(wf: Workflow):
             "background works best) is added to the same VCU.")
     base = common(wf, "the young woman from the reference dancing, full body, clean background")
     frames, fps = load_clip(wf)
-    poses = wf.add("VACEPoseAnnotator", frames=frames, backend="mediapipe")
+    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=frames, backend="dwpose")
     vcu = wf.add("VACEBuildVCU", frames=poses, references=wf.add("LoadImage", image=REFERENCE), **SIZE)
     finish(wf, base, vcu, "animate_anything", fps)
 

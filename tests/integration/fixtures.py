@@ -55,6 +55,16 @@ def write_annotator_models(base: Path) -> Path:
     return folder
 
 
+def write_dwpose_models(base: Path) -> Path:
+    """DWPose-shaped ONNX files (yolox_l.onnx, dw-ll_ucoco_384.onnx) in models/annotators."""
+    from tests.test_annotators_pose import write_dwpose_pair
+
+    folder = base / "models" / "annotators"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_dwpose_pair(folder)
+    return folder
+
+
 def write_sam2_checkpoint(base: Path) -> Path:
     """SAM2.1 hiera-tiny (the released architecture and file layout) with random weights."""
     from sam2.build_sam import build_sam2_video_predictor
@@ -102,3 +112,15 @@ def write_inputs(base: Path, height: int, width: int, frames: int) -> dict[str, 
     mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
     PIL.Image.fromarray(mask).save(folder / FILES["mask"])
     return {"clip": FILES["clip"], "reference": FILES["reference"]}
+
+
+def write_base(base: Path, height: int, width: int, frames: int, dwpose: bool = True) -> Path:
+    """A ComfyUI base directory with everything the example workflows load: the tiny models under the real
+    names, annotator weights (DWPose's unless `dwpose` is off) and the inputs."""
+    write_models(base)
+    write_annotator_models(base)
+    if dwpose:
+        write_dwpose_models(base)
+    write_sam2_checkpoint(base)
+    write_inputs(base, height, width, frames)
+    return base
