@@ -82,3 +82,16 @@ def test_upload_button_value_is_stored_last():
     [node] = wf.to_json()["nodes"]
     assert node["widgets_values"] == ["m.png", "red", "image"]
     assert widget_inputs(node, LOAD_IMAGE_MASK) == {"image": "m.png", "channel": "red"}
+
+
+@pytest.mark.parametrize("module, extras", [("mediapipe.python.solutions", "requirements-mediapipe.txt"),
+                                            ("onnxruntime", "requirements-annotators.txt")])
+def test_a_missing_package_names_the_file_it_comes_from(monkeypatch, module, extras):
+    from annotators import base
+
+    def missing(name):
+        raise ImportError(f"No module named '{name}'")
+
+    monkeypatch.setattr(base.importlib, "import_module", missing)
+    with pytest.raises(base.AnnotatorError, match=f"pip install -r {extras}"):
+        base.require(module)
