@@ -229,7 +229,13 @@ export class PointsEditor {
       this.info.textContent = "connect a video (Load Video / Load Image upstream) or run once to see its frames";
       return this.draw();
     }
-    if (this.media?.url !== media.url) this.media = { ...media, element: await this.load(media) };
+    try {
+      if (this.media?.url !== media.url) this.media = { ...media, element: await this.load(media) };
+    } catch (error) { // e.g. the file is not in ComfyUI's input folder (yet)
+      this.media = null;
+      this.info.textContent = `${error.message}: run once to see the frames`;
+      return this.draw();
+    }
     if (media.kind === "video") {
       const video = this.media.element;
       this.slider.max = Math.max(0, Math.floor(video.duration * FPS) - 1);
