@@ -8,7 +8,8 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
 .PHONY: venv demo test bench lint gpu-check
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-annotators.txt constraints.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-annotators.txt requirements-mediapipe.txt \
+		constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints.txt -r requirements-dev.txt
 	# sam2's metadata asks for torchvision (CUDA-only here) though its video predictor never imports it

@@ -8,13 +8,18 @@ Data crosses in ComfyUI's conventions so nodes stay thin: frames are float tenso
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-# pip extras named in error messages: the file users install them from
+# pip extras named in error messages: the file users install them from. MediaPipe has its own opt-in file
+# because it pins numpy<2 (see requirements-mediapipe.txt).
 EXTRAS_FILE = "requirements-annotators.txt"
+EXTRAS_FILES = {"mediapipe": "requirements-mediapipe.txt"}
+# (done, total) after each frame or batch: ComfyUI's nodes pass a ProgressBar's update, so annotators stay
+# free of comfy
+Progress = Callable[[int, int], None]
 
 
 class AnnotatorError(ValueError):
@@ -27,9 +32,10 @@ def require(module: str, package: str | None = None):
         return importlib.import_module(module)
     except ImportError as e:
         package = package or module
+        extras = EXTRAS_FILES.get(module.split(".")[0], EXTRAS_FILE)
         raise AnnotatorError(
             f"this annotator needs the optional package '{package}' ({e}). Install the annotator extras: "
-            f"pip install -r {EXTRAS_FILE} (or pip install '{package}')"
+            f"pip install -r {extras} (or pip install '{package}')"
         ) from e
 
 
@@ -71,6 +77,14 @@ def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield x[start : start + batch_size]
 
 
+def counted(items: Iterable, total: int, progress: Progress | None) -> Iterator:
+    """Yields `items`, reporting (done, total) to `progress` once each one is processed."""
+    for done, item in enumerate(items, 1):
+        yield item
+        if progress is not None:
+            progress(done, total)
+
+
 class Annotator:
     """Base of every annotator. Subclasses set `output` and implement `annotate`.
 
@@ -78,10 +92,22 @@ class Annotator:
     """
 
     output = "image"
+    progress: Progress | None = None
 
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        out = self.annotate(check_frames(frames))
+    def __call__(self, frames: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+        self.progress = progress
+        try:
+            out = self.annotate(check_frames(frames))
+        finally:
+            self.progress = None
         return out.clamp(0, 1).float()
+
+    def counted(self, items: Iterable, total: int) -> Iterator:
+        return counted(items, total, self.progress)
+
+    def batched(self, frames: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        """`frames` in batches, each reported to the progress callback."""
+        return self.counted(batches(frames, batch_size), -(-frames.shape[0] // batch_size))
 
     def annotate(self, frames: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -91,7 +117,7 @@ class FrameAnnotator(Annotator):
     """An annotator that works on one uint8 RGB frame at a time (OpenCV, ONNX, MediaPipe)."""
 
     def annotate(self, frames: torch.Tensor) -> torch.Tensor:
-        return from_uint8(self.annotate_frame(frame) for frame in to_uint8(frames))
+        return from_uint8(self.annotate_frame(frame) for frame in self.counted(to_uint8(frames), len(frames)))
 
     def annotate_frame(self, frame: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W, 3) uint8 RGB control frame or (H, W) uint8 mask."""

@@ -6,6 +6,7 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from ..vace_core import example_media
 from . import (
     annotator_nodes,
     caching,
@@ -37,4 +38,5 @@ class VaceExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> VaceExtension:
+    example_media.install(folder_paths.get_input_directory())  # the example workflows' files, never overwriting
     return VaceExtension()

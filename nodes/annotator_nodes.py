@@ -3,13 +3,16 @@ plus Composite Mask. Weights come from ComfyUI's models/annotators and models/sa
 
 from functools import lru_cache
 
+import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..annotators.base import AnnotatorError
-from .files import FileInput, resolve, resolve_weight
+from ..annotators.base import AnnotatorError, Progress
+from .files import FileInput, list_files, resolve, resolve_weight
 from .guard import BinaryMaskInput
+from .preview import masks_ui, video_ui
 from .types import CATEGORY
+from .vcu_nodes import length_input
 
 # annotator modules import their optional packages (OpenCV, MediaPipe, ...) when a node runs, so the pack
 # loads without them and the node says what to install
@@ -25,8 +28,7 @@ def _model(kind: str, *args):
     if kind == "dwpose":
         from ..annotators.pose import DWPose
 
-        return DWPose(resolve_weight("yolox_l.onnx"), resolve_weight("dw-ll_ucoco_384.onnx"),
-                      body=args[0], face=args[1], hands=args[2])
+        return DWPose(resolve_weight(args[3]), resolve_weight(args[4]), body=args[0], face=args[1], hands=args[2])
     if kind == "depth":
         from ..annotators.depth import Depth
 
@@ -42,6 +44,22 @@ def _model(kind: str, *args):
     from ..annotators.masks.sam2 import SAM2Video
 
     return SAM2Video(resolve("sam2", args[0]))
+
+
+def progress_bar() -> Progress:
+    """An annotator's (done, total) reports -> ComfyUI's progress bar (whose update also stops on Cancel)."""
+    bar = None
+
+    def update(done: int, total: int):
+        nonlocal bar
+        bar = bar or comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+    return update
+
+
+def onnx_files(default: str) -> list[str]:
+    """`default` and the .onnx files in models/annotators (a combo's options)."""
+    return sorted({default, *(f for f in list_files("annotators") if f.endswith(".onnx"))})
 
 
 def frames_input(tooltip="The video (or image) to annotate."):
@@ -66,19 +84,29 @@ class PoseAnnotator(io.ComfyNode):
                 io.Boolean.Input("body", default=True, tooltip="Draw the body skeleton."),
                 io.Boolean.Input("face", default=True, tooltip="Draw face keypoints."),
                 io.Boolean.Input("hands", default=False, tooltip="Draw hands (VACE's pose videos have none)."),
+                # named by file, so the frontend's Missing Models dialog can list a workflow's DWPose weights
+                io.Combo.Input("detector", options=onnx_files("yolox_l.onnx"), default="yolox_l.onnx",
+                               tooltip="dwpose: the person detector in models/annotators (yzd-v/DWPose)."),
+                io.Combo.Input("estimator", options=onnx_files("dw-ll_ucoco_384.onnx"),
+                               default="dw-ll_ucoco_384.onnx",
+                               tooltip="dwpose: the whole-body keypoint model in models/annotators (yzd-v/DWPose)."),
             ],
             outputs=control_output(),
         )
 
     @classmethod
-    def execute(cls, frames, backend, body, face, hands) -> io.NodeOutput:
+    def execute(cls, frames, backend, body, face, hands, detector="yolox_l.onnx",
+                estimator="dw-ll_ucoco_384.onnx") -> io.NodeOutput:
         if backend == "dwpose":
-            annotator = _model("dwpose", body, face, hands)
+            annotator = _model("dwpose", body, face, hands, detector, estimator)
         else:
             from ..annotators.pose import MediaPipePose
 
             annotator = MediaPipePose(body=body, face=face, hands=hands)
-        return io.NodeOutput(annotator(frames))
+        return io.NodeOutput(annotator(frames, progress_bar()))
+
+
+DEPTH_MODELS = {"depth_anything_v2_vitl.pth": "depth_anything_v2", "dpt-hybrid-midas": "midas"}  # file -> kind
 
 
 class DepthAnnotator(io.ComfyNode):
@@ -89,16 +117,17 @@ class DepthAnnotator(io.ComfyNode):
             description="Per-frame depth, normalised per frame as VACE did.",
             inputs=[
                 frames_input(),
-                io.Combo.Input("backend", options=["depth_anything_v2", "midas"], default="depth_anything_v2",
-                               tooltip="depth_anything_v2: depth_anything_v2_vitl.pth; midas: a dpt-hybrid-midas "
-                                       "folder (Intel/dpt-hybrid-midas), both in models/annotators."),
+                # named by file, so the frontend's Missing Models dialog can list a workflow's depth weights
+                io.Combo.Input("model", options=list(DEPTH_MODELS), default="depth_anything_v2_vitl.pth",
+                               tooltip="depth_anything_v2_vitl.pth (Depth-Anything-V2-Large, VACE's) or the "
+                                       "dpt-hybrid-midas folder (Intel/dpt-hybrid-midas), in models/annotators."),
             ],
             outputs=control_output(),
         )
 
     @classmethod
-    def execute(cls, frames, backend) -> io.NodeOutput:
-        return io.NodeOutput(_model("depth", backend)(frames))
+    def execute(cls, frames, model) -> io.NodeOutput:
+        return io.NodeOutput(_model("depth", DEPTH_MODELS[model])(frames, progress_bar()))
 
 
 class FlowAnnotator(io.ComfyNode):
@@ -121,10 +150,10 @@ class FlowAnnotator(io.ComfyNode):
     @classmethod
     def execute(cls, frames, backend, preset) -> io.NodeOutput:
         if backend == "raft":
-            return io.NodeOutput(_model("raft")(frames))
+            return io.NodeOutput(_model("raft")(frames, progress_bar()))
         from ..annotators.flow import DISFlow
 
-        return io.NodeOutput(DISFlow(preset)(frames))
+        return io.NodeOutput(DISFlow(preset)(frames, progress_bar()))
 
 
 class GrayAnnotator(io.ComfyNode):
@@ -165,9 +194,9 @@ class ScribbleAnnotator(io.ComfyNode):
         from ..annotators import scribble
 
         if backend == "informative_drawings":
-            return io.NodeOutput(_model("lines")(frames))
+            return io.NodeOutput(_model("lines")(frames, progress_bar()))
         annotator = scribble.Canny(low, high) if backend == "canny" else scribble.XDoG()
-        return io.NodeOutput(annotator(frames))
+        return io.NodeOutput(annotator(frames, progress_bar()))
 
 
 def _numbers(text: str, per: int, what: str) -> list[tuple[float, ...]]:
@@ -197,7 +226,7 @@ class LayoutAnnotator(io.ComfyNode):
                                 tooltip="x1,y1,x2,y2 in pixels on the last frame."),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height."),
-                io.Int.Input("length", default=81, min=1, max=1025, step=4, tooltip="Frames, 4n+1."),
+                length_input(tooltip="Frames, 4n+1."),
                 BinaryMaskInput("masks", optional=True,
                                 tooltip="When given: draw these masks' outlines instead of the moving box."),
             ],
@@ -209,9 +238,11 @@ class LayoutAnnotator(io.ComfyNode):
         from ..annotators import layout
 
         if masks is not None:
-            return io.NodeOutput(layout.mask_tracks(masks))
-        start, end = (_numbers(b, 4, name)[0] for b, name in ((start_box, "start_box"), (end_box, "end_box")))
-        return io.NodeOutput(layout.moving_box(start, end, length, height, width))
+            control = layout.mask_tracks(masks)
+        else:
+            start, end = (_numbers(b, 4, name)[0] for b, name in ((start_box, "start_box"), (end_box, "end_box")))
+            control = layout.moving_box(start, end, length, height, width)
+        return io.NodeOutput(control, ui=video_ui(control))
 
 
 class SAM2Masks(io.ComfyNode):
@@ -251,7 +282,8 @@ class SAM2Masks(io.ComfyNode):
                                  "from the top-left corner; boxes x1 < x2, y1 < y2)")
         prompt = Prompt(frame=frame, points=[*pos, *neg], labels=[1] * len(pos) + [0] * len(neg),
                         box=boxes[0] if boxes else None)
-        return io.NodeOutput(_model("sam2", checkpoint).segment(frames, [prompt]))
+        masks = _model("sam2", checkpoint).segment(frames, [prompt], progress_bar())
+        return io.NodeOutput(masks, ui=masks_ui(frames, masks))
 
 
 class PersonMasks(io.ComfyNode):
@@ -270,7 +302,7 @@ class PersonMasks(io.ComfyNode):
     def execute(cls, frames, model) -> io.NodeOutput:
         from ..annotators.masks.person import PersonMask
 
-        return io.NodeOutput(PersonMask(model)(frames))
+        return io.NodeOutput(PersonMask(model)(frames, progress_bar()))
 
 
 MASK_OPS = ["union", "intersect", "subtract", "invert", "grow", "shrink", "feather", "bbox", "hull", "frame_range"]

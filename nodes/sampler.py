@@ -15,6 +15,7 @@ from ..vace_core.sampling import ContextStream
 from ..vace_core.vae import to_comfy_latent
 from . import memory
 from .experts import two_experts
+from .preview import vcu_ui
 from .types import CATEGORY, VCU, LowNoiseExpert, RegionsType, StepCache, VaceModel, VaceVAE
 
 STREAMS = 3
@@ -150,7 +151,7 @@ class VaceSampler(io.ComfyNode):
                 for e in experts:
                     memory.offload(e.patcher)
         latent = latent[:, :, len(units[0].references):]
-        ui = None if step_cache is None else {"text": [str(step_cache.stats)]}
+        ui = vcu_ui(*units) | ({} if step_cache is None else {"text": [str(step_cache.stats)]})
         return io.NodeOutput({"samples": to_comfy_latent(latent).to(mm.intermediate_device())}, ui=ui)
 
 

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ..vace_core import vcu as V
 from ..vace_core.errors import VaceError
 from .guard import BinaryMaskInput
+from .preview import vcu_ui
 from .types import CATEGORY, VCU
 
 SIZE = {"min": 16, "max": 4096, "step": 16}
@@ -19,9 +20,13 @@ def size_inputs(default_w=832, default_h=480, default_len=81, allow_auto=False):
                      tooltip=f"Video width, a multiple of 16 (others are rounded down).{auto}"),
         io.Int.Input("height", default=0 if allow_auto else default_h, min=low, max=4096, step=16,
                      tooltip=f"Video height, a multiple of 16 (others are rounded down).{auto}"),
-        io.Int.Input("length", default=0 if allow_auto else default_len, min=0 if allow_auto else 1, max=1025, step=4,
-                     tooltip=f"Frames, 4n+1 (81 = 5 s at 16 fps); others are rounded down.{auto}"),
+        length_input(default_len),
     ]
+
+
+def length_input(default=81, tooltip="Frames, 4n+1 (81 = 5 s at 16 fps); others are rounded down."):
+    """min 1, step 4: the frontend snaps to min + k*step, so the widget holds exactly the 4n+1 lengths."""
+    return io.Int.Input("length", default=default, min=1, max=1025, step=4, tooltip=tooltip)
 
 
 def _auto(v):
@@ -63,7 +68,7 @@ class BuildVCU(io.ComfyNode):
             unit = V.inpaint(frames, masks, height, width, length)
         if references is not None:
             unit = V.with_references(unit, references, reference_mode)
-        return io.NodeOutput(unit)
+        return io.NodeOutput(unit, ui=vcu_ui(unit))
 
 
 PLACEMENTS = ["first", "last", "first_last", "extend_after", "extend_before", "every_kth", "indices"]
@@ -108,7 +113,8 @@ class FramePlacement(io.ComfyNode):
             "indices": lambda: V.place_frames(dict(zip(_indices(indices, images.shape[0]), images, strict=True)),
                                               length, **size),
         }
-        return io.NodeOutput(builders[placement]())
+        unit = builders[placement]()
+        return io.NodeOutput(unit, ui=vcu_ui(unit))
 
 
 def _indices(text: str, count: int) -> list[int]:
@@ -134,14 +140,21 @@ class Outpaint(io.ComfyNode):
                 io.Image.Input("frames", tooltip="The image or video to extend."),
                 *[io.Float.Input(s, default=0.0, min=0.0, max=4096.0, step=0.05, tooltip=side + s + ".")
                   for s in ("left", "right", "top", "bottom")],
-                *size_inputs(allow_auto=True),
+                *size_inputs(allow_auto=True)[:2],
+                # a length widget cannot hold 0 and 4n+1 both: "the input's length" is a switch of its own
+                io.Boolean.Input("length_from_input", default=True,
+                                 tooltip="On: the input's length (rounded down to 4n+1); off: `length` frames."),
+                length_input(tooltip="Frames, 4n+1, when length_from_input is off (others are rounded down)."),
             ],
             outputs=[VCU.Output(display_name="vcu")],
         )
 
     @classmethod
-    def execute(cls, frames, left, right, top, bottom, width, height, length) -> io.NodeOutput:
-        return io.NodeOutput(V.outpaint(frames, left, right, top, bottom, _auto(height), _auto(width), _auto(length)))
+    def execute(cls, frames, left, right, top, bottom, width, height, length_from_input=True,
+                length=81) -> io.NodeOutput:
+        unit = V.outpaint(frames, left, right, top, bottom, _auto(height), _auto(width),
+                          None if length_from_input else length)
+        return io.NodeOutput(unit, ui=vcu_ui(unit))
 
 
 class AddReferences(io.ComfyNode):
@@ -161,7 +174,8 @@ class AddReferences(io.ComfyNode):
 
     @classmethod
     def execute(cls, vcu, images, mode) -> io.NodeOutput:
-        return io.NodeOutput(V.with_references(vcu, images, mode))
+        unit = V.with_references(vcu, images, mode)
+        return io.NodeOutput(unit, ui=vcu_ui(unit))
 
 
 class ComposeVCU(io.ComfyNode):
@@ -179,7 +193,8 @@ class ComposeVCU(io.ComfyNode):
 
     @classmethod
     def execute(cls, vcu_a, vcu_b) -> io.NodeOutput:
-        return io.NodeOutput(V.compose(vcu_a, vcu_b))
+        unit = V.compose(vcu_a, vcu_b)
+        return io.NodeOutput(unit, ui=vcu_ui(unit))
 
 
 class ConceptDecouple(io.ComfyNode):
@@ -198,7 +213,8 @@ class ConceptDecouple(io.ComfyNode):
     def execute(cls, vcu) -> io.NodeOutput:
         inactive, reactive = V.decouple(vcu)
         refs = torch.stack(vcu.references, dim=1) if vcu.references else torch.ones(3, 1, *vcu.size)
-        return io.NodeOutput(V.to_images(inactive), V.to_images(reactive), vcu.masks.clone(), V.to_images(refs))
+        return io.NodeOutput(V.to_images(inactive), V.to_images(reactive), vcu.masks.clone(), V.to_images(refs),
+                             ui=vcu_ui(vcu))
 
 
 NODES = [BuildVCU, FramePlacement, Outpaint, AddReferences, ComposeVCU, ConceptDecouple]

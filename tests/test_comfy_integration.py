@@ -30,17 +30,14 @@ from tests.integration.comfy_server import (
     output_files,
     runtime_has,
 )
-from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, build
+from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, build, example_path, file_name
 from tests.integration.fixtures import (
     DIT_NAME,
     EXPERT_NAMES,
     MODULE_NAME,
     SAM2_NAME,
     VAE_NAME,
-    write_annotator_models,
-    write_inputs,
-    write_models,
-    write_sam2_checkpoint,
+    write_base,
 )
 from tests.integration.workflow_api import to_api
 from vace_core.video_io import read_video
@@ -55,19 +52,16 @@ SHRINK = {"width": W, "height": H, "length": FRAMES}  # on VACE nodes (0 = "keep
 # bf16 (the VAE loader's default, right for GPUs) runs convolutions ~6x slower than fp32 on a CPU
 PER_CLASS = {"VACESampler": {"steps": STEPS}, "VACEVAELoader": {"dtype": "fp32"}, "ImageFromBatch": {"length": 5},
              "VACELongVideoSampler": {"steps": STEPS},  # window 81 > 9 frames: one window (multi-window: its own test)
-             "VACEDepthAnnotator": {"backend": "midas"}, "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
+             "VACEDepthAnnotator": {"model": "dpt-hybrid-midas"},
+             "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
              "VACELayoutAnnotator": {"start_box": "4,16,28,40", "end_box": "36,16,60,40"}}
-NEEDS = {"vace_pose": "mediapipe", "vace_animate_anything": "mediapipe", "vace_inpaint_sam2": "sam2",
-         "vace_long_pose": "mediapipe", "vace_regional_boxing_cats": "sam2", "vace_regional_pose": "mediapipe"}
+NEEDS = {"vace_pose": "onnxruntime", "vace_animate_anything": "onnxruntime", "vace_inpaint_sam2": "sam2",
+         "vace_long_pose": "onnxruntime", "vace_regional_boxing_cats": "sam2", "vace_regional_pose": "onnxruntime"}
 
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    write_models(base)
-    write_annotator_models(base)
-    write_sam2_checkpoint(base)
-    write_inputs(base, H, W + 32, FRAMES)  # wider than the output: Build VCU centre-crops
+    base = write_base(tmp_path_factory.mktemp("comfy_base"), H, W + 32, FRAMES)  # wider: Build VCU centre-crops
     with ComfyServer(RUNTIME, base) as server:
         server.info = server.object_info()
         yield server
@@ -156,10 +150,10 @@ def test_example_workflows_are_current(comfy):
     """The shipped JSON equals a fresh build from today's node definitions (else: regenerate them with
     `.venv/bin/python -m tests.integration.examples`); every task has its file."""
     shipped = {p.stem for p in EXAMPLES_DIR.glob("*.json")}
-    assert shipped == set(EXAMPLES)
+    assert shipped == {file_name(name) for name in EXAMPLES}
     for name in EXAMPLES:
-        shipped_json = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
-        assert shipped_json == json.loads(json.dumps(build(name, comfy.info))), f"{name}.json is stale"
+        shipped_json = json.loads(example_path(name).read_text())
+        assert shipped_json == json.loads(json.dumps(build(name, comfy.info))), f"{file_name(name)}.json is stale"
 
 
 def test_example_workflows_carry_models_and_notes():
@@ -179,7 +173,7 @@ def test_example_workflow_runs(comfy, name):
     if name in NEEDS and not runtime_has(comfy.runtime, NEEDS[name]):
         pytest.skip(f"{name} needs `{NEEDS[name]}` in the ComfyUI runtime ({comfy.runtime.python} -m pip install "
                     f"{NEEDS[name]}); it is not installed there")
-    workflow = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+    workflow = json.loads(example_path(name).read_text())
     entry = comfy.run(runnable(workflow, comfy.info), timeout=300)
     assert_success(comfy, entry)
     [video] = output_files(comfy.base_dir, entry)

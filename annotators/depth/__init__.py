@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..base import Annotator, AnnotatorError, batches, load_weights, pick_device, require
+from ..base import Annotator, AnnotatorError, load_weights, pick_device, require
 from ..weights import resolve_weight
 from .convert import depth_anything_v2_from_original
 
@@ -97,7 +97,7 @@ class Depth(Annotator):
         mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         outs = []
-        for batch in batches(frames, self.batch_size):
+        for batch in self.batched(frames, self.batch_size):
             x = batch.to(self.device, torch.float32).permute(0, 3, 1, 2)  # (B, 3, H, W)
             x = F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
             depth = self.model(

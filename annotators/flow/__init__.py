@@ -48,7 +48,7 @@ class DISFlow(FlowAnnotator):
         dis = cv2.DISOpticalFlow_create(self.preset)
         gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in to_uint8(frames)]
         pairs = zip(gray[:-1], gray[1:], strict=True)
-        return torch.from_numpy(np.stack([dis.calc(a, b, None) for a, b in pairs]))
+        return torch.from_numpy(np.stack([dis.calc(a, b, None) for a, b in self.counted(pairs, len(gray) - 1)]))
 
 
 class RAFTFlow(FlowAnnotator):
@@ -81,7 +81,8 @@ class RAFTFlow(FlowAnnotator):
         h, w = x.shape[-2:]
         x = torch.nn.functional.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")  # RAFT needs multiples of 8
         pairs = zip(x[:-1], x[1:], strict=True)
-        out = [self.model(a[None], b[None], num_flow_updates=self.iters)[-1][0] for a, b in pairs]
+        out = [self.model(a[None], b[None], num_flow_updates=self.iters)[-1][0]
+               for a, b in self.counted(pairs, len(x) - 1)]
         return torch.stack(out)[:, :, :h, :w].permute(0, 2, 3, 1).cpu()
 
 

@@ -28,7 +28,7 @@ class PersonMask(FrameAnnotator):
         else:
             segmenter = solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
         with segmenter:
-            masks = [self.segment(segmenter, frame) for frame in to_uint8(frames)]
+            masks = [self.segment(segmenter, frame) for frame in self.counted(to_uint8(frames), len(frames))]
         masks = torch.from_numpy(np.stack(masks))
         return masks if self.threshold is None else (masks >= self.threshold).float()
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..base import Annotator, AnnotatorError, pick_device, require
+from ..base import Annotator, AnnotatorError, Progress, counted, pick_device, require
 from ..weights import resolve_weight
 
 # checkpoint file -> the config the sam2 package ships for it
@@ -62,7 +62,7 @@ class SAM2Video(Annotator):
         self.prompts: list[Prompt] = []
 
     def annotate(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.segment(frames, self.prompts)
+        return self.segment(frames, self.prompts, self.progress)
 
     def frames_for_model(self, frames: torch.Tensor) -> torch.Tensor:
         """(T, H, W, 3) -> (T, 3, S, S) normalised, as sam2's frame loader prepares video frames."""
@@ -73,7 +73,9 @@ class SAM2Video(Annotator):
         return (x - mean) / std
 
     @torch.inference_mode()
-    def segment(self, frames: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
+    def segment(self, frames: torch.Tensor, prompts: list[Prompt], progress: Progress | None = None) -> torch.Tensor:
+        """(T, H, W, 3) + prompts -> (T, H, W) masks; `progress(done, t + 1)` after each propagated frame (the
+        prompt frame is visited by the forward and the backward pass)."""
         if not prompts:
             raise AnnotatorError("SAM2 needs at least one prompt: points or a box on a frame")
         t, h, w, _ = frames.shape
@@ -97,9 +99,8 @@ class SAM2Video(Annotator):
                 )
             masks = torch.zeros(t, h, w)
             start = min(p.frame for p in prompts)
-            for reverse in (False, True):
-                for idx, _, logits in self.predictor.propagate_in_video(
-                    state, start_frame_idx=start, reverse=reverse
-                ):
-                    masks[idx] = (logits > 0).any(0)[0].float().cpu()
+            propagated = (step for reverse in (False, True)
+                          for step in self.predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse))
+            for idx, _, logits in counted(propagated, t + 1, progress):
+                masks[idx] = (logits > 0).any(0)[0].float().cpu()
         return masks

@@ -139,7 +139,7 @@ class DWPose(PoseAnnotator):
         self.pose_size = (int(w), int(h))
 
     def detect(self, frames: np.ndarray) -> list[Pose]:
-        return [self.detect_frame(frame) for frame in frames]
+        return [self.detect_frame(frame) for frame in self.counted(frames, len(frames))]
 
     def detect_frame(self, frame: np.ndarray) -> Pose:
         h, w = canvas_size(*frame.shape[:2], self.resolution)

@@ -146,7 +146,7 @@ class MediaPipePose(PoseAnnotator):
             min_detection_confidence=self.min_confidence,
             min_tracking_confidence=self.min_confidence,
         ) as holistic:
-            for frame in frames:
+            for frame in self.counted(frames, len(frames)):
                 poses.append(self.to_pose(holistic.process(np.ascontiguousarray(frame))))
         return poses
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..base import Annotator, FrameAnnotator, batches, load_weights, pick_device
+from ..base import Annotator, FrameAnnotator, load_weights, pick_device
 from ..weights import resolve_weight
 from .lineart import LineartGenerator
 
@@ -70,7 +70,7 @@ class InformativeDrawings(Annotator):
     @torch.inference_mode()
     def annotate(self, frames: torch.Tensor) -> torch.Tensor:
         outs = []
-        for batch in batches(frames, self.batch_size):
+        for batch in self.batched(frames, self.batch_size):
             x = batch.to(self.device, torch.float32).permute(0, 3, 1, 2)  # (B, 3, H, W)
             lines = self.model(x)[:, 0]  # (B, H, W): the model already draws dark lines on white
             outs.append((1 - lines if self.invert else lines).cpu())

@@ -44,13 +44,13 @@ PACK_IMPORTS = ("cv2", "einops", "av", "mediapipe", "sam2", "hydra")
 
 
 def install_pack(runtime: Runtime) -> None:
-    """Installs the pack's requirements into the runtime as a user would (requirements.txt and the annotator
-    extras, torch held by the constraint); nothing to do when they import. Tests needing an extra that could
-    not be installed skip, saying so."""
+    """Installs the pack's requirements into the runtime as a user would (requirements.txt, the annotator
+    extras and, opted in for the pose tests, the MediaPipe file; torch held by the constraint); nothing to do
+    when they import. Tests needing an extra that could not be installed skip, saying so."""
     if runtime_has(runtime, ", ".join(PACK_IMPORTS)):
         return
     pip = [str(runtime.python), "-m", "pip", "install", "-q", "-c", str(PACK_ROOT / "constraints.txt")]
-    requirements = [arg for name in ("requirements.txt", "requirements-annotators.txt")
+    requirements = [arg for name in ("requirements.txt", "requirements-annotators.txt", "requirements-mediapipe.txt")
                     for arg in ("-r", str(PACK_ROOT / name))]
     subprocess.run([*pip, *requirements], check=False)
     subprocess.run([*pip, "--no-build-isolation", "--no-deps", "sam2==1.1.0"], check=False,

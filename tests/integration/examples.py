@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from vace_core.example_media import FILES
+
 from .fixtures import DIT_NAME, EXPERT_NAMES, TEXT_ENCODER_NAME, VAE_NAME
 from .workflow_builder import Node, Workflow
 
@@ -30,8 +32,9 @@ NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风�
             "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
             "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 SIZE = {"width": 832, "height": 480, "length": 81}  # the 1.3B model's native size: 5 s at 16 fps
-CLIP, REFERENCE, REFERENCE_2 = "vace_example_clip.mp4", "vace_example_reference.png", "vace_example_reference_2.png"
-FIRST, LAST, MASK = "vace_example_first.png", "vace_example_last.png", "vace_example_mask.png"
+# the shipped example media (example_media/, copied into ComfyUI's input folder when the pack loads)
+CLIP, REFERENCE, REFERENCE_2 = FILES["clip"], FILES["reference"], FILES["reference_2"]
+FIRST, LAST, MASK = FILES["first"], FILES["last"], FILES["mask"]
 
 MODELS_NOTE = f"""## Models (put them in ComfyUI/models/...)
 - diffusion_models: [{DIT_NAME}]({MODELS['dit']['url']}) (or the 14B: wan2.1_vace_14B_fp16.safetensors, 1280x720)
@@ -82,7 +85,7 @@ def r2v(wf: Workflow):
     wf.note("Reference to video", "**R2V**: reference images (a subject, an object, a background) are encoded "
             "before the video and steer what appears in it. Batch several with **Batch Images**. Plain "
             "backgrounds work best; `letterbox` fits each on a white canvas as VACE was trained.")
-    base = common(wf, "a cup of coffee on a table next to a cat, the cat looks at the camera, soft light")
+    base = common(wf, "a young woman holding a green snake, smiling, in a sunny garden")
     refs = wf.add("ImageBatch", image1=wf.add("LoadImage", image=REFERENCE),
                   image2=wf.add("LoadImage", image=REFERENCE_2))
     finish(wf, base, wf.add("VACEBuildVCU", references=refs, **SIZE), "r2v")
@@ -91,10 +94,10 @@ def r2v(wf: Workflow):
 def outpaint(wf: Workflow):
     wf.note("Outpainting", "**Outpaint**: the video is placed on a larger canvas; the new border (mask 1) is "
             "generated, the original area is kept. Sides are pixels (>= 1) or a fraction of the size (< 1). "
-            "width/height/length 0 keep the input's size plus the border.")
-    base = common(wf, "an astronaut in a white suit standing in a wide space station corridor")
+            "width/height 0 keep the input's size plus the border; `length_from_input` keeps its length.")
+    base = common(wf, "two cats boxing in a cosy living room, wide shot")
     frames, fps = load_clip(wf)
-    vcu = wf.add("VACEOutpaint", frames=frames, left=0.25, right=0.25, width=0, height=0, length=0)
+    vcu = wf.add("VACEOutpaint", frames=frames, left=0.25, right=0.25, width=0, height=0, length_from_input=True)
     finish(wf, base, vcu, "outpaint", fps, composite=True)
 
 
@@ -102,7 +105,7 @@ def extension(wf: Workflow):
     wf.note("Temporal extension", "**Extension**: the clip's frames are kept at the start (extend_after) or the "
             "end (extend_before) of a longer video and the rest is generated, continuing the motion. "
             "**Get Image or Mask Range From Batch** picks the frames to continue from.")
-    base = common(wf, "an astronaut turning slowly, the camera keeps panning right")
+    base = common(wf, "two cats keep boxing, the camera slowly pans right")
     frames, fps = load_clip(wf)
     clip = wf.add("ImageFromBatch", image=frames, batch_index=0, length=17)
     vcu = wf.add("VACEFramePlacement", images=clip, placement="extend_after", **SIZE)
@@ -112,7 +115,7 @@ def extension(wf: Workflow):
 def first_last(wf: Workflow):
     wf.note("First-last frame", "**Interpolation**: a first and a last frame are kept and everything between "
             "them is generated. Batch the two images in order (first, last).")
-    base = common(wf, "a smooth camera pan across an astronaut portrait")
+    base = common(wf, "two cats boxing, smooth natural motion")
     images = wf.add("ImageBatch", image1=wf.add("LoadImage", image=FIRST), image2=wf.add("LoadImage", image=LAST))
     finish(wf, base, wf.add("VACEFramePlacement", images=images, placement="first_last", **SIZE), "first_last")
 
@@ -121,9 +124,9 @@ def swap_anything(wf: Workflow):
     wf.note("Swap anything", "**Reference + inpaint**: the masked area (white) of the video is regenerated to "
             "show the reference subject; the rest is kept and pasted back exactly (Decode's vcu input). Draw "
             "the mask in the mask editor, or use a mask video.")
-    base = common(wf, "a cup of coffee floating in front of the astronaut")
+    base = common(wf, "a young woman in a boxing stance, throwing punches, in the same room")
     frames, fps = load_clip(wf)
-    mask = wf.add("LoadImageMask", image=MASK, channel="red")
+    mask = wf.add("LoadImageMask", image=MASK, channel="red")  # widgets_values: file, channel, upload
     vcu = wf.add("VACEBuildVCU", frames=frames, masks=mask, references=wf.add("LoadImage", image=REFERENCE), **SIZE)
     finish(wf, base, vcu, "swap_anything", fps, composite=True)
 
@@ -132,9 +135,13 @@ ANNOTATOR_MODELS = {
     "depth": {"name": "depth_anything_v2_vitl.pth", "directory": "annotators",
               "url": "https://huggingface.co/depth-anything/Depth-Anything-V2-Large/resolve/main/"
                      "depth_anything_v2_vitl.pth"},
+    **{kind: {"name": name, "directory": "annotators", "url": f"https://huggingface.co/yzd-v/DWPose/resolve/main/{name}"}
+       for kind, name in (("dwpose_detector", "yolox_l.onnx"), ("dwpose_estimator", "dw-ll_ucoco_384.onnx"))},
     "sam2": {"name": "sam2.1_hiera_large.pt", "directory": "sam2",
              "url": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt"},
 }
+# DWPose (VACE's own pose annotator; onnxruntime is in the annotator extras, unlike MediaPipe)
+DWPOSE = [ANNOTATOR_MODELS["dwpose_detector"], ANNOTATOR_MODELS["dwpose_estimator"]]
 CONTROL_NOTE = ("**Control video (V2V)**: the annotator turns the input video into a control video ({what}); "
                 "the VCU holds it with masks of 1 everywhere, so every pixel is generated following it. The prompt "
                 "says what the video shows. The preview shows the control video.")
@@ -151,27 +158,27 @@ def controlled(wf: Workflow, name: str, what: str, prompt: str, annotator: str, 
 
 
 def depth(wf: Workflow):
-    controlled(wf, "depth", "depth", "an astronaut statue made of bronze in a museum hall", "VACEDepthAnnotator",
-               [ANNOTATOR_MODELS["depth"]], backend="depth_anything_v2")
+    controlled(wf, "depth", "depth", "two bronze cat statues come alive and box in a museum hall", "VACEDepthAnnotator",
+               [ANNOTATOR_MODELS["depth"]], model=ANNOTATOR_MODELS["depth"]["name"])
 
 
 def pose(wf: Workflow):
     controlled(wf, "pose", "pose skeletons", "a dancer in a red dress on a stage, spotlight",
-               "VACEPoseAnnotator", backend="mediapipe")
+               "VACEPoseAnnotator", DWPOSE, backend="dwpose")
 
 
 def flow(wf: Workflow):
-    controlled(wf, "flow", "optical flow drawn as colour", "a sailing boat crossing a calm bay at sunset",
+    controlled(wf, "flow", "optical flow drawn as colour", "two robots boxing in a neon-lit garage",
                "VACEFlowAnnotator", backend="dis")
 
 
 def gray(wf: Workflow):
     controlled(wf, "gray", "grayscale frames: VACE colourises them",
-               "a vivid colour photo of an astronaut, blue sky, red and white flag", "VACEGrayAnnotator")
+               "two ginger cats boxing, vivid natural colours, warm light", "VACEGrayAnnotator")
 
 
 def scribble(wf: Workflow):
-    controlled(wf, "scribble", "line drawings", "a watercolour painting of an astronaut, soft pastel colours",
+    controlled(wf, "scribble", "line drawings", "a watercolour painting of two cats boxing, soft pastel colours",
                "VACEScribbleAnnotator", backend="xdog")
 
 
@@ -180,9 +187,9 @@ def inpaint_sam2(wf: Workflow):
             "`frame`, in pixels of the input video) and follows it through the video; the masked area (white) "
             "is regenerated from the prompt, the rest is kept and pasted back. Needs the `sam2` package and a "
             "SAM2.1 checkpoint in models/sam2. Grow the mask a little so edges blend.")
-    base = common(wf, "a golden retriever sitting in the same place, looking around")
+    base = common(wf, "a golden retriever boxing with its paws, in the same room")
     frames, fps = load_clip(wf)
-    masks = wf.add("VACESAM2Masks", models=[ANNOTATOR_MODELS["sam2"]], frames=frames, points="416,240",
+    masks = wf.add("VACESAM2Masks", models=[ANNOTATOR_MODELS["sam2"]], frames=frames, points="110,120",
                    checkpoint=ANNOTATOR_MODELS["sam2"]["name"])
     grown = wf.add("VACECompositeMask", mask_a=masks, operation="grow", amount=8)
     finish(wf, base, wf.add("VACEBuildVCU", frames=frames, masks=grown, **SIZE), "inpaint_sam2", fps, composite=True)
@@ -192,10 +199,10 @@ def animate_anything(wf: Workflow):
     wf.note("Animate anything", "**Reference + pose**: a character from a reference image moves as the person "
             "in the video does. The pose annotator makes the control video; the reference image (a plain "
             "background works best) is added to the same VCU.")
-    base = common(wf, "a cartoon cat character dancing, full body, clean background")
+    base = common(wf, "the young woman from the reference dancing, full body, clean background")
     frames, fps = load_clip(wf)
-    poses = wf.add("VACEPoseAnnotator", frames=frames, backend="mediapipe")
-    vcu = wf.add("VACEBuildVCU", frames=poses, references=wf.add("LoadImage", image=REFERENCE_2), **SIZE)
+    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=frames, backend="dwpose")
+    vcu = wf.add("VACEBuildVCU", frames=poses, references=wf.add("LoadImage", image=REFERENCE), **SIZE)
     finish(wf, base, vcu, "animate_anything", fps)
 
 
@@ -203,14 +210,13 @@ def move_anything(wf: Workflow):
     wf.note("Move anything", "**Image + layout**: the first frame is your image; the layout annotator draws a "
             "box moving from `start_box` to `end_box` (x1,y1,x2,y2 in pixels) and **Compose VCUs** makes the "
             "object inside the start box follow it. Describe the motion in the prompt.")
-    base = common(wf, "a cup of coffee sliding slowly across the table to the right")
-    first = wf.add("VACEFramePlacement", images=wf.add("LoadImage", image=REFERENCE), placement="first", **SIZE)
+    base = common(wf, "a green snake slithering slowly to the right on a white floor")
+    first = wf.add("VACEFramePlacement", images=wf.add("LoadImage", image=REFERENCE_2), placement="first", **SIZE)
     layout = wf.add("VACELayoutAnnotator", start_box="96,140,336,380", end_box="496,140,736,380", **SIZE)
     vcu = wf.add("VACEComposeVCU", vcu_a=first, vcu_b=wf.add("VACEBuildVCU", frames=layout, **SIZE))
     finish(wf, base, vcu, "move_anything")
 
 
-CATS = "boxing_cats_720p_81f.mp4"  # 1280x720, 81 frames: two cats boxing (VideoGrain-style multi-instance edit)
 REGIONAL_NOTE = ("**Regional prompts** (VideoGrain's space-time layout attention): each region's prompt steers only "
                  "its masked pixels (cross-attention) and the regions' features stay apart (self-attention) during "
                  "the first 30% of the steps. Write each region's prompt word for word inside the global prompt. "
@@ -233,12 +239,12 @@ def regional_boxing_cats(wf: Workflow):
              "the motion, and the prompts turn the left cat into a tiger, the right one into a panda and the "
              "ring into a snowy mountain top."))
     base = common(wf, None)
-    parts = wf.add("GetVideoComponents", video=wf.add("LoadVideo", file=CATS))
-    frames, fps = (parts, 0), (parts, 2)
+    frames, fps = load_clip(wf)  # the boxing cats at 416x240
     sam2 = {"models": [ANNOTATOR_MODELS["sam2"]], "frames": frames, "checkpoint": ANNOTATOR_MODELS["sam2"]["name"]}
-    left = wf.add("VACESAM2Masks", title="Left cat", points="260,380", **sam2)
-    right = wf.add("VACESAM2Masks", title="Right cat", points="960,420", **sam2)
-    depth = wf.add("VACEDepthAnnotator", models=[ANNOTATOR_MODELS["depth"]], frames=frames, backend="depth_anything_v2")
+    left = wf.add("VACESAM2Masks", title="Left cat", points="97,150", **sam2)
+    right = wf.add("VACESAM2Masks", title="Right cat", points="276,150", **sam2)
+    depth = wf.add("VACEDepthAnnotator", models=[ANNOTATOR_MODELS["depth"]], frames=frames,
+                   model=ANNOTATOR_MODELS["depth"]["name"])
     regions = regional_prompts(wf, base, "a tiger and a panda boxing on a snowy mountain top, cinematic light",
                                [("a tiger", left), ("a panda", right)], "a snowy mountain top")
     finish(wf, base, wf.add("VACEBuildVCU", frames=depth, **SIZE), "regional_boxing_cats", fps, regions=regions)
@@ -258,7 +264,7 @@ def regional_pose(wf: Workflow):
              "knight on the right. Masks can be any MASK: halves, boxes, SAM2 or person masks."))
     base = common(wf, None)
     frames, fps = load_clip(wf)
-    poses = wf.add("VACEPoseAnnotator", frames=frames, backend="mediapipe")
+    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=frames, backend="dwpose")
     halves = [("an astronaut in a white suit", half_mask(wf, "left")),
               ("a knight in silver armour", half_mask(wf, "right"))]
     regions = regional_prompts(wf, base, "an astronaut in a white suit and a knight in silver armour dancing on a "
@@ -299,7 +305,7 @@ def long_pose(wf: Workflow):
     base = common(wf, "a dancer in a red dress on a stage, spotlight, full body")
     frames, fps = load_clip(wf)
     chained = wf.add("RepeatImageBatch", image=frames, amount=2)
-    poses = wf.add("VACEPoseAnnotator", frames=chained, backend="mediapipe")
+    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=chained, backend="dwpose")
     vcu = wf.add("VACEBuildVCU", frames=poses, width=832, height=480, length=161)
     long_video(wf, base, vcu, "long_pose", fps, replace_latents=True, colour_method="mkl")
 
@@ -342,6 +348,30 @@ EXAMPLES: dict[str, Callable[[Workflow], None]] = {
 }
 
 
+# titles in the template browser (it shows the file name) and their order (web/vace.js sorts by number)
+TITLES = {
+    "vace_t2v": "Text to video", "vace_r2v_two_references": "Reference to video (two references)",
+    "vace_first_last_frame": "First and last frame", "vace_temporal_extension": "Temporal extension",
+    "vace_outpaint": "Outpainting", "vace_inpaint_sam2": "Inpainting with SAM2 clicks",
+    "vace_swap_anything": "Swap anything (reference + mask)", "vace_depth": "Depth control",
+    "vace_pose": "Pose control", "vace_flow": "Optical flow control", "vace_gray_colourise": "Colourise gray video",
+    "vace_scribble": "Scribble control", "vace_animate_anything": "Animate anything (reference + pose)",
+    "vace_move_anything": "Move anything (image + layout)", "vace_long_extension": "Long video - 241-frame extension",
+    "vace_long_pose": "Long video - 161-frame pose control", "vace_long_hierarchical": "Long video - keyframes "
+    "then interpolation", "vace_regional_boxing_cats": "Regional prompts - multi-instance edit",
+    "vace_regional_pose": "Regional prompts with pose", "vace_wan22_two_experts": "Wan2.2 VACE-Fun two experts",
+}
+
+
+def file_name(name: str) -> str:
+    """The example's file name without extension: 'VACE 01 Text to video' (its id when it has no title)."""
+    return f"VACE {list(TITLES).index(name) + 1:02d} {TITLES[name]}" if name in TITLES else name
+
+
+def example_path(name: str, suffix: str = ".json") -> Path:
+    return EXAMPLES_DIR / f"{file_name(name)}{suffix}"
+
+
 def build(name: str, object_info: dict) -> dict:
     wf = Workflow(object_info, name)
     wf.note("About this workflow", MODELS_NOTE)
@@ -349,11 +379,11 @@ def build(name: str, object_info: dict) -> dict:
     return wf.to_json()
 
 
-def write_all(object_info: dict, folder: Path = EXAMPLES_DIR) -> list[Path]:
-    folder.mkdir(exist_ok=True)
+def write_all(object_info: dict) -> list[Path]:
+    EXAMPLES_DIR.mkdir(exist_ok=True)
     paths = []
     for name in EXAMPLES:
-        paths.append(folder / f"{name}.json")
+        paths.append(example_path(name))
         paths[-1].write_text(json.dumps(build(name, object_info), indent=2, ensure_ascii=False) + "\n")
     return paths
 
@@ -361,6 +391,7 @@ def write_all(object_info: dict, folder: Path = EXAMPLES_DIR) -> list[Path]:
 def main() -> None:
     from .comfy_server import RUNTIME_HINT, ComfyServer, find_runtime
     from .fixtures import write_inputs, write_models
+    from .thumbnails import write_thumbnails
 
     runtime = find_runtime()
     if runtime is None:
@@ -371,6 +402,7 @@ def main() -> None:
         with ComfyServer(runtime, Path(tmp)) as server:
             for path in write_all(server.object_info()):
                 print(path)
+    write_thumbnails(TITLES, {name: example_path(name, ".jpg") for name in EXAMPLES})
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from vace_core.checkpoints import save_checkpoint, split_vace_module
 from vace_core.config import VaceConfig
+from vace_core.example_media import FILES
 from vace_core.transformer import VaceTransformer
 from vace_core.vae import WanVAE, load_vae
 from vace_core.video_io import write_video
@@ -61,6 +62,16 @@ def write_annotator_models(base: Path) -> Path:
     return folder
 
 
+def write_dwpose_models(base: Path) -> Path:
+    """DWPose-shaped ONNX files (yolox_l.onnx, dw-ll_ucoco_384.onnx) in models/annotators."""
+    from tests.test_annotators_pose import write_dwpose_pair
+
+    folder = base / "models" / "annotators"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_dwpose_pair(folder)
+    return folder
+
+
 def write_sam2_checkpoint(base: Path) -> Path:
     """SAM2.1 hiera-tiny (the released architecture and file layout) with random weights."""
     from sam2.build_sam import build_sam2_video_predictor
@@ -93,18 +104,30 @@ def pan(image: np.ndarray, frames: int, height: int, width: int, step: int = 2) 
 
 
 def write_inputs(base: Path, height: int, width: int, frames: int) -> dict[str, str]:
-    """Images, a mask and a clip in input/, named as the example workflows name them."""
+    """Small images, a mask and a clip in input/, under the example media's names (example_media/); being there
+    first, they win over the shipped files (which the pack copies only when absent)."""
     folder = base / "input"
     folder.mkdir(parents=True, exist_ok=True)
     wide = photo("astronaut", height, width + 2 * frames)
     clip = pan(wide, frames, height, width)
-    write_video(folder / "vace_example_clip.mp4", torch.from_numpy(clip).float() / 255, 16.0)
-    write_video(folder / "boxing_cats_720p_81f.mp4", torch.from_numpy(clip).float() / 255, 16.0)  # regional edit
-    PIL.Image.fromarray(photo("coffee", height, width)).save(folder / "vace_example_reference.png")
-    PIL.Image.fromarray(photo("chelsea", height, width)).save(folder / "vace_example_reference_2.png")
-    PIL.Image.fromarray(clip[0]).save(folder / "vace_example_first.png")
-    PIL.Image.fromarray(clip[-1]).save(folder / "vace_example_last.png")
+    write_video(folder / FILES["clip"], torch.from_numpy(clip).float() / 255, 16.0)
+    PIL.Image.fromarray(photo("coffee", height, width)).save(folder / FILES["reference"])
+    PIL.Image.fromarray(photo("chelsea", height, width)).save(folder / FILES["reference_2"])
+    PIL.Image.fromarray(clip[0]).save(folder / FILES["first"])
+    PIL.Image.fromarray(clip[-1]).save(folder / FILES["last"])
     mask = np.zeros((height, width), np.uint8)  # white = generate: a box in the middle
     mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
-    PIL.Image.fromarray(mask).save(folder / "vace_example_mask.png")
-    return {"clip": "vace_example_clip.mp4", "reference": "vace_example_reference.png"}
+    PIL.Image.fromarray(mask).save(folder / FILES["mask"])
+    return {"clip": FILES["clip"], "reference": FILES["reference"]}
+
+
+def write_base(base: Path, height: int, width: int, frames: int, dwpose: bool = True) -> Path:
+    """A ComfyUI base directory with everything the example workflows load: the tiny models under the real
+    names, annotator weights (DWPose's unless `dwpose` is off) and the inputs."""
+    write_models(base)
+    write_annotator_models(base)
+    if dwpose:
+        write_dwpose_models(base)
+    write_sam2_checkpoint(base)
+    write_inputs(base, height, width, frames)
+    return base

@@ -4,8 +4,11 @@ The frontend does this conversion in the browser with the node definitions from 
 does the same in Python so tests can queue the shipped example workflows unchanged:
 
 - `widgets_values` are positional, in the node's input order (required, then optional); sockets take none.
-  A seed with `control_after_generate` carries one extra value ("fixed", "randomize", ...), and an input with
-  an upload button (LoadImage's image, LoadVideo's file) one more ("image").
+  A seed with `control_after_generate` carries one extra value right after its own ("fixed", "randomize",
+  ...). A node with an upload button (LoadImage's image, LoadImageMask's image, LoadVideo's file) stores the
+  button's value ("image") last, after every other widget: the frontend adds the button as an extra input
+  `upload` after the node's inputs (its Comfy.UploadImage extension), e.g. LoadImageMask saves
+  ["mask.png", "red", "image"].
 - A widget turned into an input keeps its slot in `widgets_values`; its link wins.
 - Notes are dropped; muted nodes (mode 2) are dropped; bypassed nodes (mode 4) pass their input of the
   same type through.
@@ -32,9 +35,16 @@ def is_widget(spec: list) -> bool:
 
 
 def extra_widget_values(spec: list) -> int:
-    """Values the frontend stores after this widget's own: the seed control, the upload button."""
+    """Values the frontend stores right after this widget's own: the seed's control mode."""
     options = spec[1] if len(spec) > 1 else {}
-    return int(bool(options.get("control_after_generate"))) + sum(bool(options.get(f)) for f in UPLOAD_FLAGS)
+    return int(bool(options.get("control_after_generate")))
+
+
+def has_upload(info: dict) -> bool:
+    """Whether the frontend gives the node an upload button (stored as the last widget value): a required
+    combo input with an upload flag."""
+    return any(isinstance(spec[0], list | str) and len(spec) > 1 and any(spec[1].get(f) for f in UPLOAD_FLAGS)
+               for spec in info["input"].get("required", {}).values())
 
 
 def widget_inputs(node: dict, info: dict) -> dict:

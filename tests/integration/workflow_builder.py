@@ -8,9 +8,19 @@ nodes; the integration test checks the shipped files against a fresh build.
 import uuid
 from dataclasses import dataclass, field
 
-from .workflow_api import UPLOAD_FLAGS, is_widget, ordered_inputs
+from .workflow_api import extra_widget_values, has_upload, is_widget, ordered_inputs
 
-COLUMN_WIDTH, ROW_GAP, ROW_HEIGHT, HEADER = 400, 40, 26, 40
+COLUMN_WIDTH, ROW_GAP = 420, 40
+# The frontend's node height (LGraphNode.computeSize): slots (inputs without a widget, or outputs) 20 px a row,
+# each widget 20 + 4 px, 14 px margins; the title (30 px) sits above `pos`.
+TITLE, SLOT, WIDGET, MARGIN = 30, 20, 24, 14
+TEXTAREA = 110  # a multiline STRING (the prompt box)
+# room for what nodes show beside their widgets: loaded media and result previews (the frontend draws them
+# under the widgets), and this pack's panels (web/vace.js HEIGHTS + 4)
+EXTRA = {"LoadImage": 280, "LoadImageMask": 280, "LoadVideo": 280, "PreviewImage": 280, "SaveVideo": 300,
+         "SaveImage": 280, "VACESAM2Masks": 334, "VACELayoutAnnotator": 254,
+         **dict.fromkeys(["VACEBuildVCU", "VACEFramePlacement", "VACEOutpaint", "VACEAddReferences",
+                          "VACEComposeVCU", "VACEConceptDecouple", "VACESampler"], 294)}
 NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}
 
 
@@ -37,10 +47,8 @@ def default_value(spec: list):
 
 
 def extra_values(spec: list) -> list:
-    """What the frontend stores after a widget: the seed's control mode, the upload button's value."""
-    options = spec[1] if len(spec) > 1 else {}
-    uploads = sum(bool(options.get(f)) for f in UPLOAD_FLAGS)
-    return ["fixed"] * bool(options.get("control_after_generate")) + ["image"] * uploads
+    """What the frontend stores right after a widget: the seed's control mode."""
+    return ["fixed"] * extra_widget_values(spec)
 
 
 class Workflow:
@@ -82,7 +90,7 @@ class Workflow:
             else:
                 entry = {"name": name, "type": kind, "link": None}
                 entries.append({**entry, "shape": 7} if name in optional else entry)
-        return entries, values
+        return entries, values + ["image"] * has_upload(info)  # the upload button comes last (workflow_api)
 
     def to_json(self) -> dict:
         sockets = {n.id: self._sockets(n) for n in self.nodes if n.type != "MarkdownNote"}
@@ -106,8 +114,8 @@ class Workflow:
 
     def _node_json(self, node: Node, sockets: dict, outputs: dict) -> dict:
         if node.type == "MarkdownNote":
-            lines = sum(1 + len(line) // 60 for line in node.text.splitlines())
-            return {"id": node.id, "type": "MarkdownNote", "pos": [0, 0], "size": [COLUMN_WIDTH - 40, 60 + 18 * lines],
+            lines = sum(1 + len(line) // 50 for line in node.text.splitlines())
+            return {"id": node.id, "type": "MarkdownNote", "pos": [0, 0], "size": [COLUMN_WIDTH - 60, 60 + 20 * lines],
                     "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "title": node.title,
                     "properties": {}, "widgets_values": [node.text], **NOTE_COLOR}
         info = self.info[node.type]
@@ -115,19 +123,27 @@ class Workflow:
         out = [{"name": name, "type": kind, "slot_index": i, "links": outputs[node.id][i]}
                for i, (name, kind) in enumerate(zip(info["output_name"], info["output"], strict=True))]
         properties = {"Node name for S&R": node.type, **({"models": node.models} if node.models else {})}
-        rows = max(len(entries), len(out)) + len(values)
-        result = {"id": node.id, "type": node.type, "pos": [0, 0],
-                  "size": [COLUMN_WIDTH - 60, HEADER + ROW_HEIGHT * rows], "flags": {}, "order": 0, "mode": 0,
+        size = [COLUMN_WIDTH - 60, self._height(node, entries, values, out)]
+        result = {"id": node.id, "type": node.type, "pos": [0, 0], "size": size, "flags": {}, "order": 0, "mode": 0,
                   "inputs": entries, "outputs": out, "properties": properties, "widgets_values": values}
         return {**result, "title": node.title} if node.title else result
 
+    def _height(self, node: Node, entries: list[dict], values: list, outputs: list) -> int:
+        """The body height the frontend computes for the node, plus room for what it shows (EXTRA)."""
+        specs = dict(ordered_inputs(self.info[node.type]))
+        multiline = sum(bool(is_widget(spec) and len(spec) > 1 and spec[1].get("multiline")) for spec in specs.values())
+        slots = max(sum("widget" not in e for e in entries), len(outputs), 1)
+        return (SLOT * slots + WIDGET * len(values) + (TEXTAREA - WIDGET) * multiline + MARGIN
+                + EXTRA.get(node.type, 0))
+
     def _layout(self, nodes: list[dict]) -> list[dict]:
-        """Columns by graph depth (notes first), stacked top to bottom; `order` is the execution order."""
+        """Columns by graph depth (notes first), stacked top to bottom with the title above each node; `order`
+        is the execution order."""
         depth = {n.id: n.depth for n in self.nodes}
         tops: dict[int, float] = {}
         for order, node in enumerate(sorted(nodes, key=lambda n: (depth[n["id"]], n["id"]))):
             column = depth[node["id"]] + 1
-            node["pos"] = [column * COLUMN_WIDTH, tops.get(column, 0)]
+            node["pos"] = [column * COLUMN_WIDTH, tops.get(column, 0) + TITLE]
             node["order"] = order
-            tops[column] = tops.get(column, 0) + node["size"][1] + ROW_GAP
+            tops[column] = node["pos"][1] + node["size"][1] + ROW_GAP
         return nodes
