@@ -157,10 +157,12 @@ def test_example_workflows_are_current(comfy):
 
 
 def test_example_workflows_carry_models_and_notes():
-    for path in sorted(EXAMPLES_DIR.glob("*.json")):
+    assert len(list(EXAMPLES_DIR.glob("*.json"))) == len(EXAMPLES)
+    for name in EXAMPLES:
+        path = example_path(name)
         nodes = json.loads(path.read_text())["nodes"]
         models = {m["name"]: m for n in nodes for m in n["properties"].get("models", [])}
-        dit = set(EXPERT_NAMES) if path.stem == "vace_wan22_two_experts" else {DIT_NAME}  # Wan2.2: both experts
+        dit = set(EXPERT_NAMES) if name == "vace_wan22_two_experts" else {DIT_NAME}  # Wan2.2: both experts
         assert {*dit, VAE_NAME, "umt5_xxl_fp8_e4m3fn_scaled.safetensors"} <= set(models), path.name
         assert all(m["url"].startswith("https://") and m["url"].endswith(name) and m["directory"]
                    for name, m in models.items())
