@@ -9,9 +9,10 @@ import time
 import pytest
 
 from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
-from tests.integration.examples import EXAMPLES_DIR
+from tests.integration.examples import example_path
 from tests.integration.fixtures import write_inputs, write_models
 from tests.test_comfy_integration import assert_success, runnable, t2v_prompt
+from vace_core.example_media import FILES
 from vace_core.video_io import read_video
 
 RUNTIME = find_runtime()
@@ -47,7 +48,7 @@ def long_prompt(mode: str = "autoregressive", steps: int = 1, seed: int = 0, **o
     return {
         **prompt,
         "long": {"class_type": "VACELongVideoSampler", "inputs": sampler},
-        "anchor": {"class_type": "LoadImage", "inputs": {"image": "vace_example_reference.png"}},
+        "anchor": {"class_type": "LoadImage", "inputs": {"image": FILES["reference"]}},
         "match": {"class_type": "VACEColorMatch", "inputs": {"images": ["long", 0], "anchor": ["anchor", 0],
                                                              "method": "mkl", "strength": 0.5}},
         "save": {"class_type": "SaveAnimatedWEBP", "inputs": {
@@ -98,7 +99,7 @@ def test_cancel_returns_the_finished_windows(comfy):
 @pytest.mark.parametrize("name", ["vace_long_extension", "vace_long_hierarchical"])
 def test_long_example_workflows_run(comfy, name):
     """The shipped long-video examples, shrunk as the example suite shrinks them (9 frames: one window)."""
-    workflow = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+    workflow = json.loads(example_path(name).read_text())
     entry = comfy.run(runnable(workflow, comfy.object_info()), timeout=900)
     assert_success(comfy, entry)
     [video] = output_files(comfy.base_dir, entry)
