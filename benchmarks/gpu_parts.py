@@ -493,19 +493,11 @@ def part_vram() -> dict:
     return {"status": "ok", "small_bf16": small, "large_fp8": large_fp8_under_caps()}
 
 
-def load_pack_module(name: str):
-    """A module of this pack's nodes/ (no relative imports) loaded by path, for ComfyUI-side parts."""
-    spec = importlib.util.spec_from_file_location(f"vace_pack_{name}", ROOT / "nodes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def large_fp8_under_caps() -> dict:
     comfy = comfy_modules(memory_manager=True)
     if comfy is None:
         return {"status": "skipped: ComfyUI's memory manager not importable (run with ComfyUI's Python)"}
-    mm, memory = comfy.model_management, load_pack_module("memory")
+    mm, memory = comfy.model_management, import_pack("nodes.memory")
     cfg, dev = SHAPE.large, device()
     state = random_weights(cfg, ops.E4M3, dev)
     state = {k: v.to("cpu") for k, v in state.items()}

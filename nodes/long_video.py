@@ -9,7 +9,6 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
-from server import PromptServer
 
 from ..vace_core.colour import METHODS, ColourAnchor, match_colours
 from ..vace_core.long_video import FUSED_WEIGHTS, MODES, LongVideoSettings, generate_long, plan_windows
@@ -49,6 +48,8 @@ class Managed:
 def progress(windows: int, steps: int, device, references: int):
     """Window i of n, step j of m, with previews. An interrupt ends the run after the current step, keeping
     the finished windows (returning False stops vace_core's loop cleanly)."""
+    from server import PromptServer  # ComfyUI's server (and its frontend) only while a prompt runs
+
     context = get_executing_context()
     node_id = context.node_id if context is not None else None
     bar = comfy.utils.ProgressBar(windows * steps, node_id=node_id)

@@ -81,7 +81,9 @@ def widget_defaults(spec: dict) -> dict:
 SINKS = {"IMAGE": ("PreviewImage", "images"), "MASK": ("MaskPreview", "mask"),
          "VACE_VCU": ("VACEConceptDecouple", "vcu"),
          "LATENT": ("VACEDecode", "samples"), "VACE_MODEL": ("VACESampler", "vace_model"),
-         "VACE_VAE": ("VACEDecode", "vace_vae"), "STRING": ("PreviewAny", "source")}
+         "VACE_VAE": ("VACEDecode", "vace_vae"), "STRING": ("PreviewAny", "source"),
+         "CONDITIONING": ("VACESampler", "positive"), "VACE_REGIONS": ("VACESampler", "regions"),
+         "VACE_STEP_CACHE": ("VACESampler", "step_cache"), "VACE_LOW_NOISE_EXPERT": ("VACESampler", "low_noise_expert")}
 
 
 def reaching_an_output(info: dict, node: str, inputs: dict) -> dict:

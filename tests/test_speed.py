@@ -125,9 +125,7 @@ def test_sampling_steps_make_no_host_syncs(tiny, speed):
     latent = sample_latent(model, [vcu[:1], vcu[1:]], text[0], text[1], [(1, 0, 1), (0.5, 0, 0.5)],
                            SamplerSettings(steps=4, guidance=5.0), callback)
     assert latent.shape == (1, 16, 3, 4, 6)
-    # the only reads are the NaN watch's, one flag per step (steps 2-4); on a GPU that flag is a pinned host copy
-    # made without blocking and read only after its event has completed (sampling.loop.FiniteWatch): no wait
-    assert syncs.calls == ["numpy"] * 3
+    assert syncs.calls == []  # the NaN watch reads its flags from a pinned buffer after async copies
     with HostSyncs() as syncs:  # the counter sees what a sync would be
         _ = float(latent.sum()), latent.cpu(), latent[0, 0, 0, 0, 0].item(), bool(latent.any())
     assert syncs.calls == ["__float__", "cpu", "item", "__bool__"]

@@ -43,23 +43,23 @@ def _check_sigmas(sigmas: torch.Tensor):
 
 class FiniteWatch:
     """Watches the latent for NaN/inf after every step without making the host wait for the device: each step's
-    flag (one sum over the latent: NaN and inf survive it) is copied to the host without blocking and read once
-    the copy has landed: on a GPU when its event reports completion (a step or so later), on a CPU at once. The
-    run stops there, naming the first step that produced them; `finish` waits for the last flags."""
+    flag (one sum over the latent: NaN and inf survive it) is copied without blocking into a (pinned) host
+    buffer allocated before the loop, and read through its numpy view once the copy has landed: on a GPU when
+    its event reports completion (a step or so later), on a CPU at once. The run stops there, naming the first
+    step that produced them; `finish` waits for the last flags."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, device):
         self.total, self.pending = total, deque()
+        self.flags = torch.zeros(total + 1, dtype=torch.bool, pin_memory=torch.device(device).type == "cuda")
+        self.landed = self.flags.numpy()  # a view: reading it is no tensor read
 
     def record(self, x: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(x.sum())
+        self.flags[step:step + 1].copy_((~torch.isfinite(x.sum())).view(1), non_blocking=True)
         event = None
-        if bad.is_cuda:
-            host = torch.empty((), dtype=torch.bool, pin_memory=True)
-            host.copy_(bad, non_blocking=True)
+        if x.is_cuda:
             event = torch.cuda.Event()
             event.record()
-            bad = host
-        self.pending.append((step, bad, event))
+        self.pending.append((step, event))
         self._read(wait=False)
 
     def finish(self) -> None:
@@ -67,13 +67,13 @@ class FiniteWatch:
 
     def _read(self, wait: bool) -> None:
         while self.pending:
-            step, bad, event = self.pending[0]
+            step, event = self.pending[0]
             if event is not None and not event.query():
                 if not wait:
                     return
                 event.synchronize()
             self.pending.popleft()
-            if bad.numpy():  # a host value by now: reading it makes no device wait
+            if self.landed[step]:
                 raise VaceError(
                     f"sampling produced NaN or infinite values at step {step} of {self.total}. Usual causes: fp16 "
                     "compute overflowing (choose compute_dtype bf16 or fp32), a damaged or mismatched checkpoint, "
@@ -101,7 +101,7 @@ def sample(
     _check_sigmas(sigmas)
     run = make_solver(solver, sigmas, generator)
     total = len(sigmas) - 1
-    x, watch = noise, FiniteWatch(total)
+    x, watch = noise, FiniteWatch(total, noise.device)
     for step, sigma in enumerate(sigmas[:-1].tolist()):  # host floats: no tensor-to-host reads in the loop
         v = denoise(x, sigma, step).to(x.dtype)
         x0_preview = x - sigma * v
