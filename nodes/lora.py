@@ -11,12 +11,12 @@ import logging
 
 import comfy.lora
 import comfy.utils
-import folder_paths
 from comfy.patcher_extension import CallbacksMP
 from comfy_api.latest import io
 
 from ..vace_core.lora import CONTEXT_PREFIXES, plan_lora
 from ..vace_core.lora.apply import param_shapes
+from .files import FileInput, resolve
 from .loaders import LoadedVace
 from .types import CATEGORY, VaceModel
 
@@ -63,9 +63,9 @@ class VaceLora(io.ComfyNode):
                         "files; keys that do not apply are listed in the log.",
             inputs=[
                 VaceModel.Input("vace_model", tooltip="From Load VACE Model (or another VACE LoRA)."),
-                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
-                               tooltip="A Wan2.1 LoRA from models/loras (T2V LoRAs work on VACE; I2V-only image "
-                                       "layers are skipped)."),
+                FileInput("lora_name", "loras",
+                          tooltip="A Wan2.1 LoRA from models/loras (T2V LoRAs work on VACE; I2V-only image "
+                                  "layers are skipped)."),
                 io.Float.Input("strength", default=1.0, min=-100.0, max=100.0, step=0.01,
                                tooltip="How strongly the LoRA changes the main blocks. Speed LoRAs: see the "
                                        "README's presets (e.g. CausVid 0.3 at 12 steps, lightx2v 1.0)."),
@@ -80,7 +80,7 @@ class VaceLora(io.ComfyNode):
     def execute(cls, vace_model, lora_name, strength, context_strength) -> io.NodeOutput:
         if strength == 0 and context_strength == 0:
             return io.NodeOutput(vace_model)
-        lora = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("loras", lora_name), safe_load=True)
+        lora = comfy.utils.load_torch_file(resolve("loras", lora_name), safe_load=True)
         patcher, report = with_lora(vace_model.patcher, lora, lora_name, strength, context_strength)
         (log.warning if "skipped" in report else log.info)("VACE LoRA %s", report)
         return io.NodeOutput(LoadedVace(patcher, vace_model.block_swap))
