@@ -18,6 +18,31 @@ def patch(model: torch.nn.Module, load_device, offload_device) -> comfy.model_pa
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
+class AnnotatorWeights(torch.nn.Module):
+    """An annotator's module as model management holds it. ModelPatcher writes its bookkeeping (device, loaded
+    bytes) onto the module it manages; this holder takes it, so the annotator's own module (SAM2's `device`
+    property, for one) is left alone."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+
+def annotator_patcher(annotator) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher over a `TorchAnnotator`'s weights, built on ComfyUI's offload device: they reach the GPU
+    only when the annotator runs (`load_annotator`)."""
+    annotator.to(mm.unet_offload_device())
+    return patch(AnnotatorWeights(annotator.model), mm.get_torch_device(), mm.unet_offload_device())
+
+
+def load_annotator(annotator, patcher) -> None:
+    """Loads the annotator's weights whole (its layers are plain torch ones, which ComfyUI cannot stream) through
+    load_models_gpu, which offloads other models when the room is short; they stay listed among ComfyUI's loaded
+    models, so its memory checks count them as freeable and it offloads them when another model needs the room."""
+    mm.load_models_gpu([patcher], force_full_load=True)
+    annotator.to(patcher.load_device)
+
+
 def swap_reserve(model, swapped_blocks: int) -> int:
     """Bytes to keep free so ComfyUI leaves `swapped_blocks` DiT blocks off the GPU and streams their
     weights in per layer (block swap): how a 14B model runs on a 24 GB card."""
