@@ -1,14 +1,12 @@
 """GPU memory the ComfyUI way: models live in ModelPatchers and are loaded through load_models_gpu, so
 ComfyUI can offload them for other models and stream weights (low VRAM) when they do not fit."""
 
-import math
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import torch
 
 from ..vace_core.errors import VaceError
-from ..vace_core.memory import activation_bytes as estimate_activations
+from ..vace_core.memory import sampling_bytes  # noqa: F401 (the nodes' reserve before sampling)
 from ..vace_core.vae.tiling import WORK_PER_PIXEL
 
 GIB = 2**30
@@ -79,20 +77,6 @@ def require(needed: int, device, what: str, suggestions: str) -> None:
     if needed > free:
         raise VaceError(f"{what} needs about {needed / GIB:.1f} GiB on {torch.device(device)}, but only "
                         f"{free / GIB:.1f} GiB are free there (after offloading models). {suggestions}")
-
-
-def activation_bytes(model, latent_shape, guided: bool, streams: int) -> int:
-    """The peak activations of one forward pass (CFG batched), measured-calibrated (vace_core.memory);
-    latent_shape (T, h, w)."""
-    return estimate_activations(model.config, latent_shape, 2 if guided else 1, streams, model.compute_dtype,
-                                getattr(model, "speed", None))
-
-
-def sampling_bytes(model, latent_shape, guided: bool, streams: int) -> int:
-    """Activations plus the float32 latents the loop keeps (x, v, the solver's history: about 8 copies) and the
-    context latents (96 channels per stream)."""
-    latent = math.prod(latent_shape) * 4
-    return activation_bytes(model, latent_shape, guided, streams) + 8 * 16 * latent + streams * 96 * latent
 
 
 def decode_bytes(vae_config: dict, dtype: torch.dtype, frame_px: tuple[int, int], tile: int | None) -> int:

@@ -51,6 +51,40 @@ def _check_model_files(args):
                         "the embedded tiny defaults only work with each other")
 
 
+MODEL_FLAGS = (("--model-low", "model_low"), ("--base-low", "base_low"), ("--boundary", "boundary"),
+               ("--cfg-low", "cfg_low"), ("--base", "base"), ("--weight-dtype", "weight_dtype"))
+EXPERT_FLAGS = ("--boundary", "--cfg-low", "--base-low")
+
+
+def _check_model_flags(args):
+    """Flags that set up the model given with --model are refused where they would be ignored."""
+    from .experts import expert_folders
+
+    given = [flag for flag, name in MODEL_FLAGS if getattr(args, name) is not None]
+    if given and not args.model:
+        raise VaceError(f"{', '.join(given)} {'set' if len(given) > 1 else 'sets'} up the model given with --model (Wan2.2: --model is the high-noise "
+                        "expert, --model-low the low-noise one), but there is no --model: the embedded tiny default "
+                        "would run and ignore them. Give --model, or drop them")
+    experts = [flag for flag in given if flag in EXPERT_FLAGS]
+    if experts and args.model and not (args.model_low or expert_folders(args.model)):
+        raise VaceError(f"{', '.join(experts)} only apply to Wan2.2's two experts: give the low-noise one with "
+                        "--model-low (or a --model folder with high_noise_model/ and low_noise_model/), or drop "
+                        f"{', '.join(experts)}")
+
+
+def _check_preset(args):
+    """A speed preset without its LoRA samples a model that was not distilled for so few steps."""
+    from .sampling.presets import preset
+
+    if args.preset in (None, "official") or args.lora:
+        return
+    chosen = preset(args.preset)
+    logging.getLogger("vace").warning(
+        "VACE: --preset %s runs %d steps at cfg %g, the settings of the %s LoRA, but no --lora is given: unless "
+        "--model has that LoRA merged in, so few steps make a blurry, unfinished video. Add it with --lora "
+        "FILE:STRENGTH, or drop --preset.", args.preset, chosen.steps, chosen.guidance, args.preset)
+
+
 def _models(args):
     """The user's files, or the embedded tiny default for all three."""
     from .embedded import tiny_model, tiny_vae
@@ -60,13 +94,14 @@ def _models(args):
     model_device = "cpu" if args.fsdp else device
     if args.model:
         from .checkpoints import load_vace_model
-        from .experts import expert_folders, load_experts
+        from .experts import WAN22_BOUNDARY, expert_folders, load_experts
 
         compute = torch.bfloat16 if device.type == "cuda" else None  # as if loaded on the GPU
         kwargs = {"storage_dtype": DTYPES.get(args.weight_dtype), "device": model_device, "compute_dtype": compute}
         if args.model_low or expert_folders(args.model):  # Wan2.2: two experts
             model = load_experts(args.model, args.model_low, base_high=args.base, base_low=args.base_low,
-                                 boundary=args.boundary, guidance_low=args.cfg_low, **kwargs)
+                                 boundary=WAN22_BOUNDARY if args.boundary is None else args.boundary,
+                                 guidance_low=args.cfg_low, **kwargs)
         else:
             model = load_vace_model(args.model, args.base, **kwargs)
     else:
@@ -133,6 +168,58 @@ def _settings(args):
     return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed, cache)
 
 
+def _check_launch(args) -> bool:
+    """Whether this is a multi-process run; refuses one started by torchrun without a way to share the work
+    (every process would sample the whole video and write the same file)."""
+    from .distributed import check_environment, launched
+
+    parallel = bool(args.parallel or args.cfg_parallel or args.fsdp)
+    if launched():
+        check_environment()
+        if not parallel:
+            raise VaceError("this process was started by torchrun (RANK and WORLD_SIZE are set) without --parallel, "
+                            "--cfg-parallel or --fsdp: every process would sample the whole video and write the same "
+                            "file. Add --parallel usp (split each video over the processes), or run without torchrun")
+    elif parallel:
+        raise VaceError("--parallel, --cfg-parallel and --fsdp run under torchrun, one process per GPU: "
+                        "torchrun --nproc-per-node N -m vace_core run ... --parallel usp")
+    return parallel
+
+
+def _preflight(args, long, steps: int):
+    """The frames' size and RAM, and the run's length in windows, before anything is read or loaded."""
+    from .preflight import check_frames, warn_when_long
+
+    length = args.extend_to or args.length
+    check_frames(length, args.height, args.width)
+    if args.video and (args.outpaint or args.extend_to):
+        from .tasks import check_extension
+        from .vcu.builders import outpaint_pads
+        from .video_io import read_video
+
+        clip, _ = read_video(args.video, max_frames=None if args.extend_to else 1)
+        if args.outpaint:  # the canvas before it is fitted to --width/--height
+            outpaint_pads(*clip.shape[1:3], *args.outpaint)
+        if args.extend_to:
+            check_extension(args.extend_to, len(clip))
+    warn_when_long(length, long, steps)
+
+
+def _check_sampling(args, model, job, long, settings):
+    """One window's sampling against the device's free memory, after the model loaded and before the first step."""
+    from .preflight import check_device
+
+    if job is not None:
+        unit, streams, guidance = job.vcus[0], len(job.vcus), job.settings.guidance
+        latent = unit.latent_shape
+    else:
+        frames, streams, guidance = min(args.extend_to or args.length, long.window), 1 + bool(long.carry_guidance), \
+            settings.guidance
+        latent = (len(args.ref) + (frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    guided = guidance != 1 or (args.cfg_low is not None and args.cfg_low != 1)
+    check_device(model, latent, guided, streams, _device(args.device))
+
+
 def _parallel(args, model):
     """Under torchrun with --parallel / --cfg-parallel / --fsdp: the model wrapped for this process's share."""
     from .distributed import ParallelVace, init_parallel, shard_weights
@@ -162,18 +249,19 @@ def _run(args):
     settings = _settings(args)
     check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
     _check_model_files(args)
+    _check_model_flags(args)
+    _check_preset(args)
+    parallel = _check_launch(args)
     anchor = read_image(args.colour_anchor)[None, ..., :3] if args.colour_anchor else None
     long = LongVideoSettings(args.window, args.overlap, args.discard, args.mode, args.perturbation,
                              args.replace_latents, args.carry_guidance, args.keyframes, colour_method=args.colour,
                              colour_strength=args.colour_strength, colour_anchor=anchor)
     long.check()
-    parallel = args.parallel or args.cfg_parallel or args.fsdp
+    if not args.job:
+        _preflight(args, long, settings.steps)
     if parallel:
-        from .distributed import launched, local_device
+        from .distributed import local_device
 
-        if not launched():
-            raise VaceError("--parallel, --cfg-parallel and --fsdp run under torchrun, one process per GPU: "
-                            "torchrun --nproc-per-node N -m vace_core run ... --parallel usp")
         args.device = args.device or local_device()
     job = None
     if args.job:
@@ -182,7 +270,9 @@ def _run(args):
         job = load_job(args.job)  # before the models load, so a bad file fails fast
     model, vae, text = _models(args)
     writer = True
-    if parallel:
+    if not parallel:
+        _check_sampling(args, model, job, long, settings)
+    else:
         model, writer = _parallel(args, model)
     out = args.out if writer else None
     if job is not None:
@@ -278,7 +368,7 @@ def _run_parser(sub):
     run.add_argument("--model-low", help="Wan2.2: the low-noise expert (--model is then the high-noise one); a "
                                           "--model folder with high_noise_model/ and low_noise_model/ needs none")
     run.add_argument("--base-low", help="Wan2.2 T2V A14B low-noise base, when --model-low is a VACE module file")
-    run.add_argument("--boundary", type=float, default=0.875, help="Wan2.2: low-noise expert below t = 1000 x this")
+    run.add_argument("--boundary", type=float, help="Wan2.2: low-noise expert below t = 1000 x this (default 0.875)")
     run.add_argument("--cfg-low", type=float, help="Wan2.2: the low-noise expert's cfg (default: --cfg)")
     run.add_argument("--teacache", type=float, default=0.0, metavar="THRESHOLD",
                      help="step caching (TeaCache): 1.3B 0.05-0.08, 14B 0.14-0.2; 0 = off")

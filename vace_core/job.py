@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .errors import VaceError
+from .outputs import atomic_output, save_safetensors
 from .pipeline import SamplerSettings
 from .sampling import ContextStream
 from .vcu import VCU
@@ -47,9 +47,9 @@ def save_job(path, job: Job) -> Path:
     meta = {"version": VERSION, "kinds": [u.kind for u in job.vcus], "streams": [list(s) for s in job.streams],
             "settings": asdict(job.settings)}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.float().contiguous().cpu() for k, v in tensors.items()}, path,
-              metadata={"vace_job": json.dumps(meta)})
+    with atomic_output(path) as temp:  # whole or not at all
+        save_safetensors({k: v.float().contiguous().cpu() for k, v in tensors.items()}, temp,
+                         {"vace_job": json.dumps(meta)})
     return path
 
 

@@ -11,6 +11,8 @@ Per token of the batch (s = the compute dtype's bytes, d = dim, f = ffn_dim), ca
 The peak is the resident part plus the larger phase, plus 5% (the text side, allocator rounding).
 """
 
+import math
+
 import torch
 
 from .config import VaceConfig
@@ -31,3 +33,14 @@ def activation_bytes(cfg: VaceConfig, latent_shape, batch: int, streams: int, dt
         ffn = (8 + 3 * s) * d + 2 * s * f
     per_token = (2 + streams) * 4 * d + max(attention, ffn)
     return int(1.05 * batch * tokens * per_token)
+
+
+def sampling_bytes(model, latent_shape, guided: bool, streams: int) -> int:
+    """A sampling run's device memory: one forward's activations (CFG batched) plus the float32 latents the loop
+    keeps (x, v, the solver's history: about 8 copies) and the context latents (96 channels per stream).
+    model: a VaceTransformer (its config, compute dtype and speed settings); latent_shape (T, h, w)."""
+    latent = math.prod(latent_shape) * 4
+    dtype = getattr(model, "compute_dtype", None) or next(model.parameters()).dtype
+    activations = activation_bytes(model.config, latent_shape, 2 if guided else 1, streams, dtype,
+                                   getattr(model, "speed", None))
+    return activations + 8 * 16 * latent + streams * 96 * latent

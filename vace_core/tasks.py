@@ -60,6 +60,16 @@ def _padded(unit: V.VCU, length: int) -> V.VCU:
     return V.VCU(frames, masks, unit.references, unit.kind)
 
 
+def check_extension(extend_to: int, clip_frames: int) -> None:
+    """--extend-to is the whole video's length (4n+1, rounded down): it must leave frames to generate."""
+    kept = (clip_frames - 1) // 4 * 4 + 1
+    if (extend_to - 1) // 4 * 4 + 1 <= kept:
+        used = "" if kept == clip_frames else f" ({kept} used: videos are 4n+1 frames)"
+        raise VaceError(f"--extend-to {extend_to}: the clip has {clip_frames} frames{used}, and --extend-to is the "
+                        f"length of the whole extended video (4n+1; other counts are rounded down), so it must be "
+                        f"more than {kept}: give {kept + 4} or more (e.g. {max(81, kept + 4)})")
+
+
 def build_vcu(inputs: TaskInputs) -> tuple[V.VCU, float]:
     """-> (VCU, fps of the input video, else 16)."""
     fps, size = 16.0, {"height": inputs.height, "width": inputs.width}
@@ -70,6 +80,8 @@ def build_vcu(inputs: TaskInputs) -> tuple[V.VCU, float]:
         unit = V.place_frames(places, inputs.length, **size) if places else V.text_to_video(inputs.length, **size)
     else:
         video, fps = read_video(inputs.video)
+        if inputs.extend_to:
+            check_extension(inputs.extend_to, len(video))
         length = V.fit_length(min(len(video), inputs.extend_to or inputs.length))
         if inputs.mask:
             unit = V.inpaint(video, _masks(inputs.mask), length=length, **size)
@@ -126,6 +138,8 @@ def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather,
     try:
         result = generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
                                composite_feather=feather, on_frames=lambda frames: stream.write(V.to_images(frames)))
-    finally:
-        stream.close()
+    except BaseException:  # a failed or stopped run leaves `out` as it was (an earlier video stays whole)
+        stream.abort()
+        raise
+    stream.close()
     return result.video

@@ -247,6 +247,16 @@ class VideoStream:
         except OSError as e:
             raise VaceError(f"could not write {self.path}: {e.strerror or e}. Nothing was written.") from None
 
+    def abort(self):
+        """Drops what was written: the destination is left as it was (absent, or an earlier file untouched)."""
+        self.pending.clear()
+        if self.mp4 is not None:
+            try:
+                self.mp4.container.close()  # no flush: the frames are dropped
+            except OSError:
+                pass  # the encoder's own failure may be why the run stopped; its file goes either way
+            self.streaming.unlink(missing_ok=True)
+
     def close(self):
         """Finishes the file with the frames written so far (all, or the windows done before an interrupt)."""
         if self.mp4 is None:
