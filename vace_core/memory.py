@@ -38,9 +38,9 @@ def activation_bytes(cfg: VaceConfig, latent_shape, batch: int, streams: int, dt
 def sampling_bytes(model, latent_shape, guided: bool, streams: int) -> int:
     """A sampling run's device memory: one forward's activations (CFG batched) plus the float32 latents the loop
     keeps (x, v, the solver's history: about 8 copies) and the context latents (96 channels per stream).
-    model: a VaceTransformer (its config, compute dtype and speed settings); latent_shape (T, h, w)."""
+    model: a denoiser (vace_core.denoiser: its config, compute dtype and, when it has them, speed settings);
+    latent_shape (T, h, w)."""
     latent = math.prod(latent_shape) * 4
-    dtype = getattr(model, "compute_dtype", None) or next(model.parameters()).dtype
-    activations = activation_bytes(model.config, latent_shape, 2 if guided else 1, streams, dtype,
+    activations = activation_bytes(model.config, latent_shape, 2 if guided else 1, streams, model.compute_dtype,
                                    getattr(model, "speed", None))
     return activations + 8 * 16 * latent + streams * 96 * latent

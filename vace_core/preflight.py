@@ -7,7 +7,6 @@ import logging
 import torch
 
 from .errors import VaceError
-from .experts import as_experts
 from .long_video import LongVideoSettings, plan_windows
 from .memory import sampling_bytes
 from .vae.tiling import free_memory
@@ -51,8 +50,8 @@ def warn_when_long(length: int, long: LongVideoSettings, steps: int) -> None:
 def check_device(model, latent_shape, guided: bool, streams: int, device) -> None:
     """Refuses a sampling run whose activations and latents cannot fit on `device` (free memory there), before
     the first step. latent_shape (T, h, w) of one window's latent, references included."""
-    device, experts = torch.device(device), as_experts(model)
-    needed = max(sampling_bytes(net, latent_shape, guided, streams) for net in (experts.high, experts.low))
+    device = torch.device(device)
+    needed = sampling_bytes(model, latent_shape, guided, streams)
     free = free_memory(device)
     if needed > free:
         raise VaceError(f"sampling a {latent_shape[0]}x{latent_shape[1]}x{latent_shape[2]} latent needs about "
