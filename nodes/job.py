@@ -7,8 +7,10 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..vace_core.config import VACE_14B
+from ..vace_core.errors import VaceError
 from ..vace_core.job import Job, save_job
 from ..vace_core.pipeline import SamplerSettings
+from .regional import REGIONAL
 from .sampler import SOLVERS, VaceSampler, context_streams, text_features
 from .types import CATEGORY
 
@@ -33,6 +35,10 @@ class SaveVaceJob(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, steps, cfg, shift, sampler, seed, filename_prefix, **streams):
+        if positive and positive[0][1].get(REGIONAL):
+            raise VaceError("the positive prompt comes from Regional Prompts, but a job file does not carry regions: "
+                            "`run --job` would sample it without them. Sample it here with the VACE Sampler (its "
+                            "regions input), or save the job with a plain CLIP Text Encode prompt.")
         units, stream_settings = context_streams(streams)
         width = VACE_14B.text_dim  # umt5-xxl, the text encoder of every VACE model
         job = Job(units, text_features(positive, "positive", width).cpu(),

@@ -10,12 +10,11 @@ do the math, as its native LoRA loaders do.
 import logging
 
 import comfy.lora
-import comfy.utils
 from comfy.patcher_extension import CallbacksMP
 from comfy_api.latest import io
 
 from ..vace_core.lora import CONTEXT_PREFIXES, plan_lora
-from ..vace_core.lora.apply import param_shapes
+from ..vace_core.lora.apply import param_shapes, read_lora
 from .files import FileInput, resolve
 from .loaders import LoadedVace
 from .types import CATEGORY, VaceModel
@@ -80,7 +79,7 @@ class VaceLora(io.ComfyNode):
     def execute(cls, vace_model, lora_name, strength, context_strength) -> io.NodeOutput:
         if strength == 0 and context_strength == 0:
             return io.NodeOutput(vace_model)
-        lora = comfy.utils.load_torch_file(resolve("loras", lora_name), safe_load=True)
+        lora = read_lora(resolve("loras", lora_name))  # the pack's checks: damaged, unsafe or NaN files named
         patcher, report = with_lora(vace_model.patcher, lora, lora_name, strength, context_strength)
         (log.warning if "skipped" in report else log.info)("VACE LoRA %s", report)
         return io.NodeOutput(LoadedVace(patcher, vace_model.block_swap))

@@ -5,9 +5,11 @@ from comfy_api.latest import io
 
 from ..vace_core.errors import VaceError
 from ..vace_core.regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, encode_text
+from .guard import BinaryMaskInput
 from .types import CATEGORY, RegionsType
 
 REGIONS = 4
+REGIONAL = "vace_regional"  # a CONDITIONING entry key: this text is the regional prompts' composed one
 PAD = 0  # umT5's pad id (ComfyUI pads Wan prompts to 512 tokens with it)
 
 
@@ -35,7 +37,7 @@ def region_inputs(i: int):
         io.String.Input(f"prompt_{i}", multiline=True, default="", optional=not first,
                         tooltip=f"What region {i} shows. Best written word for word inside the global prompt "
                                 "(e.g. 'a man in an Iron Man suit'): it then replaces those words' features."),
-        io.Mask.Input(f"mask_{i}", optional=not first,
+        BinaryMaskInput(f"mask_{i}", optional=not first,
                       tooltip=f"Where region {i} is (white), at the video's size: one mask for all frames or one "
                               "per frame (SAM2 Video Masks, Person Masks, Composite Mask, a loaded mask)."),
     ]
@@ -94,7 +96,9 @@ class RegionalPrompts(io.ComfyNode):
             raise VaceError("the global prompt is empty: describe the whole scene (naming each region's prompt)")
         text = encode_text(clip_encoder(clip), prompt, prompts, background_prompt or "")
         result = Regions(text, masks, self_strength, cross_strength, end, context_blocks, soft_edges)
-        return io.NodeOutput([[text.features[None], {}]], result)
+        result.check_coverage()
+        # the marker lets Save VACE Job see that this positive needs its regions (a job file does not carry them)
+        return io.NodeOutput([[text.features[None], {REGIONAL: True}]], result)
 
 
 NODES = [RegionalPrompts]

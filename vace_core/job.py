@@ -9,7 +9,8 @@ negative (1, L, D) text features; the metadata "vace_job" holds JSON: version, k
 """
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -64,14 +65,62 @@ def load_job(path) -> Job:
     if meta is None:
         raise VaceError(f"{path} is not a VACE job file (no 'vace_job' metadata): save one with the "
                         "Save VACE Job node")
-    meta = json.loads(meta)
-    if meta.get("version") != VERSION:
-        raise VaceError(f"{path} is a version {meta.get('version')} VACE job; this code reads version {VERSION}")
+    return _job(path, _metadata(path, meta), tensors)
+
+
+def _metadata(path, text: str) -> dict:
+    """The job's JSON metadata: readable, this version, every key there."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VaceError(f"{path}: its 'vace_job' metadata is not JSON ({e}); the file was edited or damaged: save "
+                        "the job again with the Save VACE Job node") from None
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise VaceError(f"{path} is a version {version} VACE job; this code reads version {VERSION}")
+    if missing := [k for k in ("kinds", "streams", "settings") if k not in meta]:
+        raise VaceError(f"{path}: its 'vace_job' metadata lacks {', '.join(missing)}: save the job again with "
+                        "the Save VACE Job node")
+    known = {f.name for f in fields(SamplerSettings)}
+    if not isinstance(meta["settings"], dict) or (unknown := sorted(set(meta["settings"]) - known)):
+        raise VaceError(f"{path}: unknown sampler settings {unknown if isinstance(meta['settings'], dict) else ''} "
+                        f"in the job (this code knows {', '.join(sorted(known))}): save the job again with this "
+                        "version of the pack")
+    return meta
+
+
+def _checked(path, name: str, tensors: dict, low: float, high: float, what: str) -> torch.Tensor:
+    """A job tensor, present and within its range (NaN and 0..255 pixels are refused when read, not sampled)."""
+    if name not in tensors:
+        raise VaceError(f"{path} lacks the tensor {name!r}: the file is damaged; save the job again")
+    x = tensors[name]
+    if not torch.isfinite(torch.sum(x, dtype=torch.float32)):
+        raise VaceError(f"{path}: {name} holds NaN or infinite values: the job file is damaged, or was saved from "
+                        "invalid inputs. Save it again from a graph that runs.")
+    lo, hi = (float(v) for v in torch.aminmax(x.float())) if x.numel() else (low, high)
+    if lo < low - 1e-3 or hi > high + 1e-3:
+        hint = " (0..255 values: a job's pixels are -1..1)" if hi > 2 else ""
+        raise VaceError(f"{path}: {name} runs from {lo:.4g} to {hi:.4g}, but {what} are {low:g}..{high:g}{hint}. "
+                        "Save the job with the Save VACE Job node.")
+    return x
+
+
+def _job(path, meta: dict, tensors: dict) -> Job:
     vcus = []
     for i, kind in enumerate(meta["kinds"]):
-        refs = sorted((k for k in names if k.startswith(f"vcu.{i}.ref.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-        vcus.append(VCU(tensors[f"vcu.{i}.frames"], tensors[f"vcu.{i}.masks"], [tensors[k] for k in refs], kind))
-    return Job(vcus, tensors["positive"], tensors.get("negative"), [ContextStream(*s) for s in meta["streams"]],
+        refs = sorted((k for k in tensors if k.startswith(f"vcu.{i}.ref.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+        pixels = [_checked(path, k, tensors, -1, 1, "VCU pixels") for k in (f"vcu.{i}.frames", *refs)]
+        masks = _checked(path, f"vcu.{i}.masks", tensors, 0, 1, "VCU masks")
+        vcus.append(VCU(pixels[0], masks, pixels[1:], kind))
+    positive = _checked(path, "positive", tensors, -math.inf, math.inf, "text features")
+    negative = _checked(path, "negative", tensors, -math.inf, math.inf, "text features") \
+        if "negative" in tensors else None
+    try:
+        streams = [ContextStream(*s) for s in meta["streams"]]
+    except TypeError:
+        raise VaceError(f"{path}: its streams {meta['streams']!r} are not (strength, start, end) per VCU: save the "
+                        "job again with the Save VACE Job node") from None
+    return Job(vcus, positive, negative, streams,
                SamplerSettings(**meta["settings"]))
 
 

@@ -94,6 +94,11 @@ class TeaCache:
         if not np.isfinite(self.threshold) or self.threshold < 0:
             raise VaceError(f"the TeaCache threshold must be 0 (off) or more, got {self.threshold!r} "
                             "(Wan2.1 1.3B: 0.05-0.08; 14B: 0.14-0.2)")
+        if self.coefficients is not None and (len(self.coefficients) < 2 or not np.isfinite(self.coefficients).all()):
+            raise VaceError(f"TeaCache coefficients {tuple(self.coefficients)!r} are not a polynomial (at least two "
+                            "finite numbers, highest power first, as TeaCache publishes them): without one the "
+                            "estimate of how much a step changes means nothing. Leave coefficients out to use "
+                            "TeaCache's Wan2.1 ones.")
         self._states: dict[int, DenoiserCache] = {}
         self._steps = 0
 

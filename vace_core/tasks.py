@@ -101,7 +101,9 @@ def build_regions(inputs: TaskInputs, text_encoder) -> Regions:
     """--region PROMPT MASK (repeated) -> regional prompts over the global --prompt."""
     text = encode_text(lambda p: (text_encoder.token_ids(p), text_encoder.encode(p)), inputs.prompt,
                        [p for p, _ in inputs.regions], inputs.background_prompt)
-    return Regions(text, [_masks(m) for _, m in inputs.regions], *inputs.region_strength, inputs.region_end)
+    regions = Regions(text, [_masks(m) for _, m in inputs.regions], *inputs.region_strength, inputs.region_end)
+    regions.check_coverage()
+    return regions
 
 
 def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings: SamplerSettings | None = None,

@@ -20,14 +20,23 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..checkpoints.io import read_file
+from ..errors import VaceError
 from .keys import DOWN, UP, LoraPlan, plan_lora
 
 CONTEXT_PREFIXES = ("vace_blocks.", "vace_patch_embedding.")
 
 
 def read_lora(path: str | Path) -> dict[str, Tensor]:
-    """A LoRA file (.safetensors, or a pickle read with weights_only) -> its tensors, keys as stored."""
-    return read_file(Path(path))
+    """A LoRA file (.safetensors, or a pickle read with weights_only) -> its tensors, keys as stored. A damaged,
+    unsafe or NaN-holding file is a VaceError naming it (NaN weights would otherwise reach the sampler's NaN
+    watch, which cannot tell the LoRA from the model)."""
+    path = Path(path)
+    tensors = read_file(path)
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(torch.sum(value, dtype=torch.float32)):
+            raise VaceError(f"the LoRA {path.name} holds NaN or infinite values (in {key}): the file is damaged or "
+                            "comes from a diverged training run. Download it again, or leave it out.")
+    return tensors
 
 
 def _alpha(parts: dict[str, Tensor], rank: int) -> float:
