@@ -4,7 +4,7 @@ import torch
 from comfy_api.latest import io
 
 from ..vace_core.errors import VaceError
-from ..vace_core.regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, encode_text
+from ..vace_core.regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, check_coverage, encode_text
 from .guard import BinaryMaskInput
 from .types import CATEGORY, RegionsType
 
@@ -95,8 +95,8 @@ class RegionalPrompts(io.ComfyNode):
         if not prompt.strip():
             raise VaceError("the global prompt is empty: describe the whole scene (naming each region's prompt)")
         text = encode_text(clip_encoder(clip), prompt, prompts, background_prompt or "")
+        check_coverage(masks)
         result = Regions(text, masks, self_strength, cross_strength, end, context_blocks, soft_edges)
-        result.check_coverage()
         # the marker lets Save VACE Job see that this positive needs its regions (a job file does not carry them)
         return io.NodeOutput([[text.features[None], {REGIONAL: True}]], result)
 

@@ -237,6 +237,18 @@ class STLayoutAttention:
 
 # ---- what the sampler gets ----
 
+def check_coverage(masks: Sequence[Tensor]) -> None:
+    """Every region's mask, as the user gave it, must cover some pixels once binarised at 0.5 (checked where the
+    masks are given: a window of a long video may well miss a region)."""
+    for g, mask in enumerate(masks, 1):
+        if not (torch.as_tensor(mask) > 0.5).any():
+            peak = float(torch.as_tensor(mask).max())
+            why = "it is black everywhere" if peak == 0 else \
+                f"its values reach only {peak:.3g}, and masks count where they are above 0.5"
+            raise VaceError(f"{group_name(g)}'s mask covers nothing ({why}): that region would steer nothing. "
+                            "Give a mask that is white (1) over the region; threshold soft masks at 0.5 first.")
+
+
 @dataclass
 class Regions:
     """Regional prompts for one sampling run: the composed text, the region masks (n, T, H, W) in the video's
@@ -268,17 +280,6 @@ class Regions:
         for g in range(1, len(self.masks) + 1):
             if not (self.text.token_group == g).any():
                 raise VaceError(f"{group_name(g)} has a mask but no prompt tokens: give each region a prompt")
-
-    def check_coverage(self):
-        """Every region's mask must cover some pixels once binarised at 0.5 (checked where the user gives the
-        masks: a window of a long video may well miss a region)."""
-        for g, mask in enumerate(self.masks, 1):
-            if not (mask > 0.5).any():
-                peak = float(mask.max())
-                why = "it is black everywhere" if peak == 0 else \
-                    f"its values reach only {peak:.3g}, and masks count where they are above 0.5"
-                raise VaceError(f"{group_name(g)}'s mask covers nothing ({why}): that region would steer nothing. "
-                                "Give a mask that is white (1) over the region; threshold soft masks at 0.5 first.")
 
     def check_text(self, positive: Tensor):
         """The sampler's positive features must be this composed text (token positions refer to it)."""

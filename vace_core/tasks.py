@@ -18,7 +18,7 @@ from . import vcu as V
 from .errors import VaceError
 from .long_video import LongVideoSettings, generate_long
 from .pipeline import SamplerSettings, composite, generate
-from .regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, encode_text
+from .regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, check_coverage, encode_text
 from .video_io import VideoStream, read_image, read_video, write_video
 
 log = logging.getLogger("vace")
@@ -101,9 +101,9 @@ def build_regions(inputs: TaskInputs, text_encoder) -> Regions:
     """--region PROMPT MASK (repeated) -> regional prompts over the global --prompt."""
     text = encode_text(lambda p: (text_encoder.token_ids(p), text_encoder.encode(p)), inputs.prompt,
                        [p for p, _ in inputs.regions], inputs.background_prompt)
-    regions = Regions(text, [_masks(m) for _, m in inputs.regions], *inputs.region_strength, inputs.region_end)
-    regions.check_coverage()
-    return regions
+    masks = [_masks(m) for _, m in inputs.regions]
+    check_coverage(masks)
+    return Regions(text, masks, *inputs.region_strength, inputs.region_end)
 
 
 def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings: SamplerSettings | None = None,
