@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, runtime_has
-from tests.integration.examples import EXAMPLES, example_path, file_name
+from tests.integration.examples import DWPOSE_FILES, EXAMPLES, example_path, file_name
 from tests.integration.fixtures import write_base
 from tests.integration.workflow_api import ordered_inputs, to_api
 from vace_core.example_media import FILES, MEDIA_DIR
@@ -38,8 +38,7 @@ OUT = Path(__file__).resolve().parents[1] / "out" / "browser"
 CLIP_FRAMES = 5  # shorter than the API tests' clip: SAM2 propagates through every frame, slowly on a CPU
 UI_WRITTEN = {"VACESAM2Masks": ("points", "negative_points", "box"), "VACELayoutAnnotator": ("start_box", "end_box")}
 # files the example workflows name that the test server does not have (no real umt5, depth, DWPose or SAM2-large)
-ABSENT = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "depth_anything_v2_vitl.pth", "sam2.1_hiera_large.pt",
-          "yolox_l.onnx", "dw-ll_ucoco_384.onnx"}
+ABSENT = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "depth_anything_v2_vitl.pth", "sam2.1_hiera_large.pt"}
 
 
 @pytest.fixture(scope="module")
@@ -365,3 +364,30 @@ def test_sampler_streams_and_outpaint_length_show_when_they_apply(page):
     show_node(page, sampler)
     screenshot(page, sampler, "sampler_streams")
     assert not ours_in(page.errors), page.errors
+
+
+DWPOSE_EXAMPLES = sorted(n for n in EXAMPLES if '"dwpose"' in example_path(n).read_text())  # 09, 13, 16, 19
+
+
+def test_dwpose_workflows_raise_no_false_alarm_with_the_files_absent_or_present(page, server):
+    """ComfyUI's model listing never shows .onnx files, so a Missing Models entry for DWPose's would be there on
+    every load, files or not: the workflows name none, and their note carries the download links instead."""
+    from tests.test_annotators_pose import write_dwpose_pair
+
+    assert len(DWPOSE_EXAMPLES) == 4, DWPOSE_EXAMPLES
+    folder = server.base_dir / "models" / "annotators"
+    try:
+        for present in (False, True):
+            if present:
+                write_dwpose_pair(folder)
+            assert all((folder / f).is_file() == present for f in DWPOSE_FILES)
+            for name in DWPOSE_EXAMPLES:
+                dialogs = load(page, name)
+                assert not [f for f in DWPOSE_FILES if f in dialogs], (name, present, dialogs)
+                notes = page.evaluate("() => window.app.graph.nodes.filter(n => n.type === 'MarkdownNote')"
+                                      ".map(n => n.widgets?.[0]?.value ?? '').join('\\n')")
+                for file in DWPOSE_FILES:
+                    assert f"https://huggingface.co/yzd-v/DWPose/resolve/main/{file}" in notes, (name, notes)
+    finally:
+        for file in DWPOSE_FILES:
+            (folder / file).unlink(missing_ok=True)

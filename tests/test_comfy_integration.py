@@ -30,7 +30,7 @@ from tests.integration.comfy_server import (
     output_files,
     runtime_has,
 )
-from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, build, example_path, file_name
+from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, LISTABLE, build, example_path, file_name
 from tests.integration.fixtures import (
     DIT_NAME,
     EXPERT_NAMES,
@@ -166,6 +166,7 @@ def test_example_workflows_carry_models_and_notes():
         assert {*dit, VAE_NAME, "umt5_xxl_fp8_e4m3fn_scaled.safetensors"} <= set(models), path.name
         assert all(m["url"].startswith("https://") and m["url"].endswith(name) and m["directory"]
                    for name, m in models.items())
+        assert all(name.endswith(LISTABLE) for name in models), path.name  # what the Missing Models check can see
         notes = [n["widgets_values"][0] for n in nodes if n["type"] == "MarkdownNote"]
         assert len(notes) >= 2 and all(len(t) > 80 for t in notes), path.name
 

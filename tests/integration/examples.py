@@ -135,13 +135,28 @@ ANNOTATOR_MODELS = {
     "depth": {"name": "depth_anything_v2_vitl.pth", "directory": "annotators",
               "url": "https://huggingface.co/depth-anything/Depth-Anything-V2-Large/resolve/main/"
                      "depth_anything_v2_vitl.pth"},
-    **{kind: {"name": name, "directory": "annotators", "url": f"https://huggingface.co/yzd-v/DWPose/resolve/main/{name}"}
-       for kind, name in (("dwpose_detector", "yolox_l.onnx"), ("dwpose_estimator", "dw-ll_ucoco_384.onnx"))},
     "sam2": {"name": "sam2.1_hiera_large.pt", "directory": "sam2",
              "url": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt"},
 }
-# DWPose (VACE's own pose annotator; onnxruntime is in the annotator extras, unlike MediaPipe)
-DWPOSE = [ANNOTATOR_MODELS["dwpose_detector"], ANNOTATOR_MODELS["dwpose_estimator"]]
+# ComfyUI's model listing (/experiment/models/<folder>), which the frontend's Missing Models dialog checks, shows
+# only files with its supported_pt_extensions: a file named in properties.models must have one of them, or the
+# dialog reports it missing on every load even when it is there
+LISTABLE = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+# DWPose (VACE's own pose annotator; onnxruntime is in the annotator extras, unlike MediaPipe) ships .onnx files:
+# their links go in a note (and the node's error names a missing one with them), not in properties.models
+DWPOSE_FILES = ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")
+DWPOSE_NOTE = ("**DWPose weights**: the pose annotator (backend dwpose) needs " + " and ".join(
+    f"[{name}](https://huggingface.co/yzd-v/DWPose/resolve/main/{name})" for name in DWPOSE_FILES) +
+    " in models/annotators. ComfyUI's Missing Models dialog cannot see .onnx files, so it does not list them; the "
+    "Pose Annotator names a missing one when it runs. No files? Set backend to mediapipe (offline, one person).")
+
+
+def dwpose(wf: Workflow, frames: Node) -> Node:
+    """The DWPose annotator and the note with its weights' links."""
+    wf.note("DWPose weights", DWPOSE_NOTE)
+    return wf.add("VACEPoseAnnotator", frames=frames, backend="dwpose")
+
+
 CONTROL_NOTE = ("**Control video (V2V)**: the annotator turns the input video into a control video ({what}); "
                 "the VCU holds it with masks of 1 everywhere, so every pixel is generated following it. The prompt "
                 "says what the video shows. The preview shows the control video.")
@@ -163,8 +178,9 @@ def depth(wf: Workflow):
 
 
 def pose(wf: Workflow):
+    wf.note("DWPose weights", DWPOSE_NOTE)
     controlled(wf, "pose", "pose skeletons", "a dancer in a red dress on a stage, spotlight",
-               "VACEPoseAnnotator", DWPOSE, backend="dwpose")
+               "VACEPoseAnnotator", backend="dwpose")
 
 
 def flow(wf: Workflow):
@@ -201,7 +217,7 @@ def animate_anything(wf: Workflow):
             "background works best) is added to the same VCU.")
     base = common(wf, "the young woman from the reference dancing, full body, clean background")
     frames, fps = load_clip(wf)
-    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=frames, backend="dwpose")
+    poses = dwpose(wf, frames)
     vcu = wf.add("VACEBuildVCU", frames=poses, references=wf.add("LoadImage", image=REFERENCE), **SIZE)
     finish(wf, base, vcu, "animate_anything", fps)
 
@@ -264,7 +280,7 @@ def regional_pose(wf: Workflow):
              "knight on the right. Masks can be any MASK: halves, boxes, SAM2 or person masks."))
     base = common(wf, None)
     frames, fps = load_clip(wf)
-    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=frames, backend="dwpose")
+    poses = dwpose(wf, frames)
     halves = [("an astronaut in a white suit", half_mask(wf, "left")),
               ("a knight in silver armour", half_mask(wf, "right"))]
     regions = regional_prompts(wf, base, "an astronaut in a white suit and a knight in silver armour dancing on a "
@@ -305,7 +321,7 @@ def long_pose(wf: Workflow):
     base = common(wf, "a dancer in a red dress on a stage, spotlight, full body")
     frames, fps = load_clip(wf)
     chained = wf.add("RepeatImageBatch", image=frames, amount=2)
-    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=chained, backend="dwpose")
+    poses = dwpose(wf, chained)
     vcu = wf.add("VACEBuildVCU", frames=poses, width=832, height=480, length=161)
     long_video(wf, base, vcu, "long_pose", fps, replace_latents=True, colour_method="mkl")
 
