@@ -419,3 +419,15 @@ def test_color_match_masks_of_another_size_are_named(comfy):
     error = error_of(comfy, prompt)
     assert error["node_type"] == "VACEColorMatch" and error["exception_message"].strip() == (
         "the masks are 16x8 but the images 32x32: give masks at the images' size (e.g. resize them with the images)")
+
+
+def test_a_missing_dwpose_file_is_named_with_its_download(comfy):
+    """The Missing Models dialog cannot see .onnx files (the workflows' notes carry their links): the node's error
+    names the file, the folder and where to get it."""
+    prompt = {"px": fill(0.5, 1), "x": {"class_type": "VACEPoseAnnotator", "inputs": {
+        "frames": ["px", 0], "backend": "dwpose", "body": True, "face": True, "hands": False,
+        "detector": "yolox_l.onnx", "estimator": "dw-ll_ucoco_384.onnx"}},
+        "preview": {"class_type": "PreviewImage", "inputs": {"images": ["x", 0]}}}
+    text = error_of(comfy, prompt)["exception_message"]
+    assert "'yolox_l.onnx' is not a file in ComfyUI's models/annotators folder" in text
+    assert "Download it from https://huggingface.co/yzd-v/DWPose" in text
