@@ -161,9 +161,10 @@ def _guard_execute(node_cls) -> None:
 
     def check(cls, values):
         if extra := undeclared(cls):
-            raise VaceError(f"{', '.join(extra)}: {'is not an input' if len(extra) == 1 else 'are not inputs'} of "
-                            f"{cls.define_schema().display_name or cls.__name__}, so {'it' if len(extra) == 1 else 'they'} "
-                            f"would be ignored. Its inputs: {', '.join(_inputs(cls))}")
+            one = len(extra) == 1
+            raise VaceError(f"{', '.join(extra)}: {'is not an input' if one else 'are not inputs'} of "
+                            f"{cls.define_schema().display_name or cls.__name__}, so {'it' if one else 'they'} would "
+                            f"be ignored. Its inputs: {', '.join(_inputs(cls))}")
         if found := problems(cls, values):
             raise VaceError("; ".join(found))
 

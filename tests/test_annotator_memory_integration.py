@@ -13,7 +13,8 @@ import json
 import pytest
 
 from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
-from tests.integration.fixtures import DIT_NAME, VAE_NAME, write_annotator_models, write_models
+from tests.integration.fixtures import write_annotator_models, write_models
+from tests.test_comfy_integration import t2v_prompt
 
 RUNTIME = find_runtime()
 if RUNTIME is None:
@@ -43,21 +44,11 @@ def depth_prompt(need_bytes: float = 0.0) -> dict:
 
 
 def sampler_prompt(need_bytes: float) -> dict:
-    return {
-        "model": {"class_type": "VACEModelLoader", "inputs": {
-            "model_name": DIT_NAME, "base_model": "none (the file is a full VACE model)", "weight_dtype": "default",
-            "compute_dtype": "auto", "attention": "auto", "block_swap": 0}},
-        "vae": {"class_type": "VACEVAELoader", "inputs": {"vae_name": VAE_NAME, "dtype": "fp32"}},
-        "pos": {"class_type": "VACETestTextEncode", "inputs": {"text": "a fox in the snow"}},
-        "neg": {"class_type": "VACETestTextEncode", "inputs": {"text": "blurry"}},
-        "vcu": {"class_type": "VACEBuildVCU", "inputs": {"width": W, "height": H, "length": FRAMES,
-                                                          "reference_mode": "letterbox"}},
-        "sample": {"class_type": "VACESampler", "inputs": {
-            "vace_model": ["model", 0], "vace_vae": ["vae", 0], "positive": ["pos", 0], "negative": ["neg", 0],
-            "vcu": ["vcu", 0], "strength": 1.0, "start": 0.0, "end": 1.0, "steps": 1, "cfg": 5.0, "shift": 16.0,
-            "sampler": "unipc", "seed": 0, "offload_after": False}},
-        "models": {"class_type": "VACETestLoadedModels", "inputs": {"latent": ["sample", 0], "need_bytes": need_bytes}},
-    }
+    """The API tests' small T2V graph up to its sampler, then the loaded-models list."""
+    prompt = t2v_prompt(steps=1)
+    del prompt["decode"], prompt["save"]
+    return prompt | {"models": {"class_type": "VACETestLoadedModels",
+                                "inputs": {"latent": ["sample", 0], "need_bytes": need_bytes}}}
 
 
 def run(comfy, prompt: dict) -> dict:

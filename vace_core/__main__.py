@@ -62,7 +62,8 @@ def _check_model_flags(args):
 
     given = [flag for flag, name in MODEL_FLAGS if getattr(args, name) is not None]
     if given and not args.model:
-        raise VaceError(f"{', '.join(given)} {'set' if len(given) > 1 else 'sets'} up the model given with --model (Wan2.2: --model is the high-noise "
+        verb = "set" if len(given) > 1 else "sets"
+        raise VaceError(f"{', '.join(given)} {verb} up the model given with --model (Wan2.2: --model is the high-noise "
                         "expert, --model-low the low-noise one), but there is no --model: the embedded tiny default "
                         "would run and ignore them. Give --model, or drop them")
     experts = [flag for flag in given if flag in EXPERT_FLAGS]

@@ -14,5 +14,5 @@ from .layout import (
 from .model import ParallelVace, shard_tokens
 from .weights import shard_weights
 
-__all__ = ["MODES", "Degrees", "ParallelLayout", "ParallelVace", "check_environment", "init_parallel", "launched", "local_device",
-           "plan_degrees", "shard_tokens", "shard_weights"]
+__all__ = ["MODES", "Degrees", "ParallelLayout", "ParallelVace", "check_environment", "init_parallel", "launched",
+           "local_device", "plan_degrees", "shard_tokens", "shard_weights"]

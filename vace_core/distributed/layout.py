@@ -95,8 +95,9 @@ def check_environment() -> None:
     a raw ValueError from deep in its rendezvous)."""
     missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:
-        raise VaceError(f"RANK and WORLD_SIZE are set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-                        "not: start the processes with torchrun (torchrun --nproc-per-node N -m vace_core run ... "
+        verb = "is" if len(missing) == 1 else "are"
+        raise VaceError(f"RANK and WORLD_SIZE are set but {' and '.join(missing)} {verb} not: start the processes "
+                        "with torchrun (torchrun --nproc-per-node N -m vace_core run ... "
                         "--parallel usp), which sets them all, or set MASTER_ADDR and MASTER_PORT (the address and "
                         "a free port of the rank-0 machine)")
     try:

@@ -190,7 +190,8 @@ class VACETestLoadedModels:
         return {"ui": {"before": before, "after": listed()}}
 
 
-NODE_CLASS_MAPPINGS = {"VACETestLoadedModels": VACETestLoadedModels, "VACETestTextEncode": VACETestTextEncode, "VACETestSigmas": VACETestSigmas,
+NODE_CLASS_MAPPINGS = {"VACETestLoadedModels": VACETestLoadedModels,
+                       "VACETestTextEncode": VACETestTextEncode, "VACETestSigmas": VACETestSigmas,
                        "VACETestFill": VACETestFill, "VACETestCLIPLoader": VACETestCLIPLoader,
                        "VACETestSaveWeights": VACETestSaveWeights, "VACETestSaveConditioning": VACETestSaveConditioning}
 NODE_DISPLAY_NAME_MAPPINGS = {"VACETestLoadedModels": "VACE Test Loaded Models (tests only)",
