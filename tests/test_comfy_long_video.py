@@ -1,7 +1,8 @@
 """VACE Long Video Sampler and Color Match inside a real ComfyUI server (one server for the module): every
 mode end to end over the API queue, colour anchoring to an image, bad settings as clear errors, and Cancel
-returning the finished windows while the graph goes on. Tiny checkpoints (tests/integration/fixtures.py),
-32x32 frames, 17-frame VCUs in 9-frame windows, one step."""
+returning the finished windows while the graph goes on, the extension example at its full length (241 frames, 4
+windows). Tiny checkpoints (tests/integration/fixtures.py), 32x32 frames, 17-frame VCUs in 9-frame windows, one
+step."""
 
 import json
 import time
@@ -88,10 +89,21 @@ def test_cancel_returns_the_finished_windows(comfy):
     assert "cancelled; returning 9 frames (1 of 3 windows)" in comfy.log_tail()
 
 
-@pytest.mark.parametrize("name", ["vace_long_extension", "vace_long_hierarchical"])
-def test_long_example_workflows_run(comfy, name):
-    """The shipped long-video examples, shrunk as the example suite shrinks them (9 frames: one window)."""
-    workflow = json.loads(example_path(name).read_text())
+def test_long_extension_example_runs_at_its_full_length(comfy):
+    """The shipped extension example shrunk in size (32x32, 2 steps, a 5-frame clip kept) but not in length: 241
+    frames in 4 windows of 81, each continuing from the one before, all written."""
+    workflow = json.loads(example_path("vace_long_extension").read_text())
+    seen = comfy.log_tail(10**7).count("window 4 of 4")
+    entry = comfy.run(runnable(workflow, comfy.info, sizes={"width": SIZE, "height": SIZE}), timeout=900)
+    assert_success(entry)
+    [video] = output_files(comfy.base_dir, entry)
+    assert read_video(video)[0].shape == (241, SIZE, SIZE, 3)
+    assert comfy.log_tail(10**7).count("window 4 of 4") > seen  # the sampler went through 4 windows
+
+
+def test_long_hierarchical_example_runs(comfy):
+    """The shipped keyframe example, shrunk as the example suite shrinks them (9 frames: one window)."""
+    workflow = json.loads(example_path("vace_long_hierarchical").read_text())
     entry = comfy.run(runnable(workflow, comfy.info), timeout=900)
     assert_success(entry)
     [video] = output_files(comfy.base_dir, entry)
