@@ -2,35 +2,30 @@
 ComfyUI's loaded models while it runs, stay listed (and counted) after, and go when model management needs the
 room; the cached annotator object loads them again on its next run.
 
-The server runs with reserved VRAM (--reserve-vram; --lowvram is not allowed with --cpu). On this CPU machine
-ComfyUI's loader never frees memory on its own (it skips the CPU), so the small budget is simulated with the
-call its loader makes on a GPU before loading a model that needs the room: model_management.free_memory (the
-test-only node VACETestLoadedModels, which also reports ComfyUI's loaded-models list before and after).
+On this CPU machine ComfyUI's loader never frees memory on its own (it skips the CPU, and --lowvram is not allowed
+with --cpu), so the small budget is simulated with the call its loader makes on a GPU before loading a model that
+needs the room: model_management.free_memory (the test-only node VACETestLoadedModels, which also reports
+ComfyUI's loaded-models list before and after).
 """
 
 import json
 
 import pytest
 
-from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
+from tests.integration.comfy_server import messages, output_files
 from tests.integration.fixtures import write_annotator_models, write_models
-from tests.test_comfy_integration import t2v_prompt
-
-RUNTIME = find_runtime()
-if RUNTIME is None:
-    pytest.skip(RUNTIME_HINT, allow_module_level=True)
+from tests.integration.graphs import t2v_prompt
 
 H = W = 64
-FRAMES = 5
 ALL_OF_IT = 1e18  # bytes: more room than any machine has, so everything that can be offloaded is
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
+def comfy(comfy_server, tmp_path_factory):
+    base = tmp_path_factory.mktemp("annotator_memory")
     write_models(base)
     write_annotator_models(base)
-    with ComfyServer(RUNTIME, base, extra_args=("--reserve-vram", "1")) as server:
+    with comfy_server.serving(base) as server:
         yield server
 
 
