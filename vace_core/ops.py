@@ -148,8 +148,10 @@ class QuantizedLinear:
     def forward(self, x: Tensor) -> Tensor:
         if self.ggml_format is None:
             return super().forward(x)
-        bias = cast_like(self.bias, x)
-        for patch in getattr(self, "bias_function", ()):
+        bias, patches = cast_like(self.bias, x), getattr(self, "bias_function", ())
+        if patches:  # ComfyUI's patches add in place: never into the stored bias
+            bias = bias.clone()
+        for patch in patches:
             bias = patch(bias)
         return F.linear(x, self.dequantized_weight(x), bias)
 
