@@ -55,13 +55,34 @@ def write_gguf(state_dict: dict[str, torch.Tensor], path: str | Path, qtype: str
                prefix: str = "", seed: int = 0) -> Path:
     """The state dict as a GGUF file (tensor names `prefix + key`), as the files in circulation are laid out."""
     rng = np.random.default_rng(seed)
-    writer = gguf.GGUFWriter(path=None, arch=arch) if arch else gguf.GGUFWriter(path=None, arch="x")
+    return _write(((prefix + k, *encode(k, v, qtype, rng)) for k, v in state_dict.items()), path, arch)
+
+
+def write_random_gguf(shapes: dict[str, torch.Size], path: str | Path, qtype: str, seed: int = 0) -> Path:
+    """A model of these shapes as a GGUF file of type `qtype` without its weights ever existing in float32 (the
+    quantized tensors are random blocks of values about 1/sqrt(fan-in)): real-size files for benchmarks."""
+    rng = np.random.default_rng(seed)
+
+    def tensors():
+        for key, shape in shapes.items():
+            stored = tensor_type(key, torch.empty(shape, device="meta"), qtype)
+            if stored in FORMATS and FORMATS[stored].block_size > 1 and stored not in QUANTIZERS:
+                rows = int(np.prod(shape[:-1]))
+                yield key, random_blocks(rows, shape[-1], stored, rng, shape[-1] ** -0.5), stored
+            else:
+                values = torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)) / shape[-1] ** 0.5
+                yield (key, *encode(key, values, stored, rng))
+    return _write(tensors(), path, "wan")
+
+
+def _write(tensors, path: str | Path, arch: str | None) -> Path:
+    """(name, array, type name) triples -> a GGUF file written by gguf-py's GGUFWriter."""
+    writer = gguf.GGUFWriter(path=None, arch=arch or "x")
     if arch is None:  # files of other tools carry no architecture
         writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    for key, value in state_dict.items():
-        data, stored = encode(key, value, qtype, rng)
-        writer.add_tensor(prefix + key, data, raw_dtype=gguf.GGMLQuantizationType[stored])
+    for name, data, stored in tensors:
+        writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[stored])
     writer.write_header_to_file(path=Path(path))
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -120,8 +120,8 @@ def _k_scales(scales: Tensor) -> tuple[Tensor, Tensor]:
 
 def _k_low(qs: Tensor) -> Tensor:
     """Q4_K/Q5_K's 128 bytes -> (n, 8, 32) nibbles: each 32-byte group gives 32 low, then 32 high nibbles."""
-    q = rearrange(qs, "n (g l) -> n g 1 l", l=32) >> _shifts(qs, 0, 4)[:, None]
-    return rearrange(q & 0x0F, "n g s l -> n (g s) l")
+    q = rearrange(qs, "n (g l) -> n g l", l=32)
+    return rearrange(torch.stack([q & 0x0F, q >> 4], dim=2), "n g s l -> n (g s) l")
 
 
 def _k_affine(b: Tensor, q: Tensor) -> Tensor:
