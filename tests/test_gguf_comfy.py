@@ -15,19 +15,15 @@ import torch
 from safetensors.torch import save_file
 
 from tests.gguf_files import read_numpy, write_gguf
-from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, output_files
+from tests.integration.comfy_server import output_files
 from tests.integration.fixtures import EXPERT_NAMES, TINY_DIT, write_inputs, write_models
+from tests.integration.graphs import FRAMES, H, W, assert_success, t2v_prompt
 from tests.integration.native_graphs import run_latent
 from tests.lora_files import comfy_lora
-from tests.test_comfy_integration import FRAMES, H, W, assert_success, t2v_prompt
 from tests.test_gguf import tiny_weights
 from vace_core.checkpoints import load_vace_model
 from vace_core.lora.apply import param_shapes
 from vace_core.transformer import VaceTransformer
-
-RUNTIME = find_runtime()
-if RUNTIME is None:
-    pytest.skip(RUNTIME_HINT, allow_module_level=True)
 
 Q8 = "Wan2.1_VACE_tiny-Q8_0.gguf"  # in models/unet, where ComfyUI-GGUF users keep them
 Q4K = "Wan2.1_VACE_tiny-Q4_K_M.gguf"  # in models/diffusion_models
@@ -46,7 +42,7 @@ def tiny_dit_weights(seed: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+def comfy(comfy_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_gguf")
     write_models(base)
     unet, diffusion = base / "models" / "unet", base / "models" / "diffusion_models"
@@ -58,8 +54,7 @@ def comfy(tmp_path_factory):
     (base / "models" / "loras").mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in comfy_lora(shapes, scale=0.02).items()}, base / "models" / "loras" / LORA)
     write_inputs(base, H, W + 32, FRAMES)
-    with ComfyServer(RUNTIME, base) as server:
-        server.info = server.object_info()
+    with comfy_server.serving(base) as server:
         yield server
 
 
@@ -107,7 +102,7 @@ def test_k_quant_file_samples_and_decodes(comfy):
     prompt = t2v_prompt(seed=2, steps=2)
     prompt["model"]["inputs"]["model_name"] = Q4K
     entry = comfy.run(prompt, timeout=600)
-    assert_success(comfy, entry)
+    assert_success(entry)
     [video] = output_files(comfy.base_dir, entry)
     assert video.stat().st_size > 0
 
@@ -123,7 +118,7 @@ def test_gguf_expert_pair(comfy):
     torch.testing.assert_close(high_only, run_latent(comfy, latent_graph(Q8))[0], rtol=0, atol=0)
 
 
-def test_model_patcher_keeps_lora_unmerged_in_every_load_mode(tmp_path):
+def test_model_patcher_keeps_lora_unmerged_in_every_load_mode(comfy_runtime, tmp_path):
     """Fully loaded, a third resident and the rest streamed (ComfyUI's low-VRAM mode, the pack's block swap), then
     partly unloaded: the forward equals vace_core's own unmerged LoRA on the file, twice in a row (nothing added
     into stored weights), the ggml blocks never change, and unpatching gives the model without the LoRA."""
@@ -131,8 +126,9 @@ def test_model_patcher_keeps_lora_unmerged_in_every_load_mode(tmp_path):
     lora = tmp_path / "lora.safetensors"
     shapes = param_shapes(load_vace_model(model, device="cpu"))
     save_file({k: v.contiguous() for k, v in comfy_lora(shapes).items()}, lora)
-    done = subprocess.run([str(RUNTIME.python), str(ROOT / "tests" / "integration" / "gguf_patcher.py"),
-                           str(RUNTIME.path), str(model), str(lora)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([str(comfy_runtime.python), str(ROOT / "tests" / "integration" / "gguf_patcher.py"),
+                           str(comfy_runtime.path), str(model), str(lora)], capture_output=True, text=True,
+                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["patcher"] == result["clone"] == "QuantizedPatcher"
