@@ -193,6 +193,25 @@ def _fp8_checkpoint_case(results, folder):
     results["errors"]["ring + fsdp2, fp8 checkpoint"] = rel_err(got, expected)
 
 
+def _gguf_checkpoint_case(results, folder):
+    """FSDP2 over a model loaded from a GGUF file (Q8_0 Linear weights kept as ggml blocks, sharded by rows and
+    gathered before each block runs), ring attention: equal to the same loaded model on one process."""
+    from gguf_files import write_gguf
+
+    from vace_core import ops
+    from vace_core.checkpoints import load_vace_model
+
+    path = write_gguf(tiny(4).state_dict(), f"{folder}.rank{dist.get_rank()}.gguf", "Q8_0")  # 64 wide: blocks
+    model = load_vace_model(path, device="cpu", num_heads=4)
+    assert ops.is_quantized(model.blocks[0].self_attn.q)
+    x, t, text, contexts = inputs(1, (2, 4, 10), 2, 1)
+    expected = model(x, t, text, contexts, [1.0, 0.5])
+    layout = init_parallel(4, "ring")
+    shard_weights(model, layout)
+    got = ParallelVace(model, layout)(x, t, text, contexts, [1.0, 0.5])
+    results["errors"]["ring + fsdp2, GGUF checkpoint"] = rel_err(got, expected)
+
+
 def worker(rank, world, store, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -201,6 +220,7 @@ def worker(rank, world, store, out):
         _forward_cases(world, results)
         if world == 2:
             _fp8_checkpoint_case(results, out)
+            _gguf_checkpoint_case(results, out)
             _long_video_case(results)
     if world == 4:
         _generate_case(results)
