@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.gguf_files import read_numpy, write_gguf
-from tests.integration.comfy_server import output_files
+from tests.integration.comfy_server import PromptRejected, output_files
 from tests.integration.fixtures import EXPERT_NAMES, TINY_DIT, write_inputs, write_models
 from tests.integration.graphs import FRAMES, H, W, assert_success, t2v_prompt
 from tests.integration.native_graphs import run_latent
@@ -53,6 +53,8 @@ def comfy(comfy_server, tmp_path_factory):
     shapes = param_shapes(load_vace_model(q8, device="cpu"))
     (base / "models" / "loras").mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in comfy_lora(shapes, scale=0.02).items()}, base / "models" / "loras" / LORA)
+    outside = tmp_path_factory.mktemp("outside")  # a GGUF outside the model folders, linked from models/unet
+    (unet / "escape.gguf").symlink_to(write_gguf(tiny_dit_weights(3), outside / "secret.gguf", "Q8_0"))
     write_inputs(base, H, W + 32, FRAMES)
     with comfy_server.serving(base) as server:
         yield server
@@ -83,6 +85,14 @@ def test_loader_lists_gguf_from_unet_and_diffusion_models(comfy):
     assert Q8 in options(comfy, "VACEModelLoader", "base_model")
     native = options(comfy, "UNETLoader", "unet_name")
     assert REFERENCE in native and Q8 not in native and Q4K not in native  # ComfyUI's own loader cannot read GGUF
+
+
+def test_gguf_link_leading_out_is_neither_listed_nor_opened(comfy):
+    assert "escape.gguf" not in options(comfy, "VACEModelLoader", "model_name")
+    with pytest.raises(PromptRejected) as rejected:
+        comfy.queue(latent_graph("escape.gguf"))
+    text = json.dumps(rejected.value.body["node_errors"])
+    assert "'escape.gguf' is not a file in ComfyUI's models/diffusion_models folder" in text, text
 
 
 def test_gguf_samples_like_its_dequantized_weights(comfy):
