@@ -4,8 +4,8 @@ Both files are written at the real shape (random weights; the Q4_K one as random
 tests/gguf_files.py), then each is loaded by `load_vace_model` and runs one forward in its own fresh process.
 CPU: the process's resident memory (kernel high-water mark VmHWM less VmRSS before loading: weights, file pages
 read and the forward), and after loading its anonymous part (memory the process owns) and file-backed part (the
-mapped file, which the kernel can drop and read again), both less what the process held before. CUDA: torch's peak allocation. "weights" is the bytes of
-the model's parameters and buffers (quantized blocks counted as stored).
+mapped file, which the kernel can drop and read again), both less what the process held before. CUDA: torch's
+peak allocation. "weights" is the bytes of the model's parameters and buffers (quantized blocks as stored).
 
     .venv/bin/python benchmarks/bench_gguf.py                    # Wan2.1-VACE-1.3B shape on the CPU
     .venv/bin/python benchmarks/bench_gguf.py --model 14B --device cuda --layers 10
@@ -109,7 +109,8 @@ def main():
         for case in CASES:
             out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--case-file", str(paths[case])],
                                  capture_output=True, text=True, check=True)
-            rows[case] = json.loads(out.stdout.strip().splitlines()[-1]) | {"file_mib": paths[case].stat().st_size / MIB}
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows[case] = row | {"file_mib": paths[case].stat().st_size / MIB}
     cfg = config(args)
     print(f"Wan2.1-VACE {args.model} shape ({cfg.num_layers} blocks, {len(cfg.vace_layers)} context blocks) on "
           f"{args.device}, forward latent {tuple(args.latent)}")

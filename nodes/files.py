@@ -16,7 +16,6 @@ from comfy_api.latest import io
 from ..annotators.weights import relative_candidates, source_hint
 from ..vace_core.errors import VaceError
 
-
 # ComfyUI lists a folder's files by extension. GGUF transformers live in diffusion_models (and its legacy name
 # unet) but are listed under their own kind, as ComfyUI-GGUF registers it, so ComfyUI's own loaders never offer
 # them; the pack's transformer loaders read both.

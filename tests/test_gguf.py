@@ -146,8 +146,9 @@ def test_quantized_weights_stay_mapped_from_the_file(tmp_path, weights):
 
 def test_q8_0_within_its_quantization_error(tmp_path, weights, inputs):
     """Q8_0 rounds each value to the nearest multiple of d = max|block| / 127 (32-value blocks), then stores d in
-    float16: |error| <= d / 2 + 127 |d - f16(d)| <= max|block| (1/254 + 2^-11). On the tiny model the forward differs from fp32 by < 1 % (relative L2; measured
-    0.3 %), far above the 1e-5 of an exact path and far below the 5-30 % of random weights."""
+    float16: |error| <= d / 2 + 127 |d - f16(d)| <= max|block| (1/254 + 2^-11). Through the tiny model's 6 blocks the
+    forward differs from fp32 by 0.87 % (relative L2, these seeds): asserted < 2 %, and far above the 1e-5 of an
+    exact path."""
     path = write_gguf(weights, tmp_path / "vace_q8.gguf", "Q8_0")
     loaded = load_vace_model(path, device="cpu")
     w = weights["blocks.2.ffn.2.weight"]
@@ -158,7 +159,7 @@ def test_q8_0_within_its_quantization_error(tmp_path, weights, inputs):
     exact.load_state_dict(weights)
     out, ref = forward(loaded, inputs), forward(exact, inputs)
     relative = ((out - ref).norm() / ref.norm()).item()
-    assert 1e-5 < relative < 0.01
+    assert 1e-3 < relative < 0.02
 
 
 def test_gguf_module_on_safetensors_or_gguf_base(tmp_path, weights, inputs):

@@ -1,5 +1,5 @@
-"""ComfyUI's ModelPatcher on a GGUF model with a LoRA, in-process (run with ComfyUI's Python by tests/test_gguf_comfy.py):
-`python gguf_patcher.py <ComfyUI folder> <model.gguf> <lora.safetensors>` prints one JSON line.
+"""ComfyUI's ModelPatcher on a GGUF model with a LoRA, in-process (tests/test_gguf_comfy.py runs it with ComfyUI's
+Python): `python gguf_patcher.py <ComfyUI folder> <model.gguf> <lora.safetensors>` prints one JSON line.
 
 The patcher is driven the ways ComfyUI drives it: fully loaded, partly loaded (low VRAM: the layers past the
 budget stream their weights per call, ComfyUI's block swap), partly unloaded afterwards (ComfyUI making room for
@@ -7,9 +7,6 @@ another model), and unpatched. Each forward is compared with vace_core's own unm
 dequantized (the expected output); the ggml blocks are compared with the file's after every step.
 """
 
-import importlib
-import importlib.machinery
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,15 +14,9 @@ from pathlib import Path
 import torch
 
 PACK = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(PACK))
 
-
-def import_pack(module: str):
-    """A module of this pack imported as ComfyUI imports custom nodes (a package: relative imports work)."""
-    if "vace_pack" not in sys.modules:
-        package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec("vace_pack", None, is_package=True))
-        package.__path__ = [str(PACK)]
-        sys.modules["vace_pack"] = package
-    return importlib.import_module(f"vace_pack.{module}")
+from benchmarks.gpu_parts import import_pack  # noqa: E402  (the pack as ComfyUI imports custom nodes)
 
 
 def main(comfy_path: str, model_path: str, lora_path: str) -> dict:

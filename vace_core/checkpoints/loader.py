@@ -9,8 +9,8 @@ from .. import ops
 from ..ggml import QuantizedWeight, scales_finite
 from ..transformer import VaceTransformer
 from .detect import check_keys, detect_config, merge_vace_module
-from .gguf import is_quantized
 from .fp8 import FP8_DTYPES, SCALE_WEIGHT, dequantize_tensor, drop_fp8_markers, is_scaled_fp8
+from .gguf import is_quantized
 from .io import check_finite, read_config_json, read_weights
 from .keymap import to_official
 from .save import convert_tensor
@@ -28,7 +28,8 @@ def default_device() -> torch.device:
 
 
 def to_storage(state_dict: dict[str, Tensor], storage_dtype: torch.dtype | None, keep_scales: bool,
-               fallback: torch.dtype, device: torch.device, keep_quantized: set[str] = frozenset()) -> dict[str, Tensor]:
+               fallback: torch.dtype, device: torch.device,
+               keep_quantized: set[str] = frozenset()) -> dict[str, Tensor]:
     """The tensors the model will hold, made one at a time on `device` (so a 69 GB fp32 file converted to
     bf16 never exists whole in memory, and the model owns aligned memory, not views of the file).
     None keeps the file's dtypes. Scaled fp8 stays fp8 with its scales when the layers can apply them and
