@@ -130,13 +130,17 @@ class QuantizedLinear:
         if not isinstance(weight, QuantizedWeight):
             return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                                  unexpected_keys, error_msgs)
-        self.weight = nn.Parameter(weight.blocks, requires_grad=False)
-        self.ggml_format, self.weight_patches = (weight.qtype, weight.shape), []
+        self.hold(weight)
         if self.bias is not None:
             if prefix + "bias" in state_dict:
                 self.bias = nn.Parameter(state_dict[prefix + "bias"], requires_grad=False)
             else:
                 missing_keys.append(prefix + "bias")
+
+    def hold(self, weight: QuantizedWeight) -> None:
+        """Takes ggml blocks as this layer's weight (as they are: on the CPU, the file's map)."""
+        self.weight = nn.Parameter(weight.blocks, requires_grad=False)
+        self.ggml_format, self.weight_patches = (weight.qtype, weight.shape), []
 
     def dequantized_weight(self, x: Tensor) -> Tensor:
         qtype, shape = self.ggml_format
