@@ -16,6 +16,7 @@ import math
 import torch
 
 from .config import VaceConfig
+from .ops import dequantize_workspace
 
 
 def activation_bytes(cfg: VaceConfig, latent_shape, batch: int, streams: int, dtype: torch.dtype,
@@ -37,10 +38,12 @@ def activation_bytes(cfg: VaceConfig, latent_shape, batch: int, streams: int, dt
 
 def sampling_bytes(model, latent_shape, guided: bool, streams: int) -> int:
     """A sampling run's device memory: one forward's activations (CFG batched) plus the float32 latents the loop
-    keeps (x, v, the solver's history: about 8 copies) and the context latents (96 channels per stream).
+    keeps (x, v, the solver's history: about 8 copies), the context latents (96 channels per stream) and, for GGUF
+    weights, the largest layer's dequantized copy (counted on a module; a wrapper such as Experts adds none).
     model: a denoiser (vace_core.denoiser: its config, compute dtype and, when it has them, speed settings);
     latent_shape (T, h, w)."""
     latent = math.prod(latent_shape) * 4
     activations = activation_bytes(model.config, latent_shape, 2 if guided else 1, streams, model.compute_dtype,
                                    getattr(model, "speed", None))
-    return activations + 8 * 16 * latent + streams * 96 * latent
+    workspace = dequantize_workspace(model, model.compute_dtype) if isinstance(model, torch.nn.Module) else 0
+    return activations + 8 * 16 * latent + streams * 96 * latent + workspace
