@@ -16,8 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.test_checkpoints import CFG, HEADS, random_state_dict, run
-from vace_core.checkpoints import load_vace_model, save_checkpoint, split_vace_module
-from vace_core.checkpoints import io
+from vace_core.checkpoints import io, load_vace_model, save_checkpoint, split_vace_module
 from vace_core.checkpoints.fp8 import dequantize_tensor, drop_fp8_markers
 from vace_core.checkpoints.keymap import to_official
 from vace_core.checkpoints.save import convert_tensor
@@ -286,3 +285,23 @@ def test_conversion_holds_one_file_tensor_at_a_time(mid_files):
     size = mid_files["fp32"].stat().st_size
     result = probe(mid_files, "fp32", storage="bfloat16")
     assert result["peak"] <= size / 2 + result["largest"] * 2 + SLACK, result
+
+
+@pytest.mark.parametrize("dtype", [E4M3, torch.float8_e5m2])
+def test_fp8_check_flags_exactly_the_non_finite_bytes(dtype):
+    """Every one of the 256 fp8 bit patterns, between finite neighbours: refused iff it is NaN / inf."""
+    for byte in range(256):
+        value = torch.tensor([0, byte, 56], dtype=torch.uint8).view(dtype)
+        finite = bool(torch.isfinite(value.float()).all())
+        if finite:
+            io.check_finite("w", value)
+        else:
+            with pytest.raises(VaceError, match="tensor w holds NaN"):
+                io.check_finite("w", value)
+
+
+def test_a_sum_that_overflows_is_not_mistaken_for_inf():
+    """fp16 weights whose sum overflows fp16 are finite: checked again in float32 chunks, accepted."""
+    io.check_finite("w", torch.full((100,), 60000.0, dtype=torch.float16))
+    with pytest.raises(VaceError, match="tensor w holds NaN"):
+        io.check_finite("w", torch.tensor([60000.0] * 3 + [float("inf")], dtype=torch.float16))
