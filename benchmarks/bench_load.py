@@ -229,8 +229,21 @@ def comfy_runtime():
     return module.find_runtime()
 
 
-def run_child(loader: str, dtype: str, path: Path, base: Path | None, config: Path) -> dict:
+# resident peak per file byte each loader needs (measured at the dev shape), to skip a load the RAM cannot hold
+PEAK_PER_BYTE = {"ours": 1.1, "diffusers": 1.1, "comfyui": 2.1}
+RAM_MARGIN = 3 * 2**30  # left to the rest of the machine (other processes share it)
+
+
+def available_ram() -> int:
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+def run_child(loader: str, dtype: str, path: Path, base: Path | None, config: Path, size: int) -> dict:
     """One load in a fresh process; an error (e.g. a format the loader cannot read) is a row, not a crash."""
+    needed = PEAK_PER_BYTE[loader] * size + RAM_MARGIN
+    if available_ram() < needed:
+        return {"error": f"skipped: needs about {needed / 2**30:.1f} GiB, {available_ram() / 2**30:.1f} available"}
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536"}
     python = sys.executable
     if loader == "comfyui":
@@ -276,7 +289,7 @@ def bench_dtype(args, cfg, dtype: str) -> list[dict]:
                     continue
                 path, base, note = target
                 row = {"dtype": dtype, "layout": layout, "loader": loader, "note": note, "file": paths["bytes"]}
-                rows.append(row | run_child(loader, dtype, path, base, paths["config"]))
+                rows.append(row | run_child(loader, dtype, path, base, paths["config"], paths["bytes"]))
                 print(format_row(rows[-1]), flush=True)
     finally:
         if not args.keep:

@@ -160,16 +160,22 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
     return header, data_start
 
 
+def map_bytes(path: Path) -> tuple[Tensor, FileMap]:
+    """The whole file as a uint8 tensor over a private (copy-on-write) map, nothing read yet, and its FileMap.
+    Any format whose tensors are byte ranges (safetensors here, GGUF) slices its tensors from it."""
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
+    start = storage.data_ptr()
+    return torch.empty(0, dtype=torch.uint8).set_(storage), FileMap(path, start, start + storage.nbytes(), storage)
+
+
 def map_safetensors(path: Path) -> MappedWeights:
     header, data_start = read_safetensors_header(path)
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
-    whole = torch.empty(0, dtype=torch.uint8).set_(storage)
+    whole, file_map = map_bytes(path)
     tensors = {}
     for key, entry in header.items():
         begin, stop = (data_start + offset for offset in entry["data_offsets"])
         tensors[key] = _view(whole[begin:stop], SAFETENSORS_DTYPES[entry["dtype"]], entry["shape"])
-    start = storage.data_ptr()
-    return MappedWeights(tensors, [FileMap(path, start, start + storage.nbytes(), storage)])
+    return MappedWeights(tensors, [file_map])
 
 
 def _view(raw: Tensor, dtype: torch.dtype, shape: list[int]) -> Tensor:

@@ -48,7 +48,9 @@ def assign(model: nn.Module, key: str, value: Tensor, convert: Callable[[Tensor]
     `convert(value)` is what the model holds (moved, cast, dequantised: one tensor's worth of new memory).
     When it returns `value` itself or a view of it (dtype and device already right), the model holds the
     mapped memory: no copy, the file stays mapped while the model lives. Otherwise `release(value)` (e.g.
-    `MappedWeights.release`) drops the file pages the conversion read. Parameters are frozen (inference)."""
+    `MappedWeights.release`) drops the file pages the conversion read. Parameters are frozen (inference).
+    Any mapped source works the same way (safetensors, pickles, GGUF): `io.map_bytes` maps a file and gives
+    the FileMap whose `release` to pass; a quantized tensor kept as is just has an identity `convert`."""
     held = convert(value)
     if held.device != value.device or held.untyped_storage().data_ptr() != value.untyped_storage().data_ptr():
         release(value)
