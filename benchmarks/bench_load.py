@@ -20,6 +20,7 @@ Files go to --dir (default /tmp/vace_bench_load) and are deleted after each dtyp
 """
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -136,15 +137,28 @@ def tensor_specs(cfg, dtype: str) -> list[tuple[str, tuple, object]]:
     return specs
 
 
+POOL = 2**24 + 7  # N(0, 1) values drawn once; tensors take windows of it (randn of 2 billion values takes minutes)
+
+
+@functools.cache
+def normal_pool() -> torch.Tensor:
+    return torch.randn(POOL, generator=torch.Generator().manual_seed(0))
+
+
+def normal_values(n: int, seed: int) -> torch.Tensor:
+    """n standard normal values: a window of a pool drawn once, starting at a place set by `seed`."""
+    start = seed * 7919 % POOL
+    return normal_pool().repeat(-(-(start + n) // POOL))[start:start + n]
+
+
 def make_tensor(key: str, shape: tuple, dtype, seed: int, shapes: dict):
     """Random weights like trained layers (N(0, 1/fan_in)); fp8 matrices as ComfyUI writes them: weight / scale
     in fp8 with a float32 scale, here the one mapping 5 standard deviations to the fp8 maximum."""
     fp8_max = torch.finfo(torch.float8_e4m3fn).max
     if key.endswith(".scale_weight"):
         return torch.tensor(5 / math.sqrt(shapes[key[:-13] + ".weight"][-1]) / fp8_max)
-    g = torch.Generator().manual_seed(seed)
     std = 1 / math.sqrt(shape[-1] if len(shape) > 1 else 64)
-    value = torch.randn(shape, generator=g) * std
+    value = normal_values(math.prod(shape), seed).reshape(shape) * std
     if dtype == torch.float8_e4m3fn:
         return (value / (5 * std / fp8_max)).clamp(-fp8_max, fp8_max).to(dtype)
     return value.to(dtype)
