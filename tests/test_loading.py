@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_checkpoints import CFG, HEADS, random_state_dict, run
+from tests.test_checkpoints import CFG, HEADS, make_inputs, random_state_dict, run
 from vace_core.checkpoints import io, load_vace_model, save_checkpoint, split_vace_module
 from vace_core.checkpoints.fp8 import dequantize_tensor, drop_fp8_markers
 from vace_core.checkpoints.keymap import to_official
@@ -38,9 +38,7 @@ def weights():
 
 @pytest.fixture(scope="module")
 def inputs():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 16, 2, 4, 6, generator=g)
-    return x, torch.tensor([700.0]), torch.randn(1, 7, 32, generator=g), torch.randn(1, 96, 2, 4, 6, generator=g)
+    return make_inputs()
 
 
 def write(weights, folder: Path, layout: str, dtype, scaled) -> tuple[Path, Path | None]:
