@@ -59,7 +59,7 @@ def rewrite_prompt(route, posted: list):
 # the browser passes: the frontend ComfyUI 0.3.64 pins (every test), and the newest frontend package
 # (tests/conftest.py NEWEST_FRONTEND, served with --front-end-root) in the classic canvas and with "Modern Node
 # Design (Nodes 2.0)" on: the tests taking `ui` (editors, VCU strip, hidden widgets, template browser)
-PINNED, NEWEST, NODES_2 = "pinned frontend", "newest frontend", "newest frontend, Nodes 2.0"
+PINNED, NEWEST, NODES_2 = "pinned", "newest", "newest_nodes2"  # the passes (test ids)
 
 
 def open_page(browser, server, frontend: str):
