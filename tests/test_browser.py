@@ -274,8 +274,11 @@ def test_example_workflow_runs_from_the_ui_queue(page, name):
     run_to_a_video(page, name)
 
 
-def test_vcu_preview_after_a_run(ui):
+def test_vcu_preview_after_a_run(ui, request):
     page = ui
+    if page.frontend == NODES_2:  # strict: passes (and so fails as xfail) once fixed
+        request.applymarker(pytest.mark.xfail(strict=True, reason="Nodes 2.0 on the newest frontend: after the T2V "
+                                              "run the Build VCU node (with its preview) overlaps the node below it"))
     run_to_a_video(page, "vace_t2v")
     [build] = nodes_of(page, "VACEBuildVCU")
     show_node(page, build)
