@@ -67,7 +67,7 @@ def runtime_has(runtime: Runtime, module: str) -> bool:
     return subprocess.run([str(runtime.python), "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
-PACK_IMPORTS = ("cv2", "einops", "av", "mediapipe", "sam2", "hydra")
+PACK_IMPORTS = ("cv2", "einops", "av", "gguf", "mediapipe", "sam2", "hydra")
 
 
 @functools.cache
