@@ -150,9 +150,21 @@ def test_command_line_runs_a_wan22_release_folder(tmp_path, monkeypatch):
     # a tiny umt5 file with the tiny byte tokenizer does not exist)
     monkeypatch.setattr(cli, "_check_model_files", lambda args: None)
     args = ["run", "--prompt", "a cat", "--width", "48", "--height", "32", "--length", "5", "--steps", "3",
-            "--shift", "3", "--device", "cpu"]
+            "--shift", "3", "--cfg", "5", "--device", "cpu"]
+    calls = []
+    at = Experts.at
+
+    def spy(self, timestep, guidance):  # which expert runs each step, at which guidance
+        module, used = at(self, timestep, guidance)
+        calls.append((round(float(timestep)), self.which(timestep), used))
+        return module, used
+
+    monkeypatch.setattr(Experts, "at", spy)
     main([*args, "--model", str(tmp_path), "--cfg-low", "2", "--out", str(tmp_path / "two.mp4")])
+    # the grid by hand (shift 3, 3 steps: sigma = 3 s / (1 + 2 s), s = 0.99989, 0.66659, 0.33329): timesteps
+    # 999, 856, 599; the boundary 0.875 gives step 0 to the high-noise expert (cfg 5), steps 1-2 to the low (cfg 2)
+    assert list(dict.fromkeys(calls)) == [(999, "high", 5.0), (856, "low", 2.0), (599, "low", 2.0)]  # per step
     main([*args, "--model", str(tmp_path / "high_noise_model"), "--out", str(tmp_path / "one.mp4")])
     two, one = read_video(tmp_path / "two.mp4")[0], read_video(tmp_path / "one.mp4")[0]
     assert two.shape == one.shape == (5, 32, 48, 3)
-    assert (two - one).abs().mean() > 0.01  # the low-noise expert ran the later steps
+    assert (two - one).abs().mean() > 0.01  # the low-noise expert (its weights, cfg 2) ran the later steps
