@@ -71,8 +71,10 @@ def load_job(path) -> Job:
     for i, kind in enumerate(meta["kinds"]):
         refs = sorted((k for k in names if k.startswith(f"vcu.{i}.ref.")), key=lambda k: int(k.rsplit(".", 1)[1]))
         vcus.append(VCU(tensors[f"vcu.{i}.frames"], tensors[f"vcu.{i}.masks"], [tensors[k] for k in refs], kind))
+    settings = SamplerSettings(**meta["settings"])
+    settings.check()  # the sampler's ranges, as the node and the command line hold them
     return Job(vcus, tensors["positive"], tensors.get("negative"), [ContextStream(*s) for s in meta["streams"]],
-               SamplerSettings(**meta["settings"]))
+               settings)
 
 
 def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, tiling=None) -> torch.Tensor:
