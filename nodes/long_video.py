@@ -12,6 +12,7 @@ from comfy_execution.utils import get_executing_context
 
 from ..vace_core.colour import METHOD_HELP, METHODS, ColourAnchor, match_colours
 from ..vace_core.long_video import LongVideoSettings, generate_long, plan_windows
+from ..vace_core.pipeline import FEATHER
 from ..vace_core.settings import knobs
 from ..vace_core.vcu import to_images
 from . import memory
@@ -76,8 +77,7 @@ LONG_INPUTS = [
     widget(LONG["colour_masked"]),
     io.Boolean.Input("paste_kept", default=False,
                      tooltip="Paste the VCU's kept pixels (mask black) back over each window (editing tasks)."),
-    io.Int.Input("feather", default=8, min=0, max=256,
-                 tooltip="Soft edge in pixels where pasted pixels blend into generated ones."),
+    widget(FEATHER),
 ]
 
 

@@ -15,7 +15,7 @@ from vace_core.checkpoints import LoadSettings
 from vace_core.errors import VaceError
 from vace_core.experts import Experts
 from vace_core.long_video import LongVideoSettings
-from vace_core.pipeline import SamplerSettings
+from vace_core.pipeline import FEATHER, SamplerSettings
 from vace_core.regional import Regions
 from vace_core.sampling.guidance import STREAM_KNOBS
 from vace_core.sampling.presets import PRESETS
@@ -59,6 +59,7 @@ def links():
         (load["vae_dtype"], [("VACEVAELoader", "dtype")], "--vae-dtype", None),
         *((spec, [("VACESpeed", name)], "--" + name.replace("_", "-"), None) for name, spec in knobs(Speed).items()),
         *((size[name], [(n, name) for n in SIZED], f"--{name}", None) for name in ("width", "height", "length")),
+        (FEATHER, [("VACELongVideoSampler", "feather"), ("VACEDecode", "feather")], "--composite", None),
     ]
     return rows
 
@@ -66,12 +67,12 @@ def links():
 # the command line's own defaults where it has a reason to differ from the knob's
 CLI_DEFAULTS = {"--steps": None, "--cfg": None, "--shift": None, "--sampler": None,  # None: the --preset's
                 "--teacache": 0.0,  # off unless asked for (the node is on by being connected)
-                "--cfg-low": None}  # 3, or a speed-LoRA preset's cfg (see __main__._guidance_low)
+                "--cfg-low": None,  # 3, or a speed-LoRA preset's cfg (see __main__._guidance_low)
+                "--composite": None}  # no paste-back unless asked for
 # node widgets of these nodes that are no knob, and why
 NODE_ONLY = {("VACESampler", "offload_after"): "a server's memory choice; the command line exits after the run",
              ("VACELongVideoSampler", "offload_after"): "same",
              ("VACELongVideoSampler", "paste_kept"): "--composite FEATHER (paste_kept + feather in one flag)",
-             ("VACELongVideoSampler", "feather"): "--composite FEATHER",
              ("VACEStepCache", "coefficients"): "--teacache-coefficients (labels checked below)",
              ("VACEModelLoader", "block_swap"): "ComfyUI's partial loading; the command line has --fsdp instead"}
 CHECKED_NODES = {"VACESampler", "VACELongVideoSampler", "VACERegionalPrompts", "VACEStepCache",
@@ -184,6 +185,7 @@ def test_knob_defaults_are_the_official_settings():
     (["--region-strength", "0.3", "inf"],
      "argument --region-strength: inf is not a finite number; the range is from 0 to 10 (as on the node)"),
     (["--window", "300"], "argument --window: 300 is outside the range from 5 to 257 (as on the node)"),
+    (["--composite", "-3"], "argument --composite: -3 is outside the range from 0 to 256 (as on the node)"),
     (["--ffn-chunk", "8"], "error: ffn_chunk 8: chunking the FFN needs lean on (--lean; the VACE Speed node's "
                            "lean): the chunks are written into the residual stream in place"),
 ])
@@ -231,6 +233,9 @@ def test_speed_flags_reach_the_model_and_off_leaves_it_untouched(monkeypatch, tm
     model = seen["model"]
     assert model.speed == Speed(lean=True, ffn_chunk=256)
     assert all(b.lean and b.ffn_chunk == 256 for b in [*model.blocks, *model.vace_blocks])
+    with pytest.raises(SystemExit):
+        main(["run", "--compile", "--out", str(tmp_path / "d.mp4")])
+    assert all("forward" in b.__dict__ for b in seen["model"].blocks)  # compiled per block (compiles on first call)
     with pytest.raises(SystemExit) as refused:  # the embedded model is fp32: fp8 compute would change nothing
         main(["run", "--fp8-compute", "--out", str(tmp_path / "c.mp4")])
     assert "fp8 compute multiplies fp8 e4m3 weights, and this model holds none" in str(refused.value)
@@ -255,3 +260,25 @@ def test_new_flags_reach_their_settings(monkeypatch, tmp_path):
     from vace_core.step_cache import COEFFICIENTS
 
     assert seen["settings"].step_cache.coefficients == COEFFICIENTS["t_emb", 5120]
+
+
+def test_wan22_experts_get_the_switches_and_the_low_noise_cfg_default(monkeypatch, tmp_path):
+    """Both experts get the speed switches; --cfg-low defaults to Wan2.2's 3 as the node does, or to a speed-LoRA
+    preset's cfg (such LoRAs run both experts without guidance)."""
+    from safetensors.torch import save_file
+
+    from vace_core import __main__ as cli
+    from vace_core.embedded import tiny_model
+
+    for seed, name in enumerate(("high_noise_model", "low_noise_model")):
+        (tmp_path / name).mkdir()
+        save_file(tiny_model(seed).state_dict(), tmp_path / name / "diffusion_pytorch_model.safetensors")
+    monkeypatch.setattr(cli, "_check_model_files", lambda args: None)
+    seen = capture_model(monkeypatch)
+    args = ["run", "--model", str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "x.mp4")]
+    for extra, guidance_low in (([], 3.0), (["--preset", "lightx2v"], 1.0), (["--cfg-low", "2"], 2.0)):
+        with pytest.raises(SystemExit):
+            cli.main([*args, "--lean", *extra])
+        experts = seen["model"]
+        assert experts.guidance_low == guidance_low
+        assert experts.high.speed == experts.low.speed == Speed(lean=True)

@@ -329,6 +329,7 @@ def _model_flags(run):
 
 
 def _run_parser(sub):
+    from .pipeline import FEATHER
     from .tasks import TaskInputs
 
     run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
@@ -352,7 +353,8 @@ def _run_parser(sub):
     _sampling_flags(run)
     run.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:CONTEXT]]",
                      help="a Wan2.1 LoRA (repeatable), e.g. causvid.safetensors:0.5")
-    run.add_argument("--composite", type=int, metavar="FEATHER", help="paste kept pixels back (feather in px)")
+    add_flag(run, FEATHER, "--composite", default=None, metavar="FEATHER",
+             help_suffix=" Given: paste the kept pixels (mask black) back, with this soft edge.")
     _long_video_flags(run)
     _model_flags(run)
     run.add_argument("--vae", help="Wan2.1 VAE file; default: the embedded tiny VAE")

@@ -25,7 +25,7 @@ from .sampling import (
     sigma_to_timestep,
 )
 from .sampling.loop import MAX_SEED
-from .settings import check, knob
+from .settings import Knob, check, knob
 from .step_cache import TeaCache
 from .text import TEXT_LEN
 from .vcu import VCU, encode_vcu
@@ -134,6 +134,9 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
 def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:
     """Drops the reference frames' latents, then decodes: -> (3, T, H, W) in [-1, 1]."""
     return vae_decode(latent[:, :, references:])[0].clamp(-1, 1)
+
+
+FEATHER = Knob("feather", 8, "Soft edge in pixels where pasted pixels blend into generated ones.", min=0, max=256)
 
 
 def composite(video: Tensor, vcu: VCU, feather: int = 0) -> Tensor:
