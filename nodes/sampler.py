@@ -16,7 +16,7 @@ from ..vace_core.sampling.guidance import STREAM_KNOBS
 from ..vace_core.settings import knobs
 from ..vace_core.vae import to_comfy_latent
 from . import memory
-from .experts import two_experts
+from .experts import loaded_models, two_experts
 from .inputs import widget
 from .preview import vcu_ui
 from .speed import use_speed
@@ -129,7 +129,8 @@ class VaceSampler(io.ComfyNode):
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
         units, settings_per_stream = context_streams(streams)
-        use_speed(vace_model, *([low_noise_expert.model] if low_noise_expert is not None else []))
+        experts = loaded_models(vace_model, low_noise_expert)
+        use_speed(*experts)
         patcher = vace_model.patcher
         texts = [text_features(c, what, patcher.model.config.text_dim)
                  for c, what in ((positive, "positive"), (negative, "negative"))]
@@ -143,11 +144,8 @@ class VaceSampler(io.ComfyNode):
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
         settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache)
 
-        def load(loaded):
-            return memory.load(loaded.patcher, reserve + memory.swap_reserve(loaded.patcher.model, loaded.block_swap))
-
-        experts = [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else [])
-        model = load(vace_model) if low_noise_expert is None else two_experts(vace_model, low_noise_expert, load)
+        model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
+            if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
         hooks = [h for e in experts for h in interrupt_hooks(e.patcher.model)]
         try:
             latent = sample_latent(model, contexts, *texts, settings_per_stream, settings,

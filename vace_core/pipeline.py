@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .denoiser import Layer, Step
 from .errors import VaceError
 from .experts import as_experts
 from .sampling import (
@@ -77,17 +78,19 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None, model_input=None, regions=None) -> Tensor:
+                  callback=None, device=None, regions=None, layers: Sequence[Layer] = ()) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
-    model: a VaceTransformer, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
+    model: a `denoiser.Denoiser`, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
     t >= boundary, then the low-noise one and its guidance). streams: (strength, start, end) per context, default
     full strength over every step. Guidance runs the negative prompt in the same batch (with the same contexts,
-    as the reference does); guidance 1 skips it. settings.step_cache (TeaCache) skips the blocks of steps it
-    deems redundant. callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
-    model_input(x, sigma) -> x is what the DiT sees at each step (the solver keeps its own x): long video
-    re-noises carried-over latents there. regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional
-    prompts, `positive` being their text.
+    as the reference does); guidance 1 skips it. callback(step, total, x, x0_preview) may stop the run (see
+    sampling.sample). device: where the inputs go (default: the model's).
+
+    Features reach the denoiser as layers (vace_core.denoiser): every step, the expert of the timestep gets
+    settings.step_cache (TeaCache: skips the blocks of steps it deems redundant), then `layers` in order (long
+    video's window blending, carry guidance, latent replacement), then `regions` (a `regional.RegionalLayout`
+    from `Regions.for_vcu`: regional prompts, `positive` being their text).
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
@@ -96,38 +99,36 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
         raise VaceError("VACE needs at least one VCU (use text_to_video() for plain text-to-video)")
     sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
     experts = as_experts(model)
-    first, _ = experts.at(sigma_to_timestep(float(sigmas[0]), settings.schedule), settings.guidance)
-    dtype = getattr(first, "compute_dtype", next(first.parameters()).dtype)
-    device = device or next(first.parameters()).device  # given when weights stream from the CPU (low VRAM)
+    dtype, device = experts.compute_dtype, device or experts.device
     guided = negative is not None and any(g != 1 for g in experts.guidances(settings.guidance))
     text = _text_batch(positive, negative if guided else None, dtype).to(device)
     contexts = [c.to(device, dtype) for c in contexts]
     if regions is not None:
         regions.regions.check_text(positive)
-    run_model = settings.step_cache or (lambda net, *args, step, key, **bias: net(*args, **bias))
-    if settings.step_cache is not None:
-        settings.step_cache.begin(settings.steps)
+    cache = settings.step_cache
+    stack = [*([cache.layer] if cache is not None else []), *layers, *([regions.layer] if regions is not None else [])]
+    if cache is not None:
+        cache.begin(settings.steps)
 
-    def denoise(x, sigma, step):
-        if model_input is not None:
-            x = model_input(x, sigma)
+    def denoise(x, sigma, i):
         timestep = sigma_to_timestep(sigma, settings.schedule)
         net, guidance = experts.at(timestep, settings.guidance)
+        strengths = context_strengths(streams, i, settings.steps)
+        step = Step(i, settings.steps, sigma, timestep, tuple(strengths))
+        for layer in stack:
+            net = layer(net, step)
         rows = 2 if guided and guidance != 1 else 1  # a cfg-1 expert skips the negative pass
-        strengths = context_strengths(streams, step, settings.steps)
         active = [(c, s) for c, s in zip(contexts, strengths, strict=True) if s]
-        bias = regions.biases(timestep, step, settings.steps, rows) if regions is not None else {}
         with torch.no_grad():
-            v = run_model(net, x.to(dtype).expand(rows, -1, -1, -1, -1), torch.full((rows,), timestep, device=device),
-                          text[:rows], [c for c, _ in active], [s for _, s in active],
-                          step=step, key=(*strengths, bool(bias)), **bias).float()
+            v = net(x.to(dtype).expand(rows, -1, -1, -1, -1), torch.full((rows,), timestep, device=device),
+                    text[:rows], [c for c, _ in active], [s for _, s in active]).float()
         return cfg(v[:1], v[1:], guidance) if rows == 2 else v
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
     latent = sample(denoise, noise, sigmas, settings.solver, callback, generator)
-    if settings.step_cache is not None:
-        log.info("%s", settings.step_cache.stats)
+    if cache is not None:
+        log.info("%s", cache.stats)
     return latent
 
 
