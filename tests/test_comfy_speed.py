@@ -7,25 +7,21 @@ by name."""
 import pytest
 import torch
 
-from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages
+from tests.integration.comfy_server import messages
 from tests.integration.fixtures import write_inputs, write_models
+from tests.integration.graphs import FRAMES, H, W
 from tests.integration.native_graphs import run_latent
 from tests.test_comfy_caching_experts import latent_graph
-from tests.test_comfy_integration import FRAMES, H, W
-
-RUNTIME = find_runtime()
-if RUNTIME is None:
-    pytest.skip(RUNTIME_HINT, allow_module_level=True)
 
 OFF = {"compile": False, "lean": False, "ffn_chunk": 0, "fp8_compute": False}
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+def comfy(comfy_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_speed_node")
     write_models(base)
     write_inputs(base, H, W, FRAMES)
-    with ComfyServer(RUNTIME, base) as server:
+    with comfy_server.serving(base) as server:
         yield server
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.comfy_server import find_runtime
 from tests.integration.node_schemas import node_schemas
 from vace_core.__main__ import parser
 from vace_core.checkpoints import LoadSettings
@@ -133,11 +132,8 @@ def drift(schemas: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def schemas():
-    runtime = find_runtime()
-    if runtime is None:
-        pytest.skip("needs ComfyUI's runtime to read the node schemas (tests/integration/comfy_server.py)")
-    return node_schemas(runtime)
+def schemas(comfy_runtime):
+    return node_schemas(comfy_runtime)
 
 
 def test_every_node_input_and_flag_matches_its_knob(schemas):
