@@ -19,6 +19,7 @@ from . import (
     native,
     regional,
     sampler,
+    speed,
     vcu_nodes,
 )
 from .files import register_gguf_folder
@@ -35,7 +36,7 @@ class VaceExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         nodes = [*loaders.NODES, *vcu_nodes.NODES, *annotator_nodes.NODES, *sampler.NODES, *decode.NODES,
                  *long_video.NODES, *regional.NODES, *lora.NODES, *native.NODES, *caching.NODES, *experts.NODES,
-                 *job.NODES]
+                 *job.NODES, *speed.NODES]
         return [guard(node) for node in nodes]  # every node of the pack gets the input guard (nodes/guard.py)
 
 

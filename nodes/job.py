@@ -9,9 +9,8 @@ from comfy_api.latest import io, ui
 from ..vace_core.config import VACE_14B
 from ..vace_core.errors import VaceError
 from ..vace_core.job import Job, save_job
-from ..vace_core.pipeline import SamplerSettings
 from .regional import REGIONAL
-from .sampler import SOLVERS, VaceSampler, context_streams, text_features
+from .sampler import VaceSampler, context_streams, sampler_settings, text_features
 from .types import CATEGORY
 
 # the sampler's own inputs (same names, defaults and tooltips), less the models and what only a live run needs
@@ -43,7 +42,7 @@ class SaveVaceJob(io.ComfyNode):
         width = VACE_14B.text_dim  # umt5-xxl, the text encoder of every VACE model
         job = Job(units, text_features(positive, "positive", width).cpu(),
                   text_features(negative, "negative", width).cpu(), stream_settings,
-                  SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed))
+                  sampler_settings(steps, cfg, shift, sampler, seed))
         root = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
         filename = f"{name}_{counter:05}.safetensors"

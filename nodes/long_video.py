@@ -11,13 +11,16 @@ import latent_preview
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
-from ..vace_core.colour import METHODS, ColourAnchor, match_colours
-from ..vace_core.long_video import FUSED_WEIGHTS, MODES, LongVideoSettings, generate_long, plan_windows
-from ..vace_core.pipeline import SamplerSettings
+from ..vace_core.colour import METHOD_HELP, METHODS, ColourAnchor, match_colours
+from ..vace_core.long_video import LongVideoSettings, generate_long, plan_windows
+from ..vace_core.pipeline import FEATHER
+from ..vace_core.settings import knobs
 from ..vace_core.vcu import to_images
 from . import memory
-from .experts import two_experts
-from .sampler import SOLVERS, VaceSampler, context_streams, text_features
+from .experts import loaded_models, two_experts
+from .inputs import widget
+from .sampler import VaceSampler, context_streams, sampler_settings, text_features
+from .speed import use_speed
 from .types import CATEGORY
 
 log = logging.getLogger("vace")
@@ -43,54 +46,16 @@ def progress(windows: int, steps: int, device, references: int):
     return callback
 
 
-METHOD_TOOLTIP = ("Colour matching, per frame: reinhard matches LAB mean/std; mkl matches the full RGB colour "
-                  "covariance (KJNodes' mkl) and removes tints that mix channels better.")
+LONG = knobs(LongVideoSettings)
 LONG_INPUTS = [
-    io.Combo.Input("mode", options=list(MODES), default="autoregressive",
-                   tooltip="autoregressive: each window continues from the last frames of the one before (best "
-                           "continuity). hierarchical: sparse keyframes over the whole video first, then each gap "
-                           "interpolated between two keyframes (no accumulated drift; motion between keyframes "
-                           "must be inferable). fused: overlapping windows denoised together and blended every "
-                           "step (no carried frames; for comparison, softer seams but less coherent)."),
-    io.Int.Input("window", default=81, min=5, max=257, step=4,
-                 tooltip="Frames per window (4n+1). 81 is what VACE was trained on; shorter windows need less "
-                         "memory but carry the video forward more often (more seams, more drift)."),
-    io.Int.Input("overlap", default=5, min=1, max=255,
-                 tooltip="Frames each window takes over from the one before, kept as given (mask 0). 5 (two "
-                         "latent frames) carries motion; more gives smoother seams but fewer new frames per "
-                         "window. fused mode: the overlap of the blended windows (17 blends well)."),
-    io.Int.Input("discard", default=0, min=0, max=64,
-                 tooltip="Frames dropped from the end of each window but the last (a window's last frames are its "
-                         "weakest); the next window starts earlier instead."),
-    io.Float.Input("perturbation", default=0.02, min=0.0, max=1.0, step=0.005,
-                   tooltip="Noise level mixed into the carried frames' context (LVDM conditional latent "
-                           "perturbation): makes each window tolerant of small errors in the frames it continues "
-                           "from, so errors compound less. 0.02 as Wan2GP; 0 = off; above 0.1 loosens continuity."),
-    io.Boolean.Input("replace_latents", default=False,
-                     tooltip="At every step the model sees the carried frames' latents re-noised to the current "
-                             "level (latent replacement): a firmer grip on the carried frames, fewer seams."),
-    io.Float.Input("carry_guidance", default=0.0, min=0.0, max=10.0, step=0.1,
-                   tooltip="LVDM unconditional guidance: pushes each window away from what it would make without "
-                           "the carried frames (v + w (v_carried - v_without)); fights slow degradation. One more "
-                           "model pass per step; 0 = off, 0.5-2 to try."),
-    io.Int.Input("keyframes", default=0, min=0, max=257, step=4,
-                 tooltip="hierarchical: keyframes in the first pass (4n+1, at most the window). 0 = as few as keep "
-                         "each gap within a window; more keyframes follow fast motion better."),
-    io.Combo.Input("fused_weights", options=list(FUSED_WEIGHTS), default="linear",
-                   tooltip="fused: how overlapping windows blend: linear ramps across the overlaps, or pyramids."),
-    io.Combo.Input("colour_method", options=list(METHODS), default="reinhard", tooltip=METHOD_TOOLTIP),
-    io.Float.Input("colour_strength", default=1.0, min=0.0, max=1.0, step=0.05,
-                   tooltip="How fully each window's colours are matched to the anchor (0 = off). Removes colour and "
-                           "exposure drift between windows; lower it when the scene's colours really change."),
+    *(widget(spec) for name, spec in LONG.items() if name != "colour_masked"),
     io.Image.Input("colour_anchor", optional=True,
                    tooltip="The fixed colour anchor (e.g. a reference image or the clip you extend). Default: the "
                            "first window. Never the previous window, which would let drift accumulate."),
-    io.Boolean.Input("colour_masked", default=False,
-                     tooltip="Take colour statistics and make changes only where the VCU generates (mask white)."),
+    widget(LONG["colour_masked"]),
     io.Boolean.Input("paste_kept", default=False,
                      tooltip="Paste the VCU's kept pixels (mask black) back over each window (editing tasks)."),
-    io.Int.Input("feather", default=8, min=0, max=256,
-                 tooltip="Soft edge in pixels where pasted pixels blend into generated ones."),
+    widget(FEATHER),
 ]
 
 
@@ -112,12 +77,13 @@ class VaceLongVideoSampler(io.ComfyNode):
                 fused_weights, colour_method, colour_strength, colour_masked, paste_kept, feather,
                 colour_anchor=None, regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
         units, stream_settings = context_streams(streams)
-        long = LongVideoSettings(window=window, overlap=overlap, discard=discard, mode=mode, perturbation=perturbation,
+        long = LongVideoSettings(mode=mode, window=window, overlap=overlap, discard=discard, perturbation=perturbation,
                                  replace_latents=replace_latents, carry_guidance=carry_guidance, keyframes=keyframes,
                                  fused_weights=fused_weights, colour_method=colour_method,
                                  colour_strength=colour_strength, colour_anchor=colour_anchor,
                                  colour_masked=colour_masked)
         windows = 1 if mode == "fused" else len(plan_windows(units[0].length, long))
+        use_speed(*loaded_models(vace_model, low_noise_expert))
         patcher = vace_model.patcher
         window_latent = (len(units[0].references) + (min(window, units[0].length) - 1) // 4 + 1,
                          *units[0].latent_shape[1:])
@@ -129,8 +95,7 @@ class VaceLongVideoSampler(io.ComfyNode):
         model = memory.Managed(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
             if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
-        settings = SamplerSettings(steps=steps, guidance=cfg, shift=shift, solver=SOLVERS[sampler], seed=seed,
-                                   step_cache=step_cache)
+        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache)
         width = patcher.model.config.text_dim
         try:
             result = generate_long(
@@ -140,7 +105,7 @@ class VaceLongVideoSampler(io.ComfyNode):
                 feather if paste_kept else None, device=device, regions=regions)
         finally:
             if offload_after:
-                for loaded in [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else []):
+                for loaded in loaded_models(vace_model, low_noise_expert):
                     memory.offload(loaded.patcher)
         if result.interrupted:
             if not result.video.shape[1]:
@@ -163,7 +128,7 @@ class ColorMatch(io.ComfyNode):
                 io.Image.Input("images", tooltip="The frames to correct."),
                 io.Image.Input("anchor", tooltip="The colours to match: a reference image, or the first frames of "
                                                  "the video (every pixel of the batch counts)."),
-                io.Combo.Input("method", options=list(METHODS), default="reinhard", tooltip=METHOD_TOOLTIP),
+                io.Combo.Input("method", options=list(METHODS), default="reinhard", tooltip=METHOD_HELP),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="0 = unchanged, 1 = fully matched. Lower it when the scene's colours "
                                        "really change (matching would undo that too)."),

@@ -7,6 +7,7 @@ layout and refuses LoRAs of another family or size; ComfyUI's own weight adapter
 do the math, as its native LoRA loaders do.
 """
 
+import dataclasses
 import logging
 
 import comfy.lora
@@ -16,7 +17,6 @@ from comfy_api.latest import io
 from ..vace_core.lora import CONTEXT_PREFIXES, plan_lora
 from ..vace_core.lora.apply import param_shapes, read_lora
 from .files import FileInput, resolve
-from .loaders import LoadedVace
 from .types import CATEGORY, VaceModel
 
 log = logging.getLogger("vace")
@@ -82,7 +82,7 @@ class VaceLora(io.ComfyNode):
         lora = read_lora(resolve("loras", lora_name))  # the pack's checks: damaged, unsafe or NaN files named
         patcher, report = with_lora(vace_model.patcher, lora, lora_name, strength, context_strength)
         (log.warning if "skipped" in report else log.info)("VACE LoRA %s", report)
-        return io.NodeOutput(LoadedVace(patcher, vace_model.block_swap))
+        return io.NodeOutput(dataclasses.replace(vace_model, patcher=patcher))
 
 
 NODES = [VaceLora]

@@ -12,14 +12,19 @@ from comfy_api.latest import io
 from ..vace_core.errors import VaceError
 from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream
+from ..vace_core.sampling.guidance import STREAM_KNOBS
+from ..vace_core.settings import knobs
 from ..vace_core.vae import to_comfy_latent
 from . import memory
-from .experts import two_experts
+from .experts import loaded_models, two_experts
+from .inputs import widget
 from .preview import vcu_ui
+from .speed import use_speed
 from .types import CATEGORY, VCU, LowNoiseExpert, RegionsType, StepCache, VaceModel, VaceVAE
 
 STREAMS = 3
-SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m", "lcm": "lcm"}
+SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m", "lcm": "lcm"}  # ComfyUI's names -> ours
+SETTINGS = knobs(SamplerSettings)
 
 
 def stream_inputs(i: int):
@@ -28,13 +33,25 @@ def stream_inputs(i: int):
         VCU.Input(f"vcu{suffix}", optional=optional,
                   tooltip="A VCU (from Build VCU and friends)." if i == 1 else
                   "Another VCU as its own context stream, with its own strength (e.g. pose 1.0 + reference 0.7)."),
-        io.Float.Input(f"strength{suffix}", default=1.0, min=0.0, max=10.0, step=0.01, optional=optional,
-                       tooltip="How strongly this VCU steers the video (context scale)."),
-        io.Float.Input(f"start{suffix}", default=0.0, min=0.0, max=1.0, step=0.01, optional=optional,
-                       tooltip="Fraction of the steps where this VCU starts to apply."),
-        io.Float.Input(f"end{suffix}", default=1.0, min=0.0, max=1.0, step=0.01, optional=optional,
-                       tooltip="Fraction of the steps where this VCU stops applying."),
+        *[widget(spec, f"{name}{suffix}", optional=optional) for name, spec in STREAM_KNOBS.items()],
     ]
+
+
+def sampling_inputs():
+    """steps, cfg, shift, sampler, seed: SamplerSettings' knobs."""
+    return [
+        widget(SETTINGS["steps"]),
+        widget(SETTINGS["guidance"], "cfg"),
+        widget(SETTINGS["shift"]),
+        widget(SETTINGS["solver"], "sampler", labels=SOLVERS),
+        widget(SETTINGS["seed"], control_after_generate=True),
+    ]
+
+
+def sampler_settings(steps, cfg, shift, sampler, seed, step_cache=None) -> SamplerSettings:
+    """The sampling_inputs' values -> SamplerSettings."""
+    return SamplerSettings(steps=steps, guidance=cfg, shift=shift, solver=SOLVERS[sampler], seed=seed,
+                           step_cache=step_cache)
 
 
 def context_streams(streams: dict) -> tuple[list, list[ContextStream]]:
@@ -93,16 +110,7 @@ class VaceSampler(io.ComfyNode):
                                                           "(Load CLIP, type wan)."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt (Wan's default one works well)."),
                 *[inp for i in range(1, STREAMS + 1) for inp in stream_inputs(i)],
-                io.Int.Input("steps", default=50, min=1, max=200, tooltip="Sampling steps (official: 50)."),
-                io.Float.Input("cfg", default=5.0, min=1.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance (official: 5). 1 skips the negative pass."),
-                io.Float.Input("shift", default=16.0, min=0.1, max=100.0, step=0.1,
-                               tooltip="Sigma shift (official VACE: 16). Higher spends more steps on layout."),
-                io.Combo.Input("sampler", options=list(SOLVERS), default="unipc",
-                               tooltip="Flow-matching solver. unipc is the official one; with a speed LoRA "
-                                       "(CausVid, lightx2v) euler or lcm at cfg 1 (README: Presets)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed: the same seed gives the same noise on every device."),
+                *sampling_inputs(),
                 io.Boolean.Input("offload_after", default=False,
                                  tooltip="Move the model off the GPU when done (frees VRAM for decoding)."),
                 RegionsType.Input("regions", optional=True,
@@ -121,6 +129,8 @@ class VaceSampler(io.ComfyNode):
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
         units, settings_per_stream = context_streams(streams)
+        experts = loaded_models(vace_model, low_noise_expert)
+        use_speed(*experts)
         patcher = vace_model.patcher
         texts = [text_features(c, what, patcher.model.config.text_dim)
                  for c, what in ((positive, "positive"), (negative, "negative"))]
@@ -132,9 +142,8 @@ class VaceSampler(io.ComfyNode):
         vae = memory.load(vace_vae)
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
-        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, step_cache)
+        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache)
 
-        experts = [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else [])
         model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
             if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
         hooks = [h for e in experts for h in interrupt_hooks(e.patcher.model)]

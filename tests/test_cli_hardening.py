@@ -157,8 +157,8 @@ def test_rank_and_world_size_without_master_addr_is_one_line(tmp_path, no_model,
 
 @pytest.mark.parametrize("flags,named", [
     (("--model-low", "low.safetensors"), "--model-low sets"),
-    (("--boundary", "5"), "--boundary sets"),
-    (("--cfg-low", "nan", "--boundary", "0.9"), "--boundary, --cfg-low set"),
+    (("--boundary", "0.9"), "--boundary sets"),
+    (("--cfg-low", "3", "--boundary", "0.9"), "--boundary, --cfg-low set"),
 ])
 def test_expert_flags_without_model_are_refused(tmp_path, no_model, flags, named):
     assert run(*flags, out=tmp_path / "x.mp4") == (

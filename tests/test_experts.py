@@ -73,7 +73,8 @@ def test_same_video_as_diffusers_two_experts(setup, guidance, guidance_low, task
     vcu = inpaint_vcu() if task == "inpaint" else text_to_video(FRAMES, H, W)
     expected = run_diffusers(pipe, guidance, guidance_low, None if task == "t2v" else vcu)
     positive, negative = texts()
-    settings = SamplerSettings(SETTINGS.steps, guidance, SETTINGS.shift, "unipc", "diffusers", SETTINGS.seed)
+    settings = SamplerSettings(steps=SETTINGS.steps, guidance=guidance, shift=SETTINGS.shift, schedule="diffusers",
+                               seed=SETTINGS.seed)
     out = generate(experts, vae, vcu, positive[0], negative[0], settings=settings)
     err = (out - expected).abs().max().item()
     print(f"{task}, guidance {guidance} / {guidance_low}: max abs difference {err:.2e}")
@@ -118,7 +119,8 @@ def test_step_cache_keeps_one_cache_per_expert(setup):
     cache.should_compute = record
     contexts, (positive, negative) = [torch.randn(1, 96, 3, 4, 6)], texts()
     sample_latent(experts, contexts, positive, negative,
-                  settings=SamplerSettings(6, 5.0, 3.0, "unipc", "diffusers", 1, step_cache=cache))
+                  settings=SamplerSettings(steps=6, guidance=5.0, shift=3.0, schedule="diffusers", seed=1,
+                                                  step_cache=cache))
     # high: steps 0-1 (0 computed, 1 cached); low from step 2: its first step computes (its own empty cache)
     assert [step for step, computed in decided if computed] == [0, 2, 5]
 

@@ -7,11 +7,10 @@ import sys
 import torch
 
 from .errors import VaceError
+from .experts import WAN22_BOUNDARY
 from .outputs import check_writable
+from .settings import add_flag, knobs
 from .video_io import WRITE_EXTS
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 def _demo(args):
@@ -51,8 +50,10 @@ def _check_model_files(args):
                         "the embedded tiny defaults only work with each other")
 
 
-MODEL_FLAGS = (("--model-low", "model_low"), ("--base-low", "base_low"), ("--boundary", "boundary"),
-               ("--cfg-low", "cfg_low"), ("--base", "base"), ("--weight-dtype", "weight_dtype"))
+# (flag, dest, its default): a flag counts as given when it holds anything else
+MODEL_FLAGS = (("--model-low", "model_low", None), ("--base-low", "base_low", None),
+               ("--boundary", "boundary", WAN22_BOUNDARY), ("--cfg-low", "cfg_low", None), ("--base", "base", None),
+               ("--weight-dtype", "weight_dtype", "default"))
 EXPERT_FLAGS = ("--boundary", "--cfg-low", "--base-low")
 
 
@@ -60,7 +61,7 @@ def _check_model_flags(args):
     """Flags that set up the model given with --model are refused where they would be ignored."""
     from .experts import expert_folders
 
-    given = [flag for flag, name in MODEL_FLAGS if getattr(args, name) is not None]
+    given = [flag for flag, name, default in MODEL_FLAGS if getattr(args, name) != default]
     if given and not args.model:
         verb = "set" if len(given) > 1 else "sets"
         raise VaceError(f"{', '.join(given)} {verb} up the model given with --model (Wan2.2: --model is the high-noise "
@@ -94,24 +95,26 @@ def _models(args):
     # --fsdp: the weights stay on the CPU until FSDP2 moves each block's shard to this process's GPU
     model_device = "cpu" if args.fsdp else device
     if args.model:
-        from .checkpoints import load_vace_model
-        from .experts import WAN22_BOUNDARY, expert_folders, load_experts
+        from .checkpoints import COMPUTE_DTYPES, DTYPES, load_vace_model
+        from .experts import expert_folders, load_experts
 
-        compute = torch.bfloat16 if device.type == "cuda" else None  # as if loaded on the GPU
-        kwargs = {"storage_dtype": DTYPES.get(args.weight_dtype), "device": model_device, "compute_dtype": compute}
+        auto = torch.bfloat16 if device.type == "cuda" else None  # as if loaded on the GPU
+        kwargs = {"storage_dtype": DTYPES.get(args.weight_dtype), "device": model_device,
+                  "compute_dtype": COMPUTE_DTYPES.get(args.compute_dtype, auto), "attention_backend": args.attention}
         if args.model_low or expert_folders(args.model):  # Wan2.2: two experts
             model = load_experts(args.model, args.model_low, base_high=args.base, base_low=args.base_low,
-                                 boundary=WAN22_BOUNDARY if args.boundary is None else args.boundary,
-                                 guidance_low=args.cfg_low, **kwargs)
+                                 boundary=args.boundary, guidance_low=_guidance_low(args), **kwargs)
         else:
             model = load_vace_model(args.model, args.base, **kwargs)
     else:
         model = tiny_model().to(model_device)
     _apply_loras(model, args.lora)
+    _apply_speed(model, args)
     if args.vae:
+        from .checkpoints import COMPUTE_DTYPES
         from .vae import load_vae
 
-        vae = load_vae(args.vae, device=device)
+        vae = load_vae(args.vae, dtype=COMPUTE_DTYPES.get(args.vae_dtype), device=device)
     else:
         vae = tiny_vae().to(device)
     text = None  # a job file carries its encoded prompts
@@ -126,6 +129,37 @@ def _models(args):
     if not args.model:
         print("using the embedded tiny default model, VAE and text encoder (random weights: a demo, not a video)")
     return model, vae, text
+
+
+def _guidance_low(args) -> float:
+    """--cfg-low, else the distilled preset's cfg (a speed LoRA runs both experts at it), else Wan2.2's 3."""
+    from .experts import Experts
+    from .sampling.presets import preset
+
+    if args.cfg_low is not None:
+        return args.cfg_low
+    if args.preset and args.preset != "official":
+        return preset(args.preset).guidance
+    return knobs(Experts)["guidance_low"].default
+
+
+def _speed(args):
+    """--compile / --lean / --ffn-chunk / --fp8-compute as a Speed, or None when all are off (the exact path)."""
+    from .speed import Speed
+
+    chosen = {name: getattr(args, name) for name in knobs(Speed)}
+    return Speed(**chosen) if chosen != {name: k.default for name, k in knobs(Speed).items()} else None
+
+
+def _apply_speed(model, args):
+    """The speed switches on the DiT (both Wan2.2 experts); nothing changes when they are off."""
+    from .experts import Experts
+    from .speed import apply_speed
+
+    speed = _speed(args)
+    if speed is not None:
+        for net in [model.high, model.low] if isinstance(model, Experts) else [model]:
+            apply_speed(net, speed)
 
 
 def _lora_spec(spec: str) -> tuple[str, list[float]]:
@@ -157,7 +191,7 @@ def _settings(args):
     """The sampler settings: explicit flags, else the preset's, else the official VACE ones."""
     from .pipeline import SamplerSettings
     from .sampling.presets import lora_strength, preset
-    from .step_cache import TeaCache
+    from .step_cache import COEFFICIENTS, SIZES, TeaCache
 
     chosen = preset(args.preset or "official")
     values = {k: getattr(args, k) if getattr(args, k) is not None else getattr(chosen, v)
@@ -165,8 +199,13 @@ def _settings(args):
     if args.preset and args.preset != "official":
         print(f"preset {args.preset}: {values['steps']} steps, cfg {values['cfg']}, shift {values['shift']}, "
               f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
-    cache = TeaCache(args.teacache, args.teacache_mode) if args.teacache else None
-    return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed, cache)
+    cache = None
+    if args.teacache:
+        size = SIZES[args.teacache_coefficients]
+        cache = TeaCache(threshold=args.teacache, mode=args.teacache_mode,
+                         coefficients=None if size is None else COEFFICIENTS[args.teacache_mode, size])
+    return SamplerSettings(steps=values["steps"], guidance=values["cfg"], shift=values["shift"],
+                           solver=values["sampler"], seed=args.seed, step_cache=cache)
 
 
 def _check_launch(args) -> bool:
@@ -241,25 +280,29 @@ def _parallel(args, model):
 
 def _run(args):
     from .long_video import LongVideoSettings
+    from .sampling import ContextStream
     from .tasks import TaskInputs, run
     from .video_io import read_image
 
+    self_strength, cross_strength = args.region_strength
     inputs = TaskInputs(prompt=args.prompt, negative=args.negative, video=args.video, mask=args.mask,
                         outpaint=tuple(args.outpaint) if args.outpaint else None, extend_to=args.extend_to,
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
                         length=args.length, regions=[tuple(r) for r in args.region],
-                        background_prompt=args.background_prompt, region_strength=tuple(args.region_strength),
-                        region_end=args.region_end)
+                        background_prompt=args.background_prompt,
+                        stream=ContextStream(strength=args.strength, start=args.start, end=args.end),
+                        region_settings=dict(self_strength=self_strength, cross_strength=cross_strength,
+                                             end=args.region_end, context_blocks=args.region_context_blocks,
+                                             soft_edges=args.region_soft_edges))
     settings = _settings(args)
     check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
     _check_model_files(args)
     _check_model_flags(args)
     _check_preset(args)
     parallel = _check_launch(args)
+    _speed(args)  # a bad combination (--ffn-chunk without --lean) fails before anything loads
     anchor = read_image(args.colour_anchor)[None, ..., :3] if args.colour_anchor else None
-    long = LongVideoSettings(args.window, args.overlap, args.discard, args.mode, args.perturbation,
-                             args.replace_latents, args.carry_guidance, args.keyframes, colour_method=args.colour,
-                             colour_strength=args.colour_strength, colour_anchor=anchor)
+    long = LongVideoSettings(colour_anchor=anchor, **{name: getattr(args, name) for name in knobs(LongVideoSettings)})
     long.check()
     if not args.job:
         _preflight(args, long, settings.steps)
@@ -300,7 +343,7 @@ def _info(args):
 
 
 def _convert(args):
-    from .checkpoints import load_state_dict, merge_vace_module, save_checkpoint
+    from .checkpoints import DTYPES, load_state_dict, merge_vace_module, save_checkpoint
     from .checkpoints.gguf import dequantize_all
 
     check_writable(args.dst)
@@ -315,25 +358,79 @@ def _convert(args):
 
 def _long_video_flags(run):
     """Long video (vace_core/long_video.py): used when the VCU is longer than --window."""
-    from .colour import METHODS
-    from .long_video import MODES
+    from .long_video import LongVideoSettings
 
     g = run.add_argument_group("long video (a VCU longer than --window)")
-    g.add_argument("--window", type=int, default=81, help="frames per window, 4n+1 (VACE was trained on 81)")
-    g.add_argument("--overlap", type=int, default=5, help="frames each window carries over from the one before")
-    g.add_argument("--mode", choices=MODES, default="autoregressive",
-                   help="windows carrying the video forward, keyframes then interpolation, or fused windows")
-    g.add_argument("--discard", type=int, default=0, help="frames dropped from the end of each window but the last")
-    g.add_argument("--perturbation", type=float, default=0.02, help="noise level on the carried frames' context")
-    g.add_argument("--replace-latents", action="store_true", help="re-noise carried latents to each step's level")
-    g.add_argument("--carry-guidance", type=float, default=0.0, help="LVDM unconditional guidance weight (0 = off)")
-    g.add_argument("--keyframes", type=int, default=0, help="hierarchical: keyframes, 4n+1 (0 = automatic)")
-    g.add_argument("--colour", choices=METHODS, default="reinhard", help="colour anchoring method")
-    g.add_argument("--colour-strength", type=float, default=1.0, help="colour anchoring strength, 0 = off")
+    flags = {"colour_method": "--colour"}  # the command line's older, shorter name
+    for name, spec in knobs(LongVideoSettings).items():
+        add_flag(g, spec, flags.get(name), dest=name)
     g.add_argument("--colour-anchor", help="image whose colours every window matches (default: the first window)")
 
 
+def _region_flags(run):
+    """Regional prompts (vace_core/regional.py): the Regional Prompts node's inputs."""
+    from .regional import Regions
+
+    spec = knobs(Regions)
+    run.add_argument("--region", nargs=2, action="append", default=[], metavar=("PROMPT", "MASK"),
+                     help="regional prompt: a region's prompt and its mask image or video (white = the region); "
+                          "repeatable. Best written word for word inside --prompt")
+    run.add_argument("--background-prompt", default="", help="with --region: what the area outside every mask shows")
+    # one flag for both strengths: their knobs share one range (tests/test_settings.py checks it)
+    add_flag(run, spec["self_strength"], "--region-strength", nargs=2, metavar=("SELF", "CROSS"),
+             default=(spec["self_strength"].default, spec["cross_strength"].default),
+             help_suffix=" SELF; then CROSS: " + spec["cross_strength"].help)
+    add_flag(run, spec["end"], "--region-end")
+    add_flag(run, spec["context_blocks"], "--region-context-blocks")
+    add_flag(run, spec["soft_edges"], "--region-soft-edges")
+
+
+def _sampling_flags(run):
+    """The VACE Sampler's inputs; steps, cfg, shift and sampler default to the preset's (official: the knobs')."""
+    from .pipeline import SamplerSettings
+    from .sampling.guidance import STREAM_KNOBS
+
+    spec = knobs(SamplerSettings)
+    for name, flag in (("steps", "--steps"), ("guidance", "--cfg"), ("shift", "--shift"), ("solver", "--sampler")):
+        add_flag(run, spec[name], flag, default=None, help_suffix=f" Default {spec[name].default} (or the preset's).")
+    run.add_argument("--preset", choices=["official", "causvid", "lightx2v"],
+                     help="sampler settings for a speed LoRA (README: Presets); explicit flags win")
+    add_flag(run, spec["seed"], "--seed")
+    for name, stream in STREAM_KNOBS.items():
+        add_flag(run, stream, f"--{name}")
+
+
+def _model_flags(run):
+    """Load VACE Model / Load VACE VAE, Wan2.2's low-noise expert, the step cache and the speed switches."""
+    from .checkpoints import LoadSettings
+    from .experts import Experts
+    from .speed import Speed
+    from .step_cache import SIZES, SIZES_HELP, TeaCache
+
+    run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
+    run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
+    for spec in knobs(LoadSettings).values():
+        add_flag(run, spec)
+    run.add_argument("--model-low", help="Wan2.2: the low-noise expert (--model is then the high-noise one); a "
+                                          "--model folder with high_noise_model/ and low_noise_model/ needs none")
+    run.add_argument("--base-low", help="Wan2.2 T2V A14B low-noise base, when --model-low is a VACE module file")
+    experts = knobs(Experts)
+    add_flag(run, experts["boundary"], "--boundary")
+    add_flag(run, experts["guidance_low"], "--cfg-low", default=None,
+             help_suffix=f" Default {experts['guidance_low'].default} (with a speed-LoRA --preset: the preset's cfg).")
+    cache = knobs(TeaCache)
+    add_flag(run, cache["threshold"], "--teacache", default=0.0, metavar="THRESHOLD", help_suffix=" Default 0 (off).")
+    add_flag(run, cache["mode"], "--teacache-mode")
+    run.add_argument("--teacache-coefficients", choices=list(SIZES), default="auto", help=SIZES_HELP)
+    speed = run.add_argument_group("speed switches (default off: the exact path)")
+    for name, spec in knobs(Speed).items():
+        add_flag(speed, spec, dest=name)
+
+
 def _run_parser(sub):
+    from .pipeline import FEATHER
+    from .tasks import TaskInputs
+
     run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
     run.add_argument("--job", help="a VACE job file (ComfyUI's Save VACE Job node): its VCUs, encoded prompts, "
                      "strengths and sampler settings replace the task and sampling flags")
@@ -347,40 +444,18 @@ def _run_parser(sub):
     run.add_argument("--first", help="first frame image (image-to-video / interpolation)")
     run.add_argument("--last", help="last frame image (interpolation)")
     run.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
-    run.add_argument("--region", nargs=2, action="append", default=[], metavar=("PROMPT", "MASK"),
-                     help="regional prompt: a region's prompt and its mask image or video (white = the region); "
-                          "repeatable. Best written word for word inside --prompt")
-    run.add_argument("--background-prompt", default="", help="with --region: what the area outside every mask shows")
-    run.add_argument("--region-strength", type=float, nargs=2, default=(0.3, 1.0), metavar=("SELF", "CROSS"),
-                     help="with --region: self- and cross-attention strengths (VideoGrain: 0.3 1.0)")
-    run.add_argument("--region-end", type=float, default=0.3,
-                     help="with --region: fraction of the steps with the modulation (VideoGrain: 0.3 = 15 of 50)")
-    run.add_argument("--width", type=int, default=832)
-    run.add_argument("--height", type=int, default=480)
-    run.add_argument("--length", type=int, default=81, help="frames, 4n+1; longer than --window: long video")
-    run.add_argument("--steps", type=int, help="default 50 (or the preset's)")
-    run.add_argument("--cfg", type=float, help="default 5 (or the preset's); 1 skips the negative pass")
-    run.add_argument("--shift", type=float, help="default 16 (or the preset's)")
-    run.add_argument("--sampler", choices=["unipc", "euler", "dpmpp_2m", "lcm"], help="default unipc (or the preset's)")
-    run.add_argument("--preset", choices=["official", "causvid", "lightx2v"],
-                     help="sampler settings for a speed LoRA (README: Presets); explicit flags win")
+    _region_flags(run)
+    size = knobs(TaskInputs)
+    add_flag(run, size["width"])
+    add_flag(run, size["height"])
+    add_flag(run, size["length"], help_suffix=" Longer than --window: long video.")
+    _sampling_flags(run)
     run.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:CONTEXT]]",
                      help="a Wan2.1 LoRA (repeatable), e.g. causvid.safetensors:0.5")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--composite", type=int, metavar="FEATHER", help="paste kept pixels back (feather in px)")
+    add_flag(run, FEATHER, "--composite", default=None, metavar="FEATHER",
+             help_suffix=" Given: paste the kept pixels (mask black) back, with this soft edge.")
     _long_video_flags(run)
-    run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
-    run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
-    run.add_argument("--weight-dtype", choices=list(DTYPES), help="storage dtype (default: the file's)")
-    run.add_argument("--model-low", help="Wan2.2: the low-noise expert (--model is then the high-noise one); a "
-                                          "--model folder with high_noise_model/ and low_noise_model/ needs none")
-    run.add_argument("--base-low", help="Wan2.2 T2V A14B low-noise base, when --model-low is a VACE module file")
-    run.add_argument("--boundary", type=float, help="Wan2.2: low-noise expert below t = 1000 x this (default 0.875)")
-    run.add_argument("--cfg-low", type=float, help="Wan2.2: the low-noise expert's cfg (default: --cfg)")
-    run.add_argument("--teacache", type=float, default=0.0, metavar="THRESHOLD",
-                     help="step caching (TeaCache): 1.3B 0.05-0.08, 14B 0.14-0.2; 0 = off")
-    run.add_argument("--teacache-mode", choices=["t_emb", "e"], default="t_emb",
-                     help="t_emb: timestep embedding (published default); e: modulation, first 5 steps kept")
+    _model_flags(run)
     run.add_argument("--vae", help="Wan2.1 VAE file; default: the embedded tiny VAE")
     run.add_argument("--text-encoder", help="umt5-xxl file or folder; default: the embedded tiny encoder")
     run.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -397,10 +472,9 @@ def _run_parser(sub):
     run.set_defaults(fn=_run)
 
 
-def main(argv=None):
-    from .checkpoints import LAYOUTS
+def parser() -> argparse.ArgumentParser:
+    from .checkpoints import DTYPES, LAYOUTS
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="python -m vace_core", description="VACE (Wan2.1-VACE) from the command line.")
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub)
@@ -420,7 +494,12 @@ def main(argv=None):
     conv.add_argument("--dtype", choices=[*DTYPES, "fp8_e4m3fn_scaled", "fp8_e5m2_scaled"])
     conv.add_argument("--base", help="merge a VACE module file (SRC) onto this T2V base first")
     conv.set_defaults(fn=_convert)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parser().parse_args(argv)
     try:
         args.fn(args)
     except VaceError as e:  # a user's mistake: the message, not a traceback

@@ -25,6 +25,8 @@ from torch import Tensor
 from .errors import VaceError
 
 METHODS = ("reinhard", "mkl")
+METHOD_HELP = ("Colour matching, per frame: reinhard matches LAB mean/std; mkl matches the full RGB colour "
+               "covariance (KJNodes' mkl) and removes tints that mix channels better.")
 EPS = 1e-6
 MIN_VARIANCE = 1e-8
 

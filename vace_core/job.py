@@ -120,8 +120,9 @@ def _job(path, meta: dict, tensors: dict) -> Job:
     except TypeError:
         raise VaceError(f"{path}: its streams {meta['streams']!r} are not (strength, start, end) per VCU: save the "
                         "job again with the Save VACE Job node") from None
-    return Job(vcus, positive, negative, streams,
-               SamplerSettings(**meta["settings"]))
+    settings = SamplerSettings(**meta["settings"])
+    settings.check()  # the sampler's ranges, as the node and the command line hold them
+    return Job(vcus, positive, negative, streams, settings)
 
 
 def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, tiling=None) -> torch.Tensor:

@@ -36,12 +36,13 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from .colour import METHODS, ColourAnchor, match_colours
+from .colour import METHOD_HELP, METHODS, ColourAnchor, match_colours
 from .denoiser import Wrapper, narrow_bias
 from .errors import VaceError
 from .pipeline import SamplerSettings, composite, decode, encode_contexts, sample_latent
 from .sampling import SamplingInterrupted, make_noise
 from .sampling.loop import MAX_SEED
+from .settings import check, knob
 from .step_cache import CacheStats
 from .vae.model import TEMPORAL_STRIDE
 from .vcu import VCU, keep_frames, select_frames, to_images
@@ -55,44 +56,56 @@ INACTIVE = slice(0, 16)  # the context latent's inactive (kept-frames) channels
 PERTURB_SEED = 0x9E3779B97F4A7C15  # offsets the perturbation noise's seed from the window's sampling noise
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LongVideoSettings:
-    """Window sizes in pixel frames (4n+1 windows); see the module docstring for what each knob does."""
+    """Window sizes in pixel frames (4n+1 windows); see the module docstring for what each knob does. The knobs'
+    ranges are the Long Video Sampler's and the command line's."""
 
-    window: int = 81
-    overlap: int = 5
-    discard: int = 0
-    mode: str = "autoregressive"
-    perturbation: float = 0.02
-    replace_latents: bool = False
-    carry_guidance: float = 0.0
-    keyframes: int = 0  # hierarchical: keyframes in the first pass (4n+1); 0 = as few as the window allows
-    fused_weights: str = "linear"
-    colour_method: str = "reinhard"
-    colour_strength: float = 1.0  # 0 = no colour anchoring
+    mode: str = knob("autoregressive", "autoregressive: each window continues from the last frames of the one "
+                     "before (best continuity). hierarchical: sparse keyframes over the whole video first, then "
+                     "each gap interpolated between two keyframes (no accumulated drift; motion between keyframes "
+                     "must be inferable). fused: overlapping windows denoised together and blended every step (no "
+                     "carried frames; for comparison, softer seams but less coherent).", choices=MODES)
+    window: int = knob(81, "Frames per window (4n+1). 81 is what VACE was trained on; shorter windows need less "
+                       "memory but carry the video forward more often (more seams, more drift).",
+                       min=5, max=257, step=4)
+    overlap: int = knob(5, "Frames each window takes over from the one before, kept as given (mask 0). 5 (two "
+                        "latent frames) carries motion; more gives smoother seams but fewer new frames per window. "
+                        "fused mode: the overlap of the blended windows (17 blends well).", min=1, max=255)
+    discard: int = knob(0, "Frames dropped from the end of each window but the last (a window's last frames are "
+                        "its weakest); the next window starts earlier instead.", min=0, max=64)
+    perturbation: float = knob(0.02, "Noise level mixed into the carried frames' context (LVDM conditional latent "
+                               "perturbation): makes each window tolerant of small errors in the frames it "
+                               "continues from, so errors compound less. 0.02 as Wan2GP; 0 = off; above 0.1 "
+                               "loosens continuity.", min=0.0, max=1.0, step=0.005)
+    replace_latents: bool = knob(False, "At every step the model sees the carried frames' latents re-noised to the "
+                                 "current level (latent replacement): a firmer grip on the carried frames, fewer "
+                                 "seams.")
+    carry_guidance: float = knob(0.0, "LVDM unconditional guidance: pushes each window away from what it would "
+                                 "make without the carried frames (v + w (v_carried - v_without)); fights slow "
+                                 "degradation. One more model pass per step; 0 = off, 0.5-2 to try.",
+                                 min=0.0, max=10.0, step=0.1)
+    keyframes: int = knob(0, "hierarchical: keyframes in the first pass (4n+1, at most the window). 0 = as few as "
+                          "keep each gap within a window; more keyframes follow fast motion better.", min=0, max=257)
+    fused_weights: str = knob("linear", "fused: how overlapping windows blend: linear ramps across the overlaps, "
+                              "or pyramids.", choices=FUSED_WEIGHTS)
+    colour_method: str = knob("reinhard", METHOD_HELP, choices=METHODS)
+    colour_strength: float = knob(1.0, "How fully each window's colours are matched to the anchor (0 = off). "
+                                  "Removes colour and exposure drift between windows; lower it when the scene's "
+                                  "colours really change.", min=0.0, max=1.0, step=0.05)
     colour_anchor: Tensor | None = None  # IMAGE (T, H, W, 3) 0..1; None = the first window
-    colour_masked: bool = False  # statistics and changes only in the generated (mask 1) area
+    colour_masked: bool = knob(False, "Take colour statistics and make changes only where the VCU generates (mask "
+                               "white).")
 
     def check(self):
-        if self.mode not in MODES:
-            raise VaceError(f"long video mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.window < 5 or (self.window - 1) % TEMPORAL_STRIDE:
+        check(self)
+        if (self.window - 1) % TEMPORAL_STRIDE:
             raise VaceError(f"window {self.window}: a window is 4n+1 frames, at least 5 (81 is what VACE was "
                             "trained on)")
-        if self.overlap < 1 or self.discard < 0 or self.window - self.overlap - self.discard < 1:
+        if self.window - self.overlap - self.discard < 1:
             raise VaceError(f"overlap {self.overlap} and discard {self.discard} leave no new frames in a "
                             f"{self.window}-frame window: overlap >= 1 (5 recommended), discard >= 0, and "
                             "overlap + discard < window")
-        if not 0 <= self.perturbation <= 1:
-            raise VaceError(f"perturbation is a noise level from 0 to 1 (0.02 recommended), got {self.perturbation}")
-        if self.carry_guidance < 0:
-            raise VaceError(f"carry_guidance is a weight >= 0 (0 = off), got {self.carry_guidance}")
-        if self.fused_weights not in FUSED_WEIGHTS:
-            raise VaceError(f"fused weights {self.fused_weights!r}: choose one of {', '.join(FUSED_WEIGHTS)}")
-        if self.colour_method not in METHODS:
-            raise VaceError(f"colour method {self.colour_method!r}: choose one of {', '.join(METHODS)}")
-        if not 0 <= self.colour_strength <= 1:
-            raise VaceError(f"colour_strength is from 0 (off) to 1 (full), got {self.colour_strength}")
 
 
 @dataclass(frozen=True)

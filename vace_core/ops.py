@@ -78,18 +78,19 @@ def fp8_linear(x: Tensor, weight: Tensor, bias: Tensor | None, weight_scale: Ten
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
+def fp8_ready(weight: Tensor, x: Tensor) -> bool:
+    """fp8 e4m3 weight, and every dimension a multiple of 16 (torch._scaled_mm's rule on CUDA)."""
+    rows = x.numel() // x.shape[-1]
+    return weight.dtype == E4M3 and rows % 16 == 0 and all(n % 16 == 0 for n in weight.shape)
+
+
 class Linear(CastWeights, nn.Linear):
     fp8_compute = False  # set by vace_core.speed: multiply fp8 weights in fp8 (torch._scaled_mm)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fp8_compute and self._fp8_ready(x):
+        if self.fp8_compute and fp8_ready(self.weight, x):
             return fp8_linear(x, self.weight.to(x.device), self.bias, self.scale_weight)
         return F.linear(x, *self.cast_weight_bias(x))
-
-    def _fp8_ready(self, x: Tensor) -> bool:
-        """fp8 e4m3 weight, and every dimension a multiple of 16 (torch._scaled_mm's rule on CUDA)."""
-        rows = x.numel() // x.shape[-1]
-        return self.weight.dtype == E4M3 and rows % 16 == 0 and all(n % 16 == 0 for n in self.weight.shape)
 
 
 class Conv3d(CastWeights, nn.Conv3d):

@@ -25,6 +25,8 @@ from .sampling import (
     seeded_generator,
     sigma_to_timestep,
 )
+from .sampling.loop import MAX_SEED
+from .settings import Knob, check, knob
 from .step_cache import TeaCache
 from .text import TEXT_LEN
 from .vcu import VCU, encode_vcu
@@ -32,17 +34,26 @@ from .vcu import VCU, encode_vcu
 log = logging.getLogger("vace")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplerSettings:
-    """Official VACE defaults: 50 steps, guidance 5, shift 16, UniPC on the official Wan sigma grid."""
+    """Official VACE defaults: 50 steps, guidance 5, shift 16, UniPC on the official Wan sigma grid. The knobs'
+    ranges are the VACE Sampler's and the command line's (`check`); `schedule` picks a reference's sigma grid
+    (parity tests), not a user setting."""
 
-    steps: int = 50
-    guidance: float = 5.0
-    shift: float = 16.0
-    solver: str = "unipc"
+    steps: int = knob(50, "Sampling steps (official: 50).", min=1, max=200)
+    guidance: float = knob(5.0, "Classifier-free guidance (official: 5). 1 skips the negative pass.",
+                           min=1.0, max=30.0, step=0.1)
+    shift: float = knob(16.0, "Sigma shift (official VACE: 16). Higher spends more steps on layout.",
+                        min=0.1, max=100.0, step=0.1)
+    solver: str = knob("unipc", "Flow-matching solver. unipc is the official one; with a speed LoRA (CausVid, "
+                       "lightx2v) euler or lcm at cfg 1 (README: Presets).",
+                       choices=("unipc", "euler", "dpmpp_2m", "lcm"))
     schedule: str = "wan"
-    seed: int = 0
+    seed: int = knob(0, "Noise seed: the same seed gives the same noise on every device.", min=0, max=MAX_SEED)
     step_cache: TeaCache | None = None  # None: every step runs the blocks
+
+    def check(self) -> None:
+        check(self)
 
 
 def encode_contexts(vcus: Sequence[VCU], vae_encode: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -124,6 +135,9 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
 def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:
     """Drops the reference frames' latents, then decodes: -> (3, T, H, W) in [-1, 1]."""
     return vae_decode(latent[:, :, references:])[0].clamp(-1, 1)
+
+
+FEATHER = Knob("feather", 8, "Soft edge in pixels where pasted pixels blend into generated ones.", min=0, max=256)
 
 
 def composite(video: Tensor, vcu: VCU, feather: int = 0) -> Tensor:

@@ -29,6 +29,7 @@ import torch
 
 from .denoiser import Step, Wrapper, require_staged
 from .errors import VaceError
+from .settings import check, knob
 
 # TeaCache4Wan2.1's rescaling polynomials (highest power first), fitted on Wan2.1 T2V; keyed by (mode, dim).
 # "t_emb": the timestep embedding (the default); "e": the 6-way modulation (TeaCache's use_ret_steps).
@@ -43,6 +44,10 @@ LAST_STEP_COMPUTED = {"t_emb": True, "e": False}
 # the published "fast" thresholds (about 1.6-2x on Wan2.1 T2V); "slow" ones are 0.05 (1.3B) and 0.14 (14B)
 SUGGESTED_THRESHOLD = {1536: 0.08, 5120: 0.2}
 MODES = tuple(RETENTION)
+SIZES = {"auto": None, "1.3B": 1536, "14B": 5120}  # which fitted polynomial: the model's width, or a named one
+SIZES_HELP = ("Which fitted polynomial rescales the change. auto: the model's size (1.3B or 14B, read from its "
+              "weights; Wan2.2 A14B experts use the 14B one).")
+LABELS = {"threshold": "the TeaCache threshold", "mode": "the TeaCache mode"}
 
 
 def relative_l1(inp: torch.Tensor, prev: torch.Tensor) -> float:
@@ -83,17 +88,19 @@ class TeaCache:
     forward runs). coefficients: None picks TeaCache's Wan2.1 polynomial for the model's size (1.3B or 14B,
     from its width; Wan2.2 A14B experts use the 14B one, as no Wan2.2 fit is published)."""
 
-    threshold: float = 0.08
-    mode: str = "t_emb"
+    threshold: float = knob(0.08, "How much estimated change may pile up before the blocks run again. 0 turns "
+                            "caching off. Published: 1.3B 0.05 (safe) to 0.08 (about 2x); 14B 0.14 to 0.2.",
+                            min=0.0, max=1.0, step=0.005)
+    mode: str = knob("t_emb", "What TeaCache watches. t_emb, the timestep embedding: the published default (first "
+                     "and last steps always computed). e, the modulation: TeaCache's 'retention steps' variant "
+                     "(first 5 steps always computed; allows higher thresholds).", choices=MODES)
     coefficients: tuple[float, ...] | None = None
     stats: CacheStats = field(default_factory=CacheStats)
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise VaceError(f"unknown TeaCache mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if not np.isfinite(self.threshold) or self.threshold < 0:
-            raise VaceError(f"the TeaCache threshold must be 0 (off) or more, got {self.threshold!r} "
-                            "(Wan2.1 1.3B: 0.05-0.08; 14B: 0.14-0.2)")
+        # the node's and the command line's maximum (1) suits the published polynomials; custom coefficients have
+        # their own scale
+        check(self, LABELS, open_above=("threshold",))
         if self.coefficients is not None and (len(self.coefficients) < 2 or not np.isfinite(self.coefficients).all()):
             raise VaceError(f"TeaCache coefficients {tuple(self.coefficients)!r} are not a polynomial (at least two "
                             "finite numbers, highest power first, as TeaCache publishes them): without one the "

@@ -18,7 +18,9 @@ from . import vcu as V
 from .errors import VaceError
 from .long_video import LongVideoSettings, generate_long
 from .pipeline import SamplerSettings, composite, generate
-from .regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, check_coverage, encode_text
+from .regional import Regions, check_coverage, encode_text
+from .sampling import ContextStream
+from .settings import knob
 from .video_io import VideoStream, read_image, read_video, write_video
 
 log = logging.getLogger("vace")
@@ -35,13 +37,13 @@ class TaskInputs:
     first: str | None = None
     last: str | None = None
     refs: list[str] = field(default_factory=list)
-    width: int = 832
-    height: int = 480
-    length: int = 81
+    width: int = knob(832, "Video width, a multiple of 16 (others are rounded down).", min=16, max=4096, step=16)
+    height: int = knob(480, "Video height, a multiple of 16 (others are rounded down).", min=16, max=4096, step=16)
+    length: int = knob(81, "Frames, 4n+1 (81 = 5 s at 16 fps); others are rounded down.", min=1, max=1025, step=4)
     regions: list[tuple[str, str]] = field(default_factory=list)  # (prompt, mask file): regional prompts
     background_prompt: str = ""
-    region_strength: tuple[float, float] = (SELF_STRENGTH, CROSS_STRENGTH)  # self, cross
-    region_end: float = END
+    stream: ContextStream | None = None  # the VCU's strength, start and end (None: full strength, every step)
+    region_settings: dict = field(default_factory=dict)  # Regions' knobs (self_strength, end...): the rest default
 
 
 def _masks(path: str) -> torch.Tensor:
@@ -103,7 +105,7 @@ def build_regions(inputs: TaskInputs, text_encoder) -> Regions:
                        [p for p, _ in inputs.regions], inputs.background_prompt)
     masks = [_masks(m) for _, m in inputs.regions]
     check_coverage(masks)
-    return Regions(text, masks, *inputs.region_strength, inputs.region_end)
+    return Regions(text, masks, **inputs.region_settings)
 
 
 def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings: SamplerSettings | None = None,
@@ -115,6 +117,7 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     settings = settings or SamplerSettings()
     unit, fps = build_vcu(inputs)
     regions = build_regions(inputs, text_encoder) if inputs.regions else None
+    streams = None if inputs.stream is None else [inputs.stream]
     positive = text_encoder.encode(inputs.prompt) if regions is None else regions.text.features
     negative = text_encoder.encode_negative(inputs.negative)
     log.info("VACE: %s VCU, %d frames at %dx%d, %d reference(s)", unit.kind, unit.length, *unit.size,
@@ -123,8 +126,9 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
         if regions is not None:
             raise VaceError("--region works within one window: drop --window/--mode, or generate at most "
                             f"{long.window} frames (regional prompts over long-video windows are not supported yet)")
-        return unit, _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long)
-    video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling, regions=regions)
+        return unit, _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long,
+                               streams)
+    video = generate(model, vae, unit, positive, negative, streams, settings=settings, tiling=tiling, regions=regions)
     if feather is not None:
         video = composite(video, unit, feather)
     if out is not None:
@@ -132,14 +136,16 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     return unit, video
 
 
-def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long) -> torch.Tensor:
+def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long,
+              streams) -> torch.Tensor:
     if out is None:
-        return generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
-                             composite_feather=feather).video
+        return generate_long(model, vae, unit, positive, negative, streams, settings=settings, long=long,
+                             tiling=tiling, composite_feather=feather).video
     stream = VideoStream(out, fps)
     try:
-        result = generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
-                               composite_feather=feather, on_frames=lambda frames: stream.write(V.to_images(frames)))
+        result = generate_long(model, vae, unit, positive, negative, streams, settings=settings, long=long,
+                               tiling=tiling, composite_feather=feather,
+                               on_frames=lambda frames: stream.write(V.to_images(frames)))
     except BaseException:  # a failed or stopped run leaves `out` as it was (an earlier video stays whole)
         stream.abort()
         raise

@@ -210,8 +210,6 @@ def map_file(path: Path) -> MappedWeights:
             return map_pickle(path)
         if path.name.endswith(GGUF):
             return MappedWeights(read_gguf(path), [])  # the gguf reader maps the file itself
-    except VaceError:
-        raise
     except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never do that
         raise VaceError(
             f"Refusing to load {path}: the pickle holds more than tensors (objects that run code when loaded), so "

@@ -9,13 +9,16 @@ quantized Linear weights stay ggml blocks (`ggml.QuantizedWeight`; on the CPU th
 """
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..attention import BACKENDS
 from ..ggml import QuantizedWeight, scales_finite
+from ..settings import knob
 from ..transformer import VaceTransformer
 from .detect import check_keys, detect_config, merge_vace_module
 from .fp8 import FP8_DTYPES, SCALE_WEIGHT, dequantize_tensor, drop_fp8_markers, is_scaled_fp8
@@ -31,6 +34,31 @@ def official_weights(path: str | Path) -> MappedWeights:
     and so never read."""
     weights = map_weights(path)
     return MappedWeights(drop_fp8_markers(to_official(weights.tensors)), weights.maps)
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+COMPUTE_DTYPES = {name: DTYPES[name] for name in ("bf16", "fp16", "fp32")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadSettings:
+    """How the DiT and the VAE are loaded (Load VACE Model's and Load VACE VAE's inputs, the command line's flags);
+    names map through DTYPES.
+    "default" keeps the file's dtypes; "auto" lets the host choose (ComfyUI: bf16 where supported, else fp16,
+    fp32 on CPU; the command line: bf16 on CUDA, fp32 on CPU)."""
+
+    weight_dtype: str = knob("default", "How weights are stored in memory. default keeps the file's dtype (GGUF: "
+                             "quantized, each layer dequantized when it runs); fp8 halves the memory of fp16 (each "
+                             "layer is upcast when it runs). Another choice dequantizes a GGUF file to that dtype.",
+                             choices=("default", *DTYPES))
+    compute_dtype: str = knob("auto", "Activations' dtype. auto: bf16 where supported, else fp16, fp32 on CPU.",
+                              choices=("auto", *COMPUTE_DTYPES))
+    attention: str = knob("auto", "Attention kernel. auto uses flash-attn when installed, else PyTorch SDPA. sage "
+                          "(SageAttention) is faster but approximate.", choices=BACKENDS)
+    vae_dtype: str = knob("auto", "VAE precision. auto: ComfyUI's choice for the device (bf16 on recent GPUs, fp32 "
+                          "on CPU, where bf16 convolutions are slow); the command line keeps the file's.",
+                          choices=("auto", *COMPUTE_DTYPES))
 
 
 def load_state_dict(path: str | Path) -> dict[str, Tensor]:
