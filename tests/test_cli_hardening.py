@@ -44,14 +44,17 @@ def run(*args: str, out: Path) -> str:
     return cli_error("run", "--width", "64", "--height", "64", "--steps", "1", *args, "--out", str(out))
 
 
-def test_the_frames_memory_is_checked_before_work(tmp_path, clip, no_model, monkeypatch):
+def test_the_frames_memory_is_checked_before_work(tmp_path, clip, no_model, monkeypatch, capsys):
     monkeypatch.setattr(preflight, "free_memory", lambda device: 4 * GIB)
     assert run("--video", clip, "--extend-to", "100001", out=tmp_path / "x.mp4") == (
         "error: 100001 frames at 64x64 need about 27.5 GiB of RAM for the frames, masks and output video, but 4.0 GiB "
         "are free. Generate fewer frames (--length / --extend-to) or a smaller size (--width/--height; VACE was "
         "trained at 832x480 and 1280x720, 81 frames)")
-    assert run("--length", "100000", out=tmp_path / "x.mp4").startswith(
-        "error: 100000 frames at 64x64 need about 27.5 GiB of RAM")
+    # --length holds the node's range (at most 1025 frames) before any estimate
+    assert run("--length", "100000", out=tmp_path / "x.mp4") == "2"  # argparse prints the node's range, exits 2
+    assert "argument --length: 100000 is outside the range from 1 to 1025 (as on the node)" in capsys.readouterr().err
+    assert run("--length", "1025", "--width", "1280", "--height", "720", out=tmp_path / "x.mp4").startswith(
+        "error: 1025 frames at 1280x720 need about")
     assert not (tmp_path / "x.mp4").exists()
 
 
@@ -93,8 +96,8 @@ def warnings_before_loading(caplog, *args: str) -> str:
 
 
 def test_hours_of_work_are_announced_before_they_start(tmp_path, no_model, caplog):
-    text = warnings_before_loading(caplog, "--length", "2001", "--out", str(tmp_path / "x.mp4"))
-    assert ("VACE: 2001 frames is 27 windows of 81 frames, 1350 sampling steps in all: 27x the work of one video "
+    text = warnings_before_loading(caplog, "--length", "1025", "--out", str(tmp_path / "x.mp4"))
+    assert ("VACE: 1025 frames is 14 windows of 81 frames, 700 sampling steps in all: 14x the work of one video "
             "(the official 1.3B takes about 5 min per window at 832x480 on an A100): hours of work. Press Ctrl-C to "
             "stop; the output file is only written when the run finishes.") in text
     text = warnings_before_loading(caplog, "--length", "161", "--out", str(tmp_path / "x.mp4"))
