@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .errors import VaceError
 from .experts import as_experts
+from .lora.region import TokenSpace, region_scope
 from .sampling import (
     ContextStream,
     cfg,
@@ -66,7 +67,7 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None, model_input=None, regions=None) -> Tensor:
+                  callback=None, device=None, model_input=None, regions=None, space: TokenSpace | None = None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     model: a VaceTransformer, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
@@ -76,7 +77,8 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     deems redundant. callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
     model_input(x, sigma) -> x is what the DiT sees at each step (the solver keeps its own x): long video
     re-noises carried-over latents there. regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional
-    prompts, `positive` being their text.
+    prompts, `positive` being their text. space: where the latent's tokens lie in the video (`TokenSpace.for_vcu`),
+    for LoRAs confined to regions (vace_core.lora.region); needed only when the model carries some.
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
@@ -102,6 +104,7 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
             x = model_input(x, sigma)
         timestep = sigma_to_timestep(sigma, settings.schedule)
         net, guidance = experts.at(timestep, settings.guidance)
+        scope.attach(net)
         rows = 2 if guided and guidance != 1 else 1  # a cfg-1 expert skips the negative pass
         strengths = context_strengths(streams, step, settings.steps)
         active = [(c, s) for c, s in zip(contexts, strengths, strict=True) if s]
@@ -114,7 +117,8 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
-    latent = sample(denoise, noise, sigmas, settings.solver, callback, generator)
+    with region_scope(space) as scope:
+        latent = sample(denoise, noise, sigmas, settings.solver, callback, generator)
     if settings.step_cache is not None:
         log.info("%s", settings.step_cache.stats)
     return latent
@@ -146,8 +150,10 @@ def generate(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: 
     pixels back (None: no compositing). regions: `regional.Regions` (positive = their composed text)."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
     layout = regions.for_vcu(vcus[0]) if regions is not None else None
+    space = TokenSpace.for_vcu(vcus[0], region_masks=None if regions is None else regions.masks)
     with torch.no_grad():
         contexts = encode_contexts(vcus, lambda v: vae.encode(v, tiling=tiling))
-        latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, regions=layout)
+        latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, regions=layout,
+                               space=space)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), len(vcus[0].references))
     return video if composite_feather is None else composite(video, vcus[0], composite_feather)

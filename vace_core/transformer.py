@@ -152,7 +152,11 @@ class Head(nn.Module):
 
 
 class VaceTransformer(nn.Module):
-    """Wan2.1 DiT + VACE context blocks. One or more VCU context streams, each with its own strength."""
+    """Wan2.1 DiT + VACE context blocks. One or more VCU context streams, each with its own strength.
+
+    region_loras: LoRAs confined to regions (vace_core.lora.region), applied per token by the sampler."""
+
+    region_loras: tuple = ()
 
     def __init__(self, config: VaceConfig, operations=nn, device=None, dtype=None, attention_backend="auto"):
         super().__init__()
