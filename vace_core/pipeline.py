@@ -67,7 +67,8 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None, model_input=None, regions=None, space: TokenSpace | None = None) -> Tensor:
+                  callback=None, device=None, model_input=None, regions=None,
+                  space: TokenSpace | None = None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     model: a VaceTransformer, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while

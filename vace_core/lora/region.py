@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
