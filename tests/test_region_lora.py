@@ -157,3 +157,65 @@ def test_a_model_with_region_loras_needs_the_token_space():
     apply_lora(model, lora(), region=mask())
     with torch.no_grad(), region_scope(None) as scope, pytest.raises(VaceError, match="where its tokens lie"):
         scope.attach(model)
+
+
+# ---- long video: each window (and each fused window) sees its slice of the masks ----
+
+def long_setup():
+    from vace_core import vcu as V
+    from vace_core.embedded import tiny_model
+    from vace_core.vae import WanVAE
+
+    torch.manual_seed(0)
+    vae = WanVAE(dim=4, dim_mult=(1, 1, 1, 1), num_res_blocks=1).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    texts = torch.randn(1, 7, 64, generator=g), torch.randn(1, 5, 64, generator=g)
+    shapes = {k: tuple(v.shape) for k, v in tiny_model().state_dict().items()}
+    return tiny_model, vae, texts, comfy_lora(shapes, layers=PER_TOKEN), V.text_to_video(17, 16, 16)
+
+
+@pytest.mark.parametrize("mode", ["autoregressive", "fused"])  # hierarchical windows: the same sample_window
+def test_long_video_region_covering_everything_is_the_whole_lora_and_empty_is_none(mode):
+    from vace_core.long_video import LongVideoSettings, generate_long
+
+    make, vae, (pos, neg), tensors, unit = long_setup()
+    long = LongVideoSettings(window=9, overlap=5, mode=mode, colour_strength=0.0, keyframes=5)
+    settings = SamplerSettings(steps=1, guidance=1.0, seed=5)
+
+    def run(**lora):
+        model = make()
+        if lora:
+            apply_lora(model, tensors, 1.0, merge=False, **lora)
+        return generate_long(model, vae, unit, pos, neg, settings=settings, long=long).video
+
+    base, whole = run(), run(region=None)
+    assert torch.equal(run(region=torch.zeros(16, 16)), base)
+    assert (whole - base).abs().max() > 1e-3
+    torch.testing.assert_close(run(region=torch.ones(16, 16)), whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode, expected", [
+    # the region is every pixel of frames 9-16: per latent frame (frame 0 alone, then 4 frames each) 0 or 1
+    ("autoregressive", [[0, 0, 0], [0, 0, 1], [0, 1, 1]]),  # windows 0-8, 4-12, 8-16
+    ("fused", [[0, 0, 0], [0, 0, 1], [0, 1, 1]]),  # latent windows 0-2, 1-3, 2-4 of one 5-latent video
+])
+def test_long_video_windows_see_their_slice_of_the_mask(mode, expected, monkeypatch):
+    from vace_core.long_video import LongVideoSettings, generate_long
+
+    make, vae, (pos, neg), tensors, unit = long_setup()
+    region = torch.zeros(17, 16, 16)
+    region[9:] = 1
+    seen = []
+    membership = TokenSpace.membership
+
+    def spy(self, region, grid):
+        out = membership(self, region, grid)
+        seen.append(out.flatten(1).mean(1).tolist())
+        return out
+
+    monkeypatch.setattr(TokenSpace, "membership", spy)
+    model = make()
+    apply_lora(model, tensors, 1.0, region=region)
+    long = LongVideoSettings(window=9, overlap=5, mode=mode, colour_strength=0.0)
+    generate_long(model, vae, unit, pos, neg, settings=SamplerSettings(steps=1, guidance=1.0), long=long)
+    assert seen == expected

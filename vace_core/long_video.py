@@ -29,6 +29,7 @@ frames are written into it window by window, and `on_frames` streams them out as
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
@@ -37,6 +38,7 @@ from torch import Tensor
 
 from .colour import METHODS, ColourAnchor, match_colours
 from .errors import VaceError
+from .lora.region import TokenSpace
 from .pipeline import SamplerSettings, composite, decode, encode_contexts, sample_latent
 from .sampling import SamplingInterrupted, make_noise
 from .sampling.loop import MAX_SEED
@@ -243,10 +245,12 @@ class FusedWindows:
     """The DiT run on overlapping latent windows, velocities blended per latent frame (sum w v / sum w).
 
     Each window sees the reference latents (the first `references` frames) in front of its slice of the latent
-    and of every context; the references' velocity is blended the same way."""
+    and of every context; the references' velocity is blended the same way. `space` (the whole latent's
+    TokenSpace) is narrowed to each window's frames, so region LoRAs see their masks' slice."""
 
-    def __init__(self, model, spans: list[tuple[int, int]], weights: list[Tensor], references: int):
-        self.model, self.spans, self.references = model, spans, references
+    def __init__(self, model, spans: list[tuple[int, int]], weights: list[Tensor], references: int,
+                 space: TokenSpace | None = None):
+        self.model, self.spans, self.references, self.space = model, spans, references, space
         total = torch.zeros(spans[-1][1], dtype=torch.float64)
         for (a, b), w in zip(spans, weights, strict=True):
             total[a:b] += w
@@ -261,7 +265,8 @@ class FusedWindows:
         v = torch.zeros_like(x)  # the DiT answers in x's dtype
         for (a, b), w in zip(self.spans, self.weights, strict=True):
             index = torch.cat([torch.arange(refs), torch.arange(refs + a, refs + b)]).to(x.device)
-            v_w = self.model(x[:, :, index], t, text, [c[:, :, index] for c in contexts], strengths)
+            with self.space.window(index) if self.space is not None else nullcontext():
+                v_w = self.model(x[:, :, index], t, text, [c[:, :, index] for c in contexts], strengths)
             w = torch.cat([torch.full((refs,), 1.0 / len(self.spans)), w]).to(v_w)
             v[:, :, index] += v_w * w[:, None, None]  # w (T_w,) broadcasts over (B, C, T_w, h, w)
         return v
@@ -314,9 +319,11 @@ def _replacement(clean: Tensor, noise: Tensor, index: list[int]):
 
 
 def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[int], positive, negative, streams,
-                  settings, long: LongVideoSettings, callback=None, tiling=None, device=None) -> Tensor:
+                  settings, long: LongVideoSettings, callback=None, tiling=None, device=None,
+                  space: TokenSpace | None = None) -> Tensor:
     """One window: its VCUs (`kept`: the window frames carried over; `free`: the VCUs without them) -> decoded
-    frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate."""
+    frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate. space: the window's
+    TokenSpace (its video frames), for region LoRAs."""
     encode = lambda v: vae.encode(v, tiling=tiling)  # noqa: E731
     contexts = encode_contexts(units, encode)
     refs = len(units[0].references)
@@ -335,7 +342,8 @@ def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[
             contexts = [c.to(device, dtype) for c in contexts]
             frees = [c.to(device, dtype) for c in encode_contexts(free, encode)]
             model = CarryGuidance(model, list(zip(contexts, frees, strict=True)), long.carry_guidance)
-    latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, model_input)
+    latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, model_input,
+                           space=space or TokenSpace.for_vcu(units[0]))
     if long.replace_latents and carried:
         latent[:, :, carried] = clean.to(latent)
     return decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)
@@ -401,7 +409,7 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
             try:
                 frames = sample_window(model, vae, units, free, window.kept, positive, negative, streams,
                                        replace(settings, seed=(settings.seed + i) % (MAX_SEED + 1)), long, step,
-                                       tiling, device)
+                                       tiling, device, TokenSpace.for_vcu(units[0], window.positions))
             except SamplingInterrupted:
                 log.warning("VACE long video: stopped in window %d of %d; returning the %d finished frames",
                             i + 1, len(plan), out.emitted)
@@ -422,12 +430,13 @@ def _generate_fused(model, vae, vcus, positive, negative, streams, settings, lon
         refs = len(vcus[0].references)
         spans = fused_spans(contexts[0].shape[2] - refs, (long.window - 1) // TEMPORAL_STRIDE + 1,
                             (long.overlap - 1) // TEMPORAL_STRIDE + 1)
+        space = TokenSpace.for_vcu(vcus[0])
         fused = model if len(spans) == 1 else \
-            FusedWindows(model, spans, fused_weights(spans, long.fused_weights), refs)
+            FusedWindows(model, spans, fused_weights(spans, long.fused_weights), refs, space)
         step = None if progress is None else (lambda s, n, x, x0: progress(0, 1, s, n, x, x0))
         try:
             latent = sample_latent(fused, contexts, positive, negative, streams, settings, step,
-                                   device or next(model.parameters()).device)
+                                   device or next(model.parameters()).device, space=space)
         except SamplingInterrupted:
             return LongVideo(torch.zeros(3, 0, *vcus[0].size), 0, 1)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)
