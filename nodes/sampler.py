@@ -10,6 +10,7 @@ import torch
 from comfy_api.latest import io
 
 from ..vace_core.errors import VaceError
+from ..vace_core.lora.region import TokenSpace
 from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream
 from ..vace_core.vae import to_comfy_latent
@@ -143,7 +144,8 @@ class VaceSampler(io.ComfyNode):
         try:
             latent = sample_latent(model, contexts, *texts, settings_per_stream, settings,
                                    progress(steps, device, len(units[0].references)), device,
-                                   regions=regions.for_vcu(units[0]) if regions is not None else None)
+                                   regions=regions.for_vcu(units[0]) if regions is not None else None,
+                                   space=TokenSpace.for_vcu(units[0], region_masks=getattr(regions, "masks", None)))
         finally:
             for hook in hooks:
                 hook.remove()
