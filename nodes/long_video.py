@@ -15,7 +15,7 @@ from ..vace_core.long_video import FUSED_WEIGHTS, MODES, LongVideoSettings, gene
 from ..vace_core.pipeline import SamplerSettings
 from ..vace_core.vcu import to_images
 from . import memory
-from .sampler import SOLVERS, VaceSampler, context_streams, text_features
+from .sampler import SOLVERS, VaceSampler, context_streams, reference_settings, text_features
 from .types import CATEGORY
 
 log = logging.getLogger("vace")
@@ -133,6 +133,7 @@ class VaceLongVideoSampler(io.ComfyNode):
                 mode, window, overlap, discard, perturbation, replace_latents, carry_guidance, keyframes,
                 fused_weights, colour_method, colour_strength, colour_masked, paste_kept, feather,
                 colour_anchor=None, **streams) -> io.NodeOutput:
+        options = reference_settings(streams)
         units, stream_settings = context_streams(streams)
         long = LongVideoSettings(window, overlap, discard, mode, perturbation, replace_latents, carry_guidance,
                                  keyframes, fused_weights, colour_method, colour_strength, colour_anchor,
@@ -150,7 +151,7 @@ class VaceLongVideoSampler(io.ComfyNode):
             result = generate_long(
                 model, Managed(vace_vae), units, text_features(positive, "positive", patcher.model.config.text_dim),
                 text_features(negative, "negative", patcher.model.config.text_dim), stream_settings,
-                SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed), long,
+                SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, **options), long,
                 progress(windows, steps, device, len(units[0].references)), "auto",
                 feather if paste_kept else None, device=device)
         finally:

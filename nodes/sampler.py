@@ -80,6 +80,23 @@ def progress(steps: int, device, references: int):
     return callback
 
 
+REFERENCE_INPUTS = [
+    io.Float.Input("reference_weight", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
+                   tooltip="Reference leak control, for VCUs with reference images: how much the first output frame "
+                           "attends the references (1 = as trained). Lower it (e.g. 0.3) when the reference looks "
+                           "pasted into the first frames. README: Reference leak control."),
+    io.Float.Input("reference_decay", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
+                   tooltip="How the reference weight recovers over the video, per latent frame (4 frames): weight "
+                           "at frame f = 1 - (1 - reference_weight) x decay^f. 1 = the same weight on every frame; "
+                           "0.5 = back to full attention after a few latent frames."),
+]
+
+
+def reference_settings(options: dict) -> dict:
+    """The reference leak inputs (absent from older API prompts: today's attention) as SamplerSettings fields."""
+    return {k: float(options.pop(k, 1.0)) for k in ("reference_weight", "reference_decay")}
+
+
 class VaceSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -114,6 +131,7 @@ class VaceSampler(io.ComfyNode):
                 LowNoiseExpert.Input("low_noise_expert", optional=True,
                                      tooltip="Wan2.2-VACE-Fun: the low-noise expert (vace_model is then the "
                                              "high-noise one, and cfg its guidance)."),
+                *REFERENCE_INPUTS,
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -121,6 +139,7 @@ class VaceSampler(io.ComfyNode):
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
+        options = reference_settings(streams)
         units, settings_per_stream = context_streams(streams)
         patcher = vace_model.patcher
         texts = [text_features(c, what, patcher.model.config.text_dim)
@@ -133,7 +152,7 @@ class VaceSampler(io.ComfyNode):
         vae = memory.load(vace_vae)
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
-        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, step_cache)
+        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, step_cache, **options)
 
         def load(loaded):
             return memory.load(loaded.patcher, reserve + memory.swap_reserve(loaded.patcher.model, loaded.block_swap))

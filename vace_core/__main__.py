@@ -130,7 +130,8 @@ def _settings(args):
         print(f"preset {args.preset}: {values['steps']} steps, cfg {values['cfg']}, shift {values['shift']}, "
               f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
     cache = TeaCache(args.teacache, args.teacache_mode) if args.teacache else None
-    return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed, cache)
+    return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed, cache,
+                           args.reference_weight, args.reference_decay)
 
 
 def _parallel(args, model):
@@ -270,6 +271,12 @@ def _run_parser(sub):
     run.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:CONTEXT]]",
                      help="a Wan2.1 LoRA (repeatable), e.g. causvid.safetensors:0.5")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--reference-weight", type=float, default=1.0,
+                     help="with --ref: attention of the first output frame to the references, 0-1 (1 = as trained; "
+                          "lower it when the reference looks pasted into the first frames)")
+    run.add_argument("--reference-decay", type=float, default=1.0,
+                     help="with --reference-weight: its recovery per latent frame, w_f = 1 - (1 - w) decay^f "
+                          "(1 = constant)")
     run.add_argument("--composite", type=int, metavar="FEATHER", help="paste kept pixels back (feather in px)")
     _long_video_flags(run)
     run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")

@@ -15,6 +15,7 @@ from torch import Tensor
 from .errors import VaceError
 from .experts import as_experts
 from .lora.region import TokenSpace, region_scope
+from .reference_leak import ReferenceAttention, frame_weights
 from .sampling import (
     ContextStream,
     cfg,
@@ -43,6 +44,8 @@ class SamplerSettings:
     schedule: str = "wan"
     seed: int = 0
     step_cache: TeaCache | None = None  # None: every step runs the blocks
+    reference_weight: float = 1.0  # attention to the reference images' tokens at the first frame (1 = as trained)
+    reference_decay: float = 1.0  # its recovery per latent frame (1: constant); see vace_core.reference_leak
 
 
 def encode_contexts(vcus: Sequence[VCU], vae_encode: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -96,6 +99,7 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     contexts = [c.to(device, dtype) for c in contexts]
     if regions is not None:
         regions.regions.check_text(positive)
+    leak = _reference_attention(settings, space, contexts[0], regions)
     run_model = settings.step_cache or (lambda net, *args, step, key, **bias: net(*args, **bias))
     if settings.step_cache is not None:
         settings.step_cache.begin(settings.steps)
@@ -110,6 +114,8 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
         strengths = context_strengths(streams, step, settings.steps)
         active = [(c, s) for c, s in zip(contexts, strengths, strict=True) if s]
         bias = regions.biases(timestep, step, settings.steps, rows) if regions is not None else {}
+        if leak is not None:
+            bias = {"self_bias": leak}
         with torch.no_grad():
             v = run_model(net, x.to(dtype).expand(rows, -1, -1, -1, -1), torch.full((rows,), timestep, device=device),
                           text[:rows], [c for c, _ in active], [s for _, s in active],
@@ -123,6 +129,21 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     if settings.step_cache is not None:
         log.info("%s", settings.step_cache.stats)
     return latent
+
+
+def _reference_attention(settings: SamplerSettings, space: TokenSpace | None, context: Tensor, regions):
+    """The reference-leak weighting of self-attention (vace_core.reference_leak), or None (today's attention)."""
+    frame_weights(settings.reference_weight, settings.reference_decay, 1)  # checks the numbers
+    if settings.reference_weight == 1:
+        return None
+    if space is None:
+        raise VaceError("reference_weight needs to know which latent frames are references: sample through "
+                        "pipeline.generate or pass space=TokenSpace.for_vcu(vcu)")
+    if regions is not None:
+        raise VaceError("reference_weight and Regional Prompts both modulate self-attention and do not combine: set "
+                        "reference_weight to 1, or drop the regions")
+    h, w = context.shape[3] // 2, context.shape[4] // 2  # tokens per latent frame (patch 2x2)
+    return ReferenceAttention.build(settings.reference_weight, settings.reference_decay, space.references, h * w)
 
 
 def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:
