@@ -30,7 +30,7 @@ frames are written into it window by window, and `on_frames` streams them out as
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import torch
@@ -42,6 +42,7 @@ from .lora.region import TokenSpace
 from .pipeline import SamplerSettings, composite, decode, encode_contexts, sample_latent
 from .sampling import SamplingInterrupted, make_noise
 from .sampling.loop import MAX_SEED
+from .timeline import Timeline, pinned_frames
 from .vae.model import TEMPORAL_STRIDE
 from .vcu import VCU, keep_frames, select_frames, to_images
 from .vcu.pixels import to_video
@@ -279,6 +280,8 @@ class LongVideo:
     video: Tensor  # (3, T_done, H, W) in [-1, 1]
     windows_done: int
     windows: int
+    records: list["WindowRecord"] = field(default_factory=list)  # what each window ran with (the saved state)
+    anchor: ColourAnchor | None = None  # the colour anchor the windows were matched to
 
     @property
     def interrupted(self) -> bool:
@@ -286,6 +289,56 @@ class LongVideo:
 
 
 Progress = Callable[[int, int, int, int, Tensor, Tensor], bool | None]  # window, windows, step, steps, x, x0
+LATER = ("keep", "regenerate")
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """One window of a run, for its saved state: its frames (video positions, carried, written), its seed and
+    the timeline prompt it read (None: the positive prompt)."""
+
+    positions: tuple[int, ...]
+    kept: tuple[int, ...]
+    output: tuple[int, ...]
+    seed: int
+    prompt: int | None
+
+
+@dataclass
+class Resume:
+    """Re-render from a saved state: the saved video (3, T, H, W) and colour anchor are reused for every window
+    before `window`; window `window` is sampled again (with the timeline's seed / prompt for it), and the later
+    windows are regenerated, or kept with the seam re-blended (`later`, see `reblend_seam`)."""
+
+    video: Tensor
+    anchor: ColourAnchor | None
+    records: list[WindowRecord]
+    window: int
+    later: str = "keep"
+
+    def check(self, windows: int, length: int, mode: str):
+        if not 0 <= self.window < windows:
+            raise VaceError(f"cannot re-render window {self.window}: the saved run has {windows} windows (0 to "
+                            f"{windows - 1})")
+        if self.later not in LATER:
+            raise VaceError(f"later windows: choose one of {', '.join(LATER)}, got {self.later!r}")
+        if self.video.shape[1] != length:
+            raise VaceError(f"the saved video has {self.video.shape[1]} frames but the VCU {length}: re-render with "
+                            "the state's own VCU")
+        if mode == "hierarchical" and self.window == 0 and self.later == "keep":
+            raise VaceError("the later windows interpolate between window 0's keyframes: re-rendering window 0 "
+                            "of a hierarchical run must regenerate them (later windows: regenerate)")
+
+
+def reblend_seam(frames: Tensor, positions: Sequence[int], saved: Tensor, seam: Sequence[int]) -> None:
+    """Keeping the windows after a re-rendered one: over the frames the next window carried (`seam`, n video
+    positions), the re-rendered window's frames (3, T, H, W) at `positions` fade into the saved ones the next
+    window continued from, in place:
+        new[p_j] <- (1 − a_j) · new[p_j] + a_j · saved[p_j],   a_j = (j + 1) / (n + 1)."""
+    where = {p: k for k, p in enumerate(positions)}
+    for j, p in enumerate(seam):
+        a = (j + 1) / (len(seam) + 1)
+        frames[:, where[p]] = (1 - a) * frames[:, where[p]] + a * saved[:, p].to(frames)
 
 
 def _carried_units(vcus: list[VCU], window: Window, video: Tensor) -> tuple[list[VCU], list[VCU]]:
@@ -361,6 +414,16 @@ class _Output:
     def write(self, positions: list[int], frames: Tensor):
         self.video[:, positions] = frames.to(self.video)
         self.final[positions] = True
+        self._emit()
+
+    def resume(self, saved: Tensor, positions: list[int], keep_new: bool = False):
+        """Frames of a saved run taken as final (keep_new: frames already written here stay)."""
+        fresh = [p for p in positions if not (keep_new and self.final[p])]
+        self.video[:, fresh] = saved[:, fresh].to(self.video)
+        self.final[positions] = True
+        self._emit()
+
+    def _emit(self):
         done = self.emitted
         while done < len(self.final) and self.final[done]:
             done += 1
@@ -384,42 +447,81 @@ def _anchor_colours(frames: Tensor, masks: Tensor, anchor: ColourAnchor | None, 
 def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: Tensor | None = None,
                   streams=None, settings: SamplerSettings | None = None,
                   long: LongVideoSettings = LongVideoSettings(), progress: Progress | None = None, tiling=None,
-                  composite_feather: int | None = None, on_frames=None, device=None) -> LongVideo:
+                  composite_feather: int | None = None, on_frames=None, device=None, timeline: Timeline | None = None,
+                  resume: Resume | None = None) -> LongVideo:
     """A VACE task of any length -> LongVideo (video (3, T, H, W) in [-1, 1]). A VCU of at most `window`
     frames is one window: exactly pipeline.generate. Window i samples with seed + i. progress(window,
-    windows, step, steps, x, x0) returning False stops after that step: the finished windows are returned."""
+    windows, step, steps, x, x0) returning False stops after that step: the finished windows are returned.
+    timeline: per-window prompts, references, end frames, seeds, loop (vace_core.timeline). resume: re-render
+    one window of a saved run (see Resume)."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
     settings = settings or SamplerSettings()
     if len({(v.length, v.size) for v in vcus}) > 1:
         raise VaceError("the VCUs differ in length or size: build every stream at one size and length")
     long.check()
     if long.mode == "fused":
+        if timeline is not None:
+            timeline.check(1, "fused")
+        if resume is not None:
+            raise VaceError("fused windows are denoised together, none can be re-rendered alone: use "
+                            "autoregressive or hierarchical mode")
         return _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
                                composite_feather, on_frames, device)
     plan = plan_windows(vcus[0].length, long)
+    if timeline is not None:
+        timeline.check(len(plan), long.mode)
+    if resume is not None:
+        resume.check(len(plan), vcus[0].length, long.mode)
     out = _Output(vcus[0].length, vcus[0].size, on_frames)
     anchor = None if long.colour_anchor is None else ColourAnchor.from_images(long.colour_anchor)
+    first, records, previous = 0, [], None
+    if resume is not None:
+        first, anchor = resume.window, resume.anchor if resume.window > 0 else anchor
+        out.resume(resume.video, [window.positions[k] for window in plan[:first] for k in window.output])
+        records, previous = list(resume.records[:first]), (resume.records[first - 1].prompt if first else None)
+    keep_later = resume is not None and resume.later == "keep"
     with torch.no_grad():
-        for i, window in enumerate(plan):
+        for i in range(first, len(plan)):
+            window = plan[i]
             log.info("VACE long video: window %d of %d (frames %d-%d, %d carried)", i + 1, len(plan),
                      window.start, window.end - 1, len(window.kept))
+            prompt = None if timeline is None else timeline.prompt_index(i, window.positions[window.output[0]])
+            seed = (settings.seed + i) % (MAX_SEED + 1)
+            seed = seed if timeline is None else timeline.seed(i, seed)
+            text = positive if timeline is None else \
+                timeline.positive(prompt, previous, len(window.kept) / len(window.positions), positive)
             units, free = _carried_units(vcus, window, out.video)
+            pinned = pinned_frames(timeline, i, i == len(plan) - 1, window.positions, len(window.kept), out.video,
+                                   long.overlap, vcus[0].size)
+            if timeline is not None:
+                units, free = timeline.edit_units(i, units, free, pinned)
             step = None if progress is None else \
                 (lambda s, n, x, x0, i=i: progress(i, len(plan), s, n, x, x0))
             try:
-                frames = sample_window(model, vae, units, free, window.kept, positive, negative, streams,
-                                       replace(settings, seed=(settings.seed + i) % (MAX_SEED + 1)), long, step,
-                                       tiling, device, TokenSpace.for_vcu(units[0], window.positions))
+                frames = sample_window(model, vae, units, free, window.kept, text, negative, streams,
+                                       replace(settings, seed=seed), long, step, tiling, device,
+                                       TokenSpace.for_vcu(units[0], window.positions))
             except SamplingInterrupted:
                 log.warning("VACE long video: stopped in window %d of %d; returning the %d finished frames",
                             i + 1, len(plan), out.emitted)
-                return LongVideo(out.video[:, :out.emitted], i, len(plan))
+                return LongVideo(out.video[:, :out.emitted], i, len(plan), records, anchor)
             frames, anchor = _anchor_colours(frames, units[0].masks, anchor, long)
             if composite_feather is not None:
                 frames = composite(frames, units[0], composite_feather)
+            for k, pixels in pinned.items():  # kept frames are given: written exactly
+                frames[:, k] = pixels.to(frames)
+            if keep_later and i + 1 < len(plan) and long.mode == "autoregressive":  # fills share only keyframes
+                seam = [plan[i + 1].positions[k] for k in plan[i + 1].kept]
+                reblend_seam(frames, window.positions, resume.video, seam)
             written = list(window.output)
             out.write([window.positions[k] for k in written], frames[:, written])
-    return LongVideo(out.video, len(plan), len(plan))
+            records.append(WindowRecord(window.positions, window.kept, window.output, seed, prompt))
+            previous = prompt
+            if keep_later:  # the later windows' frames as saved
+                out.resume(resume.video, [w.positions[k] for w in plan[i + 1:] for k in w.output], keep_new=True)
+                records += resume.records[i + 1:]
+                break
+    return LongVideo(out.video, len(plan), len(plan), records, anchor)
 
 
 def _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
