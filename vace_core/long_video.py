@@ -334,11 +334,12 @@ def reblend_seam(frames: Tensor, positions: Sequence[int], saved: Tensor, seam: 
     """Keeping the windows after a re-rendered one: over the frames the next window carried (`seam`, n video
     positions), the re-rendered window's frames (3, T, H, W) at `positions` fade into the saved ones the next
     window continued from, in place:
-        new[p_j] <- (1 − a_j) · new[p_j] + a_j · saved[p_j],   a_j = (j + 1) / (n + 1)."""
+        new[p_j] <- (1 − a_j) · new[p_j] + a_j · saved[p_j],   a_j = (j + 1) / (n + 1),
+    computed as new + a_j (saved − new), so frames the re-render left unchanged stay bit for bit."""
     where = {p: k for k, p in enumerate(positions)}
     for j, p in enumerate(seam):
         a = (j + 1) / (len(seam) + 1)
-        frames[:, where[p]] = (1 - a) * frames[:, where[p]] + a * saved[:, p].to(frames)
+        frames[:, where[p]] += a * (saved[:, p].to(frames) - frames[:, where[p]])
 
 
 def _carried_units(vcus: list[VCU], window: Window, video: Tensor) -> tuple[list[VCU], list[VCU]]:
