@@ -17,7 +17,7 @@ the run built it.
 """
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,18 @@ class Job:
         """This job with a long-video run's state (to save, then re-render a window from)."""
         return Job(self.vcus, self.positive, self.negative, self.streams, self.settings, self.long, self.timeline,
                    result.video, result.anchor, list(result.records))
+
+    def rerender(self, window: int, seed: int | None = None, prompt: torch.Tensor | None = None) -> "Job":
+        """This saved run set to sample window `window` with a new seed and / or prompt features (1, L, D)."""
+        self.resume(window)  # checks there is a saved run
+        timeline = self.timeline or Timeline()
+        records = self.records
+        if prompt is not None:
+            timeline = timeline.with_window_prompt(window, prompt, [r.prompt for r in records], self.positive)
+            records = [replace(r, prompt=j) for j, r in enumerate(records)]
+        if seed is not None:
+            timeline = replace(timeline, seeds={**timeline.seeds, window: seed})
+        return replace(self, timeline=timeline, records=records)
 
     def resume(self, window: int, later: str = "keep") -> Resume:
         if self.video is None or self.long is None:

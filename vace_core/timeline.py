@@ -96,7 +96,7 @@ class Timeline:
         if index is None:
             return default
         text = self.prompts[index]
-        if not self.blend or previous is None or previous == index:
+        if not self.blend or previous is None or torch.equal(self.prompts[previous], text):
             return text
         before = self.prompts[previous]
         length = max(text.shape[1], before.shape[1])
@@ -105,6 +105,13 @@ class Timeline:
 
     def seed(self, i: int, default: int) -> int:
         return self.seeds.get(i, default)
+
+    def with_window_prompt(self, window: int, text: Tensor, used: Sequence[int | None], default: Tensor):
+        """This timeline with window `window` reading `text` instead: prompts become one per window (window j
+        reads prompt j; `used`: the prompt index each window read, None for `default`)."""
+        prompts = [default if p is None else self.prompts[p] for p in used]
+        prompts[window] = text
+        return Timeline(prompts, None, self.blend, self.references, self.end_frames, self.seeds, self.loop)
 
     def edit_units(self, i: int, units: list[VCU], free: list[VCU], pinned: dict[int, Tensor]):
         """The window's VCUs with its references and its pinned frames (window index -> pixels (3, H, W) in
