@@ -2,21 +2,25 @@
 Color Match (any IMAGE batch matched to an anchor)."""
 
 import logging
+import os
 
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
+import folder_paths
 import latent_preview
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
 from ..vace_core.colour import METHODS, ColourAnchor, match_colours
-from ..vace_core.long_video import FUSED_WEIGHTS, MODES, LongVideoSettings, generate_long, plan_windows
+from ..vace_core.errors import VaceError
+from ..vace_core.job import Job, load_job, save_job
+from ..vace_core.long_video import FUSED_WEIGHTS, LATER, MODES, LongVideoSettings, generate_long, plan_windows
 from ..vace_core.pipeline import SamplerSettings
 from ..vace_core.vcu import to_images
 from . import memory
 from .sampler import SOLVERS, VaceSampler, context_streams, reference_settings, text_features
-from .types import CATEGORY
+from .types import CATEGORY, TimelineType
 
 log = logging.getLogger("vace")
 
@@ -113,7 +117,42 @@ LONG_INPUTS = [
                      tooltip="Paste the VCU's kept pixels (mask black) back over each window (editing tasks)."),
     io.Int.Input("feather", default=8, min=0, max=256,
                  tooltip="Soft edge in pixels where pasted pixels blend into generated ones."),
+    TimelineType.Input("timeline", optional=True,
+                       tooltip="From VACE Timeline: a prompt, reference, end frame and seed per window, or a loop "
+                               "(autoregressive / hierarchical)."),
+    io.Boolean.Input("save_state", default=False, optional=True,
+                     tooltip="Save the run's state (VCU, prompts, settings, each window's seed and frames) to "
+                             "output/vace_jobs/, to re-render one window later (here, or python -m vace_core run "
+                             "--job FILE --rerender N)."),
+    io.String.Input("rerender_from", default="", optional=True,
+                    tooltip="A saved state under the output folder (e.g. vace_jobs/long_state_00001_.safetensors): "
+                            "re-render only rerender_window with this graph's settings (change the seed or the "
+                            "timeline's prompt), reusing every other window's frames. Empty: a full run."),
+    io.Int.Input("rerender_window", default=0, min=0, max=255, optional=True,
+                 tooltip="With rerender_from: the window to sample again (0 = the first)."),
+    io.Combo.Input("later_windows", options=list(LATER), default="keep", optional=True,
+                   tooltip="With rerender_from: keep the windows after it (the seam re-blended over the carried "
+                           "frames) or regenerate them."),
 ]
+
+
+def saved_state(name: str):
+    """A state file under ComfyUI's output folder -> its Job (only files inside the output folder)."""
+    root = os.path.realpath(folder_paths.get_output_directory())
+    path = os.path.realpath(os.path.join(root, name.strip()))
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        raise VaceError(f"rerender_from {name!r} is not a file in the output folder: give the saved state's path "
+                        "relative to it (e.g. vace_jobs/long_state_00001_.safetensors)")
+    return load_job(path)
+
+
+def write_state(job: Job) -> str:
+    """Saves a run's state to output/vace_jobs/long_state_NNNNN_.safetensors -> its path under the output folder."""
+    root = folder_paths.get_output_directory()
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path("vace_jobs/long_state", root)
+    filename = f"{name}_{counter:05}_.safetensors"
+    save_job(os.path.join(folder, filename), job)
+    return os.path.join(subfolder, filename)
 
 
 class VaceLongVideoSampler(io.ComfyNode):
@@ -132,7 +171,8 @@ class VaceLongVideoSampler(io.ComfyNode):
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 mode, window, overlap, discard, perturbation, replace_latents, carry_guidance, keyframes,
                 fused_weights, colour_method, colour_strength, colour_masked, paste_kept, feather,
-                colour_anchor=None, **streams) -> io.NodeOutput:
+                colour_anchor=None, timeline=None, save_state=False, rerender_from="", rerender_window=0,
+                later_windows="keep", **streams) -> io.NodeOutput:
         options = reference_settings(streams)
         units, stream_settings = context_streams(streams)
         long = LongVideoSettings(window, overlap, discard, mode, perturbation, replace_latents, carry_guidance,
@@ -147,13 +187,16 @@ class VaceLongVideoSampler(io.ComfyNode):
                        f"{units[0].size[0]}x{units[0].size[1]}", "Use a shorter window, a smaller size, or cfg 1.")
         model = Managed(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap))
         device = mm.get_torch_device()
+        width = patcher.model.config.text_dim
+        job = Job(units, text_features(positive, "positive", width).cpu(), text_features(negative, "negative",
+                  width).cpu(), stream_settings, SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed,
+                                                                 **options), long, timeline)
+        resume = saved_state(rerender_from).resume(rerender_window, later_windows) if rerender_from.strip() else None
         try:
             result = generate_long(
-                model, Managed(vace_vae), units, text_features(positive, "positive", patcher.model.config.text_dim),
-                text_features(negative, "negative", patcher.model.config.text_dim), stream_settings,
-                SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, **options), long,
+                model, Managed(vace_vae), units, job.positive, job.negative, stream_settings, job.settings, long,
                 progress(windows, steps, device, len(units[0].references)), "auto",
-                feather if paste_kept else None, device=device)
+                feather if paste_kept else None, device=device, timeline=timeline, resume=resume)
         finally:
             if offload_after:
                 memory.offload(patcher)
@@ -163,6 +206,10 @@ class VaceLongVideoSampler(io.ComfyNode):
             mm.interrupt_current_processing(False)  # the user gets the finished windows: the graph goes on
             log.warning("VACE long video: cancelled; returning %d frames (%d of %d windows)",
                         result.video.shape[1], result.windows_done, result.windows)
+        elif save_state:
+            path = write_state(job.with_run(result))
+            log.info("VACE long video: state saved to %s", path)
+            return io.NodeOutput(to_images(result.video), ui={"text": [f"state: {path}"]})
         return io.NodeOutput(to_images(result.video))
 
 

@@ -91,7 +91,7 @@ def test_window_references_seeds_and_end_frames(models, monkeypatch, today):
     end = torch.rand(16, 16, 3)
     reference = torch.rand(16, 16, 3)
     result = run(models, Timeline(references={1: [reference]}, end_frames={2: end}, seeds={0: 123}))
-    assert [len(units[0].references) for _, units in seen] == [0, 1, 0]
+    assert [len(units[0].references) for _, units in seen] == [0, 1, 1]  # from window 1 on
     last = seen[2][1][0]
     assert last.masks[-1].sum() == 0 and torch.equal(last.frames[:, -1], end.permute(2, 0, 1) * 2 - 1)
     assert torch.equal(result.video[:, -1], end.permute(2, 0, 1) * 2 - 1)  # the pinned frame, exactly

@@ -470,6 +470,7 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
                                composite_feather, on_frames, device)
     plan = plan_windows(vcus[0].length, long)
     if timeline is not None:
+        timeline = timeline.resolved(len(plan))
         timeline.check(len(plan), long.mode)
     if resume is not None:
         resume.check(len(plan), vcus[0].length, long.mode)

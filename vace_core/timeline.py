@@ -8,7 +8,8 @@
       text_i = β · f_{i−1} + (1 − β) · f_i,      β = carried frames / window frames
   (both zero-padded to one length first; the DiT pads every prompt with zeros to 512, so padding changes
   nothing). β is 5/81 for the default window: a nudge that softens the cut, not a crossfade.
-- References per window: they replace the VCU's references in that window (every context stream).
+- References per window: from window w on (until the next window given), they replace the VCU's references
+  (every context stream).
 - End frames per window: the image is kept (mask 0) as the window's last frame, as first/last-frame
   interpolation does, and written into the video exactly.
 - Seeds per window: default seed + i (as without a timeline).
@@ -56,8 +57,10 @@ def parse_prompts(text: str) -> tuple[list[str], list[int] | None]:
 @dataclass
 class Timeline:
     """Per-window direction (see the module doc). prompts: features (1, L, D) each; starts: the frame each
-    prompt starts at (None: one per window); references: window -> IMAGEs (H, W, 3) 0..1; end_frames:
-    window -> IMAGE (H, W, 3) 0..1; seeds: window -> seed."""
+    prompt starts at (None: one per window); references: window -> IMAGEs (H, W, 3) 0..1, from that window on;
+    end_frames:
+    window -> IMAGE (H, W, 3) 0..1; seeds: window -> seed. Window numbers from 0; negative ones count from the
+    end (-1: the last window)."""
 
     prompts: list[Tensor] = field(default_factory=list)
     starts: list[int] | None = None
@@ -66,6 +69,13 @@ class Timeline:
     end_frames: dict[int, Tensor] = field(default_factory=dict)
     seeds: dict[int, int] = field(default_factory=dict)
     loop: bool = False
+
+    def resolved(self, windows: int) -> "Timeline":
+        """Negative window numbers counted from the end (-1: the last window)."""
+        def fix(table):
+            return {w + windows if w < 0 else w: v for w, v in table.items()}
+        return Timeline(self.prompts, self.starts, self.blend, fix(self.references), fix(self.end_frames),
+                        fix(self.seeds), self.loop)
 
     def check(self, windows: int, mode: str):
         if mode == "fused":
@@ -116,8 +126,8 @@ class Timeline:
     def edit_units(self, i: int, units: list[VCU], free: list[VCU], pinned: dict[int, Tensor]):
         """The window's VCUs with its references and its pinned frames (window index -> pixels (3, H, W) in
         [-1, 1], kept with mask 0) -> (units, free)."""
-        if i in self.references:
-            refs = self.references[i]
+        if since := [w for w in self.references if w <= i]:
+            refs = self.references[max(since)]
             units, free = ([with_references(VCU(u.frames, u.masks, [], u.kind), refs) for u in us]
                            for us in (units, free))
         if pinned:
