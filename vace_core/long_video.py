@@ -21,7 +21,9 @@ Against the drift that carried frames accumulate:
 - unconditional guidance for windows (LVDM section 4), weight w (0 = off), one more forward pass per step:
       v = v_cfg + w * (v(x | text, carried frames) - v(x | text, no carried frames));
 - colour anchoring: each decoded window (after the first) is matched per frame to a FIXED anchor (the first
-  window, or a reference image), never only to the previous window (vace_core.colour).
+  window, or a reference image), never only to the previous window (vace_core.colour);
+- anchor guidance (inside sampling, weight w, 0 = off): the early steps' predicted clean latent is pulled toward
+  the per-channel statistics of the first window's latent or of the carried frames (vace_core.anchor_guidance).
 
 Memory: one window's latents, contexts and activations are alive at a time, plus the output video (the
 frames are written into it window by window, and `on_frames` streams them out as they become final).
@@ -36,6 +38,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
+from .anchor_guidance import SOURCES, AnchorStats, anchor_hook
 from .colour import METHODS, ColourAnchor, match_colours
 from .errors import VaceError
 from .lora.region import TokenSpace
@@ -72,6 +75,9 @@ class LongVideoSettings:
     colour_strength: float = 1.0  # 0 = no colour anchoring
     colour_anchor: Tensor | None = None  # IMAGE (T, H, W, 3) 0..1; None = the first window
     colour_masked: bool = False  # statistics and changes only in the generated (mask 1) area
+    anchor_guidance: float = 0.0  # weight w of anchor guidance in sampling (0 = off); vace_core.anchor_guidance
+    anchor_end: float = 0.3  # the fraction of the steps it runs in
+    anchor_source: str = "first"  # the first window's latent, or the window's kept frames
 
     def check(self):
         if self.mode not in MODES:
@@ -93,6 +99,9 @@ class LongVideoSettings:
             raise VaceError(f"colour method {self.colour_method!r}: choose one of {', '.join(METHODS)}")
         if not 0 <= self.colour_strength <= 1:
             raise VaceError(f"colour_strength is from 0 (off) to 1 (full), got {self.colour_strength}")
+        if self.anchor_source not in SOURCES:
+            raise VaceError(f"anchor source {self.anchor_source!r}: choose one of {', '.join(SOURCES)}")
+        anchor_hook(AnchorStats(torch.zeros(1), torch.ones(1)), self.anchor_guidance, self.anchor_end, 0)
 
 
 @dataclass(frozen=True)
@@ -374,10 +383,11 @@ def _replacement(clean: Tensor, noise: Tensor, index: list[int]):
 
 def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[int], positive, negative, streams,
                   settings, long: LongVideoSettings, callback=None, tiling=None, device=None,
-                  space: TokenSpace | None = None) -> Tensor:
+                  space: TokenSpace | None = None, anchor: AnchorStats | None = None) -> Tensor:
     """One window: its VCUs (`kept`: the window frames carried over; `free`: the VCUs without them) -> decoded
     frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate. space: the window's
-    TokenSpace (its video frames), for region LoRAs."""
+    TokenSpace (its video frames), for region LoRAs. anchor: the first window's latent statistics for anchor
+    guidance (None: from the kept frames with anchor_source "kept", else no guidance)."""
     encode = lambda v: vae.encode(v, tiling=tiling)  # noqa: E731
     contexts = encode_contexts(units, encode)
     refs = len(units[0].references)
@@ -396,8 +406,12 @@ def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[
             contexts = [c.to(device, dtype) for c in contexts]
             frees = [c.to(device, dtype) for c in encode_contexts(free, encode)]
             model = CarryGuidance(model, list(zip(contexts, frees, strict=True)), long.carry_guidance)
+    stats = anchor
+    if long.anchor_guidance and long.anchor_source == "kept" and carried:
+        stats = AnchorStats.of(contexts[0][:, INACTIVE, carried].float())
+    hook = None if stats is None else anchor_hook(stats, long.anchor_guidance, long.anchor_end, refs)
     latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, model_input,
-                           space=space or TokenSpace.for_vcu(units[0]))
+                           space=space or TokenSpace.for_vcu(units[0]), x0_hook=hook)
     if long.replace_latents and carried:
         latent[:, :, carried] = clean.to(latent)
     return decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)
@@ -482,6 +496,7 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
         out.resume(resume.video, [window.positions[k] for window in plan[:first] for k in window.output])
         records, previous = list(resume.records[:first]), (resume.records[first - 1].prompt if first else None)
     keep_later = resume is not None and resume.later == "keep"
+    latent_anchor = _latent_anchor(vae, out.video, plan[0], long, tiling) if first > 0 else None
     with torch.no_grad():
         for i in range(first, len(plan)):
             window = plan[i]
@@ -502,7 +517,7 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
             try:
                 frames = sample_window(model, vae, units, free, window.kept, text, negative, streams,
                                        replace(settings, seed=seed), long, step, tiling, device,
-                                       TokenSpace.for_vcu(units[0], window.positions))
+                                       TokenSpace.for_vcu(units[0], window.positions), latent_anchor)
             except SamplingInterrupted:
                 log.warning("VACE long video: stopped in window %d of %d; returning the %d finished frames",
                             i + 1, len(plan), out.emitted)
@@ -517,6 +532,8 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
                 reblend_seam(frames, window.positions, resume.video, seam)
             written = list(window.output)
             out.write([window.positions[k] for k in written], frames[:, written])
+            if i == 0:
+                latent_anchor = _latent_anchor(vae, out.video, plan[0], long, tiling)
             records.append(WindowRecord(window.positions, window.kept, window.output, seed, prompt))
             previous = prompt
             if keep_later:  # the later windows' frames as saved
@@ -524,6 +541,16 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
                 records += resume.records[i + 1:]
                 break
     return LongVideo(out.video, len(plan), len(plan), records, anchor)
+
+
+def _latent_anchor(vae, video: Tensor, first: Window, long: LongVideoSettings, tiling) -> AnchorStats | None:
+    """Anchor guidance's fixed anchor: the statistics of the first window's written frames, encoded (so a
+    re-render from a saved video finds the same anchor); None unless guidance uses the first window."""
+    if not long.anchor_guidance or long.anchor_source != "first":
+        return None
+    written = [first.positions[k] for k in first.output]
+    frames = video[:, written[:(len(written) - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1]]  # 4n+1 for the VAE
+    return AnchorStats.of(vae.encode(frames[None], tiling=tiling).float())
 
 
 def _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,

@@ -71,7 +71,7 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
                   callback=None, device=None, model_input=None, regions=None,
-                  space: TokenSpace | None = None) -> Tensor:
+                  space: TokenSpace | None = None, x0_hook=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     model: a VaceTransformer, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
@@ -83,6 +83,8 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     re-noises carried-over latents there. regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional
     prompts, `positive` being their text. space: where the latent's tokens lie in the video (`TokenSpace.for_vcu`),
     for LoRAs confined to regions (vace_core.lora.region); needed only when the model carries some.
+    x0_hook(x0, step, steps) -> x0: guidance on the predicted clean latent x0 = x - sigma v (long video's anchor
+    guidance); the velocity becomes (x - x0') / sigma.
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
@@ -105,6 +107,12 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
         settings.step_cache.begin(settings.steps)
 
     def denoise(x, sigma, step):
+        v = velocity(x, sigma, step)
+        if x0_hook is None or sigma == 0:
+            return v
+        return (x - x0_hook(x - sigma * v, step, settings.steps)) / sigma
+
+    def velocity(x, sigma, step):
         if model_input is not None:
             x = model_input(x, sigma)
         timestep = sigma_to_timestep(sigma, settings.schedule)
