@@ -212,7 +212,9 @@ def _run(args):
     anchor = read_image(args.colour_anchor)[None, ..., :3] if args.colour_anchor else None
     long = LongVideoSettings(args.window, args.overlap, args.discard, args.mode, args.perturbation,
                              args.replace_latents, args.carry_guidance, args.keyframes, colour_method=args.colour,
-                             colour_strength=args.colour_strength, colour_anchor=anchor)
+                             colour_strength=args.colour_strength, colour_anchor=anchor,
+                             anchor_guidance=args.anchor_guidance, anchor_end=args.anchor_end,
+                             anchor_source=args.anchor_source)
     long.check()
     parallel = args.parallel or args.cfg_parallel or args.fsdp
     if parallel:
@@ -285,6 +287,11 @@ def _long_video_flags(run):
     g.add_argument("--colour", choices=METHODS, default="reinhard", help="colour anchoring method")
     g.add_argument("--colour-strength", type=float, default=1.0, help="colour anchoring strength, 0 = off")
     g.add_argument("--colour-anchor", help="image whose colours every window matches (default: the first window)")
+    g.add_argument("--anchor-guidance", type=float, default=0.0,
+                   help="anchor guidance weight in sampling (0 = off; 0.3-1 to try)")
+    g.add_argument("--anchor-end", type=float, default=0.3, help="anchor guidance: fraction of the steps it runs in")
+    g.add_argument("--anchor-source", choices=["first", "kept"], default="first",
+                   help="anchor guidance's anchor: the first window, or each window's kept frames")
     t = run.add_argument_group("long-video timeline (vace_core/timeline.py)")
     t.add_argument("--prompts", metavar="FILE", help="prompts file: one per window, or 'frame: prompt' lines")
     t.add_argument("--blend-prompts", action="store_true",
