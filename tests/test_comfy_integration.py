@@ -52,9 +52,12 @@ SHRINK = {"width": W, "height": H, "length": FRAMES}  # on VACE nodes (0 = "keep
 # bf16 (the VAE loader's default, right for GPUs) runs convolutions ~6x slower than fp32 on a CPU
 PER_CLASS = {"VACESampler": {"steps": STEPS}, "VACEVAELoader": {"dtype": "fp32"}, "ImageFromBatch": {"length": 5},
              "VACELongVideoSampler": {"steps": STEPS},  # window 81 > 9 frames: one window (multi-window: its own test)
+             "ImageScale": {"width": W, "height": H},  # end frames at the video's (shrunk) size
              "VACEDepthAnnotator": {"model": "dpt-hybrid-midas"},
              "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
              "VACELayoutAnnotator": {"start_box": "4,16,28,40", "end_box": "36,16,60,40"}}
+# a loop needs two windows: the 9-frame run gets two 5-frame windows (one frame carried, one looped)
+PER_EXAMPLE = {"vace_long_loop": {"VACELongVideoSampler": {"window": 5, "overlap": 1}}}
 NEEDS = {"vace_pose": "onnxruntime", "vace_animate_anything": "onnxruntime", "vace_inpaint_sam2": "sam2",
          "vace_long_pose": "onnxruntime", "vace_regional_boxing_cats": "sam2", "vace_regional_pose": "onnxruntime"}
 
@@ -176,7 +179,10 @@ def test_example_workflow_runs(comfy, name):
         pytest.skip(f"{name} needs `{NEEDS[name]}` in the ComfyUI runtime ({comfy.runtime.python} -m pip install "
                     f"{NEEDS[name]}); it is not installed there")
     workflow = json.loads(example_path(name).read_text())
-    entry = comfy.run(runnable(workflow, comfy.info), timeout=300)
+    api = runnable(workflow, comfy.info)
+    for node in api.values():
+        node["inputs"].update(PER_EXAMPLE.get(name, {}).get(node["class_type"], {}))
+    entry = comfy.run(api, timeout=300)
     assert_success(comfy, entry)
     [video] = output_files(comfy.base_dir, entry)
     frames, fps = read_video(video)

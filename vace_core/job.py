@@ -30,6 +30,7 @@ from .errors import VaceError
 from .long_video import LongVideo, LongVideoSettings, Resume, WindowRecord
 from .pipeline import SamplerSettings
 from .sampling import ContextStream
+from .step_cache import TeaCache
 from .timeline import Timeline
 from .vcu import VCU
 
@@ -113,7 +114,10 @@ def save_job(path, job: Job) -> Path:
         tensors |= {f"vcu.{i}.frames": unit.frames, f"vcu.{i}.masks": unit.masks}
         tensors |= {f"vcu.{i}.ref.{j}": ref for j, ref in enumerate(unit.references)}
     meta = {"version": VERSION, "kinds": [u.kind for u in job.vcus], "streams": [list(s) for s in job.streams],
-            "settings": asdict(job.settings)}
+            "settings": asdict(replace(job.settings, step_cache=None))}
+    if job.settings.step_cache is not None:  # its settings; the run's cache state is not part of the job
+        cache = job.settings.step_cache
+        meta["step_cache"] = {"threshold": cache.threshold, "mode": cache.mode, "coefficients": cache.coefficients}
     tensors = {k: v.float() for k, v in tensors.items()}
     if job.long is not None:
         meta["long"] = _long_meta(job.long)
@@ -152,8 +156,11 @@ def load_job(path) -> Job:
     for i, kind in enumerate(meta["kinds"]):
         refs = sorted((k for k in names if k.startswith(f"vcu.{i}.ref.")), key=lambda k: int(k.rsplit(".", 1)[1]))
         vcus.append(VCU(tensors[f"vcu.{i}.frames"], tensors[f"vcu.{i}.masks"], [tensors[k] for k in refs], kind))
+    settings = SamplerSettings(**meta["settings"])
+    if "step_cache" in meta:
+        settings = replace(settings, step_cache=TeaCache(**meta["step_cache"]))
     job = Job(vcus, tensors["positive"], tensors.get("negative"), [ContextStream(*s) for s in meta["streams"]],
-              SamplerSettings(**meta["settings"]))
+              settings)
     if "long" in meta:
         job.long = LongVideoSettings(**meta["long"], colour_anchor=tensors.get("long.colour_anchor"))
     if "timeline" in meta:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .denoiser import Layer, Step, Wrapper
 from .errors import VaceError
 from .experts import as_experts
 from .lora.region import TokenSpace, region_scope
@@ -70,19 +71,24 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None, model_input=None, regions=None,
+                  callback=None, device=None, regions=None, layers: Sequence[Layer] = (),
                   space: TokenSpace | None = None, x0_hook=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
-    model: a VaceTransformer, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
+    model: a `denoiser.Denoiser`, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
     t >= boundary, then the low-noise one and its guidance). streams: (strength, start, end) per context, default
     full strength over every step. Guidance runs the negative prompt in the same batch (with the same contexts,
-    as the reference does); guidance 1 skips it. settings.step_cache (TeaCache) skips the blocks of steps it
-    deems redundant. callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
-    model_input(x, sigma) -> x is what the DiT sees at each step (the solver keeps its own x): long video
-    re-noises carried-over latents there. regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional
-    prompts, `positive` being their text. space: where the latent's tokens lie in the video (`TokenSpace.for_vcu`),
-    for LoRAs confined to regions (vace_core.lora.region); needed only when the model carries some.
+    as the reference does); guidance 1 skips it. callback(step, total, x, x0_preview) may stop the run (see
+    sampling.sample). device: where the inputs go (default: the model's).
+
+    Features reach the denoiser as layers (vace_core.denoiser): every step, the expert of the timestep gets
+    settings.step_cache (TeaCache: skips the blocks of steps it deems redundant), then `layers` in order (long
+    video's window blending, carry guidance, latent replacement), then `regions` (a `regional.RegionalLayout`
+    from `Regions.for_vcu`: regional prompts, `positive` being their text). The reference-leak weighting
+    (settings.reference_weight, vace_core.reference_leak) sits just inside the regions.
+
+    space: where the latent's tokens lie in the video (`TokenSpace.for_vcu`), for LoRAs confined to regions
+    (vace_core.lora.region; needed only when the model carries some) and for the reference-leak weighting.
     x0_hook(x0, step, steps) -> x0: guidance on the predicted clean latent x0 = x - sigma v (long video's anchor
     guidance); the velocity becomes (x - x0') / sigma.
     """
@@ -93,50 +99,63 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
         raise VaceError("VACE needs at least one VCU (use text_to_video() for plain text-to-video)")
     sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
     experts = as_experts(model)
-    first, _ = experts.at(sigma_to_timestep(float(sigmas[0]), settings.schedule), settings.guidance)
-    dtype = getattr(first, "compute_dtype", next(first.parameters()).dtype)
-    device = device or next(first.parameters()).device  # given when weights stream from the CPU (low VRAM)
+    dtype, device = experts.compute_dtype, device or experts.device
     guided = negative is not None and any(g != 1 for g in experts.guidances(settings.guidance))
     text = _text_batch(positive, negative if guided else None, dtype).to(device)
     contexts = [c.to(device, dtype) for c in contexts]
     if regions is not None:
         regions.regions.check_text(positive)
-    leak = _reference_attention(settings, space, contexts[0], regions)
-    run_model = settings.step_cache or (lambda net, *args, step, key, **bias: net(*args, **bias))
-    if settings.step_cache is not None:
-        settings.step_cache.begin(settings.steps)
+    cache, leak = settings.step_cache, _reference_attention(settings, space, contexts[0], regions)
+    stack = [*([cache.layer] if cache is not None else []), *layers,
+             *([lambda net, step: ReferenceWeighted(net, leak)] if leak is not None else []),
+             *([regions.layer] if regions is not None else [])]
+    if cache is not None:
+        cache.begin(settings.steps)
 
-    def denoise(x, sigma, step):
-        v = velocity(x, sigma, step)
+    def denoise(x, sigma, i):
+        v = velocity(x, sigma, i)
         if x0_hook is None or sigma == 0:
             return v
-        return (x - x0_hook(x - sigma * v, step, settings.steps)) / sigma
+        return (x - x0_hook(x - sigma * v, i, settings.steps)) / sigma
 
-    def velocity(x, sigma, step):
-        if model_input is not None:
-            x = model_input(x, sigma)
+    def velocity(x, sigma, i):
         timestep = sigma_to_timestep(sigma, settings.schedule)
         net, guidance = experts.at(timestep, settings.guidance)
         scope.attach(net)
+        strengths = context_strengths(streams, i, settings.steps)
+        step = Step(i, settings.steps, sigma, timestep, tuple(strengths))
+        for layer in stack:
+            net = layer(net, step)
         rows = 2 if guided and guidance != 1 else 1  # a cfg-1 expert skips the negative pass
-        strengths = context_strengths(streams, step, settings.steps)
         active = [(c, s) for c, s in zip(contexts, strengths, strict=True) if s]
-        bias = regions.biases(timestep, step, settings.steps, rows) if regions is not None else {}
-        if leak is not None:
-            bias = {"self_bias": leak}
         with torch.no_grad():
-            v = run_model(net, x.to(dtype).expand(rows, -1, -1, -1, -1), torch.full((rows,), timestep, device=device),
-                          text[:rows], [c for c, _ in active], [s for _, s in active],
-                          step=step, key=(*strengths, bool(bias)), **bias).float()
+            v = net(x.to(dtype).expand(rows, -1, -1, -1, -1), torch.full((rows,), timestep, device=device),
+                    text[:rows], [c for c, _ in active], [s for _, s in active]).float()
         return cfg(v[:1], v[1:], guidance) if rows == 2 else v
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
     with region_scope(space) as scope:
         latent = sample(denoise, noise, sigmas, settings.solver, callback, generator)
-    if settings.step_cache is not None:
-        log.info("%s", settings.step_cache.stats)
+    if cache is not None:
+        log.info("%s", cache.stats)
     return latent
+
+
+class ReferenceWeighted(Wrapper):
+    """One step's denoiser with the reference-leak weighting as its self-attention bias."""
+
+    staged = False
+
+    def __init__(self, inner, weighting: ReferenceAttention):
+        super().__init__(inner)
+        self.weighting = weighting
+
+    def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
+        if self_bias is not None:
+            raise VaceError("reference_weight and another self-attention modulation cannot be combined: set "
+                            "reference_weight to 1, or drop the other one")
+        return self.inner(x, t, text, contexts, strengths, self_bias=self.weighting, cross_bias=cross_bias)
 
 
 def _reference_attention(settings: SamplerSettings, space: TokenSpace | None, context: Tensor, regions):
@@ -148,8 +167,8 @@ def _reference_attention(settings: SamplerSettings, space: TokenSpace | None, co
         raise VaceError("reference_weight needs to know which latent frames are references: sample through "
                         "pipeline.generate or pass space=TokenSpace.for_vcu(vcu)")
     if regions is not None:
-        raise VaceError("reference_weight and Regional Prompts both modulate self-attention and do not combine: set "
-                        "reference_weight to 1, or drop the regions")
+        raise VaceError("reference_weight and Regional Prompts both modulate self-attention and cannot be combined: "
+                        "set reference_weight to 1, or drop the regions")
     h, w = context.shape[3] // 2, context.shape[4] // 2  # tokens per latent frame (patch 2x2)
     return ReferenceAttention.build(settings.reference_weight, settings.reference_decay, space.references, h * w)
 

@@ -59,6 +59,16 @@ class ReferenceAttention:
     def for_block(self, block):
         return self
 
+    def narrow(self, rows=None, queries=None, keys=None) -> "ReferenceAttention":
+        """For part of a call (`denoiser.narrow_bias`): batch rows and whole windows (the same frames as queries
+        and keys, references in front: the frames are read from the length) keep it; a shard of the queries alone
+        (sequence parallelism) does not."""
+        if queries is not None and (keys is None or not torch.equal(queries, keys)):
+            raise VaceError("reference_weight and sequence parallelism (--parallel) cannot be combined: the "
+                            "weighting reads each query's frame from the whole sequence; run on one GPU or with "
+                            "--cfg-parallel only, or set reference_weight to 1")
+        return self
+
     def _columns(self, length: int) -> tuple[Tensor, Tensor]:
         """(log w_f per query token, r_k per key token) for a sequence of `length` tokens."""
         frames = length // self.frame_tokens

@@ -154,9 +154,14 @@ class Head(nn.Module):
 class VaceTransformer(nn.Module):
     """Wan2.1 DiT + VACE context blocks. One or more VCU context streams, each with its own strength.
 
-    region_loras: LoRAs confined to regions (vace_core.lora.region), applied per token by the sampler."""
+    A `denoiser.Denoiser` (staged): `compute_dtype` is the activations' dtype (set by the loader; by default the
+    weights' dtype), `device` where its inputs go (by default where its weights are; a caller streaming the
+    weights from the CPU sets it). region_loras: LoRAs confined to regions (vace_core.lora.region), applied per
+    token by the sampler."""
 
     region_loras: tuple = ()
+
+    staged = True
 
     def __init__(self, config: VaceConfig, operations=nn, device=None, dtype=None, attention_backend="auto"):
         super().__init__()
@@ -178,6 +183,31 @@ class VaceTransformer(nn.Module):
                                          for i in range(len(cfg.vace_layers)))
         self.context_block_after = {layer: i for i, layer in enumerate(cfg.vace_layers)}
         self._rope_cache = {}
+        self._compute_dtype = None
+        self._device = None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The loader's choice, else the dtype of the weights (float32 for fp8 storage)."""
+        if self._compute_dtype is not None:
+            return self._compute_dtype
+        dtype = self.patch_embedding.weight.dtype
+        return dtype if dtype.itemsize > 1 else torch.float32
+
+    @compute_dtype.setter
+    def compute_dtype(self, dtype: torch.dtype):
+        self._compute_dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device or self.patch_embedding.weight.device
+
+    @device.setter
+    def device(self, device):
+        self._device = None if device is None else torch.device(device)
+
+    def agree(self, flag: bool) -> bool:
+        return flag
 
     def _rope(self, grid, device, dtype) -> tuple:
         """RoPE (cos, sin) for a token grid: computed once per (grid, device, dtype), reused every step."""
@@ -191,7 +221,8 @@ class VaceTransformer(nn.Module):
         """(B, C, T, H, W) -> (B, L, dim) tokens, embedded in float32 (or wider) like the reference."""
         return rearrange(embed(video.to(dtype)), "b d t h w -> b (t h w) d")
 
-    def _check(self, x, context, vace_context, vace_scale):
+    def check(self, x, vace_context, vace_scale):
+        """The call's input checks: one strength per stream, each stream shaped like the latent."""
         if len(vace_context) != len(vace_scale):
             raise VaceError(f"{len(vace_context)} VACE context streams but {len(vace_scale)} strengths: "
                             "give one strength per stream.")
@@ -259,6 +290,6 @@ class VaceTransformer(nn.Module):
         The three stages (embed, run_blocks, unpatchify) are public so wrappers (step caching, sequence
         parallelism) can work between them.
         """
-        self._check(x, context, vace_context, vace_scale)
+        self.check(x, vace_context, vace_scale)
         tokens = self.embed(x, t, context, vace_context)
         return self.unpatchify(self.run_blocks(tokens, vace_scale, self_bias, cross_bias), tokens, x.dtype)

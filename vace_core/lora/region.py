@@ -191,12 +191,12 @@ def delta_out(module: nn.Module, lora: RegionLora, path: str, x: Tensor) -> Tens
 
 
 def unwrap(net):
-    """The VaceTransformer inside a denoiser wrapper (fused windows, carry guidance, sequence parallelism, a
-    handle that loads it), or None."""
+    """The VaceTransformer inside a denoiser (`denoiser.Wrapper`s and ComfyUI's Managed: `inner`, which loads it;
+    sequence parallelism: `model`), or None."""
     for _ in range(8):
         if isinstance(net, nn.Module) and hasattr(net, "patch_embedding"):
             return net
-        net = net.load() if callable(getattr(net, "load", None)) else getattr(net, "model", None)
+        net = getattr(net, "inner", None) if hasattr(net, "inner") else getattr(net, "model", None)
     return None
 
 
