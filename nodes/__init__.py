@@ -20,6 +20,7 @@ from . import (
     regional,
     sampler,
     speed,
+    timeline,
     vcu_nodes,
 )
 from .files import register_gguf_folder
@@ -36,7 +37,7 @@ class VaceExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         nodes = [*loaders.NODES, *vcu_nodes.NODES, *annotator_nodes.NODES, *sampler.NODES, *decode.NODES,
                  *long_video.NODES, *regional.NODES, *lora.NODES, *native.NODES, *caching.NODES, *experts.NODES,
-                 *job.NODES, *speed.NODES]
+                 *job.NODES, *speed.NODES, *timeline.NODES]
         return [guard(node) for node in nodes]  # every node of the pack gets the input guard (nodes/guard.py)
 
 

@@ -3,25 +3,29 @@ Color Match (any IMAGE batch matched to an anchor)."""
 
 import dataclasses
 import logging
+import os
 
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
+import folder_paths
 import latent_preview
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
 from ..vace_core.colour import METHOD_HELP, METHODS, ColourAnchor, match_colours
-from ..vace_core.long_video import LongVideoSettings, generate_long, plan_windows
+from ..vace_core.errors import VaceError
+from ..vace_core.job import Job, load_job, save_job
+from ..vace_core.long_video import LATER, LongVideoSettings, generate_long, plan_windows
 from ..vace_core.pipeline import FEATHER
 from ..vace_core.settings import knobs
 from ..vace_core.vcu import to_images
 from . import memory
 from .experts import loaded_models, two_experts
 from .inputs import widget
-from .sampler import VaceSampler, context_streams, sampler_settings, text_features
+from .sampler import VaceSampler, context_streams, reference_settings, sampler_settings, text_features
 from .speed import use_speed
-from .types import CATEGORY
+from .types import CATEGORY, TimelineType
 
 log = logging.getLogger("vace")
 
@@ -47,8 +51,9 @@ def progress(windows: int, steps: int, device, references: int):
 
 
 LONG = knobs(LongVideoSettings)
+ANCHOR = ("anchor_guidance", "anchor_end", "anchor_source")  # optional, after feather (workflows saved before them)
 LONG_INPUTS = [
-    *(widget(spec) for name, spec in LONG.items() if name != "colour_masked"),
+    *(widget(spec) for name, spec in LONG.items() if name != "colour_masked" and name not in ANCHOR),
     io.Image.Input("colour_anchor", optional=True,
                    tooltip="The fixed colour anchor (e.g. a reference image or the clip you extend). Default: the "
                            "first window. Never the previous window, which would let drift accumulate."),
@@ -56,7 +61,43 @@ LONG_INPUTS = [
     io.Boolean.Input("paste_kept", default=False,
                      tooltip="Paste the VCU's kept pixels (mask black) back over each window (editing tasks)."),
     widget(FEATHER),
+    *(widget(LONG[name], optional=True) for name in ANCHOR),
+    TimelineType.Input("timeline", optional=True,
+                       tooltip="From VACE Timeline: a prompt, reference, end frame and seed per window, or a loop "
+                               "(autoregressive / hierarchical)."),
+    io.Boolean.Input("save_state", default=False, optional=True,
+                     tooltip="Save the run's state (VCU, prompts, settings, each window's seed and frames) to "
+                             "output/vace_jobs/, to re-render one window later (here, or python -m vace_core run "
+                             "--job FILE --rerender N)."),
+    io.String.Input("rerender_from", default="", optional=True,
+                    tooltip="A saved state under the output folder (e.g. vace_jobs/long_state_00001_.safetensors): "
+                            "re-render only rerender_window with this graph's settings (change the seed or the "
+                            "timeline's prompt), reusing every other window's frames. Empty: a full run."),
+    io.Int.Input("rerender_window", default=0, min=0, max=255, optional=True,
+                 tooltip="With rerender_from: the window to sample again (0 = the first)."),
+    io.Combo.Input("later_windows", options=list(LATER), default="keep", optional=True,
+                   tooltip="With rerender_from: keep the windows after it (the seam re-blended over the carried "
+                           "frames) or regenerate them."),
 ]
+
+
+def saved_state(name: str):
+    """A state file under ComfyUI's output folder -> its Job (only files inside the output folder)."""
+    root = os.path.realpath(folder_paths.get_output_directory())
+    path = os.path.realpath(os.path.join(root, name.strip()))
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        raise VaceError(f"rerender_from {name!r} is not a file in the output folder: give the saved state's path "
+                        "relative to it (e.g. vace_jobs/long_state_00001_.safetensors)")
+    return load_job(path)
+
+
+def write_state(job: Job) -> str:
+    """Saves a run's state to output/vace_jobs/long_state_NNNNN_.safetensors -> its path under the output folder."""
+    root = folder_paths.get_output_directory()
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path("vace_jobs/long_state", root)
+    filename = f"{name}_{counter:05}_.safetensors"
+    save_job(os.path.join(folder, filename), job)
+    return os.path.join(subfolder, filename)
 
 
 class VaceLongVideoSampler(io.ComfyNode):
@@ -75,13 +116,17 @@ class VaceLongVideoSampler(io.ComfyNode):
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 mode, window, overlap, discard, perturbation, replace_latents, carry_guidance, keyframes,
                 fused_weights, colour_method, colour_strength, colour_masked, paste_kept, feather,
-                colour_anchor=None, regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
+                colour_anchor=None, regions=None, step_cache=None, low_noise_expert=None, timeline=None,
+                save_state=False, rerender_from="", rerender_window=0, later_windows="keep", anchor_guidance=0.0,
+                anchor_end=0.3, anchor_source="first", **streams) -> io.NodeOutput:
+        options = reference_settings(streams)
         units, stream_settings = context_streams(streams)
         long = LongVideoSettings(mode=mode, window=window, overlap=overlap, discard=discard, perturbation=perturbation,
                                  replace_latents=replace_latents, carry_guidance=carry_guidance, keyframes=keyframes,
                                  fused_weights=fused_weights, colour_method=colour_method,
                                  colour_strength=colour_strength, colour_anchor=colour_anchor,
-                                 colour_masked=colour_masked)
+                                 colour_masked=colour_masked, anchor_guidance=anchor_guidance,
+                                 anchor_end=anchor_end, anchor_source=anchor_source)
         windows = 1 if mode == "fused" else len(plan_windows(units[0].length, long))
         use_speed(*loaded_models(vace_model, low_noise_expert))
         patcher = vace_model.patcher
@@ -95,14 +140,16 @@ class VaceLongVideoSampler(io.ComfyNode):
         model = memory.Managed(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
             if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
-        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache)
+        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache, **options)
         width = patcher.model.config.text_dim
+        job = Job(units, text_features(positive, "positive", width).cpu(),
+                  text_features(negative, "negative", width).cpu(), stream_settings, settings, long, timeline)
+        resume = saved_state(rerender_from).resume(rerender_window, later_windows) if rerender_from.strip() else None
         try:
             result = generate_long(
-                model, memory.ManagedVAE(vace_vae), units, text_features(positive, "positive", width),
-                text_features(negative, "negative", width), stream_settings, settings, long,
+                model, memory.ManagedVAE(vace_vae), units, job.positive, job.negative, stream_settings, settings, long,
                 progress(windows, steps, device, len(units[0].references)), "auto",
-                feather if paste_kept else None, device=device, regions=regions)
+                feather if paste_kept else None, device=device, regions=regions, timeline=timeline, resume=resume)
         finally:
             if offload_after:
                 for loaded in loaded_models(vace_model, low_noise_expert):
@@ -113,8 +160,12 @@ class VaceLongVideoSampler(io.ComfyNode):
             mm.interrupt_current_processing(False)  # the user gets the finished windows: the graph goes on
             log.warning("VACE long video: cancelled; returning %d frames (%d of %d windows)",
                         result.video.shape[1], result.windows_done, result.windows)
-        ui = {} if result.cache_stats is None else {"text": [str(result.cache_stats)]}
-        return io.NodeOutput(to_images(result.video), ui=ui)
+        texts = [] if result.cache_stats is None else [str(result.cache_stats)]
+        if save_state and not result.interrupted:
+            path = write_state(job.with_run(result))
+            log.info("VACE long video: state saved to %s", path)
+            texts.append(f"state: {path}")
+        return io.NodeOutput(to_images(result.video), ui={"text": texts} if texts else {})
 
 
 class ColorMatch(io.ComfyNode):

@@ -10,6 +10,7 @@ import torch
 from comfy_api.latest import io
 
 from ..vace_core.errors import VaceError
+from ..vace_core.lora.region import TokenSpace
 from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream
 from ..vace_core.sampling.guidance import STREAM_KNOBS
@@ -48,10 +49,10 @@ def sampling_inputs():
     ]
 
 
-def sampler_settings(steps, cfg, shift, sampler, seed, step_cache=None) -> SamplerSettings:
-    """The sampling_inputs' values -> SamplerSettings."""
+def sampler_settings(steps, cfg, shift, sampler, seed, step_cache=None, **options) -> SamplerSettings:
+    """The sampling_inputs' values (and further SamplerSettings fields in `options`) -> SamplerSettings."""
     return SamplerSettings(steps=steps, guidance=cfg, shift=shift, solver=SOLVERS[sampler], seed=seed,
-                           step_cache=step_cache)
+                           step_cache=step_cache, **options)
 
 
 def context_streams(streams: dict) -> tuple[list, list[ContextStream]]:
@@ -96,6 +97,16 @@ def progress(steps: int, device, references: int):
     return callback
 
 
+REFERENCE = ("reference_weight", "reference_decay")
+# optional: API prompts and workflows saved before them keep today's attention
+REFERENCE_INPUTS = [widget(knobs(SamplerSettings)[name], optional=True) for name in REFERENCE]
+
+
+def reference_settings(options: dict) -> dict:
+    """The reference leak inputs (absent from older API prompts: today's attention) as SamplerSettings fields."""
+    return {k: float(options.pop(k, knobs(SamplerSettings)[k].default)) for k in REFERENCE}
+
+
 class VaceSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -121,6 +132,7 @@ class VaceSampler(io.ComfyNode):
                 LowNoiseExpert.Input("low_noise_expert", optional=True,
                                      tooltip="Wan2.2-VACE-Fun: the low-noise expert (vace_model is then the "
                                              "high-noise one, and cfg its guidance)."),
+                *REFERENCE_INPUTS,
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -128,6 +140,7 @@ class VaceSampler(io.ComfyNode):
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
+        options = reference_settings(streams)
         units, settings_per_stream = context_streams(streams)
         experts = loaded_models(vace_model, low_noise_expert)
         use_speed(*experts)
@@ -142,7 +155,7 @@ class VaceSampler(io.ComfyNode):
         vae = memory.load(vace_vae)
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
-        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache)
+        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache, **options)
 
         model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
             if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
@@ -150,7 +163,8 @@ class VaceSampler(io.ComfyNode):
         try:
             latent = sample_latent(model, contexts, *texts, settings_per_stream, settings,
                                    progress(steps, device, len(units[0].references)), device,
-                                   regions=regions.for_vcu(units[0]) if regions is not None else None)
+                                   regions=regions.for_vcu(units[0]) if regions is not None else None,
+                                   space=TokenSpace.for_vcu(units[0], region_masks=getattr(regions, "masks", None)))
         finally:
             for hook in hooks:
                 hook.remove()

@@ -18,7 +18,7 @@ import pytest
 from tests.integration.comfy_server import PromptRejected, messages, output_files, runtime_has
 from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, LISTABLE, build, example_path, file_name
 from tests.integration.fixtures import DIT_NAME, EXPERT_NAMES, MODULE_NAME, VAE_NAME, write_base
-from tests.integration.graphs import FRAMES, H, W, assert_success, runnable, t2v_prompt
+from tests.integration.graphs import FRAMES, PER_EXAMPLE, H, W, assert_success, runnable, t2v_prompt
 from vace_core.video_io import read_video
 
 PACK = Path(__file__).resolve().parents[1]
@@ -88,7 +88,10 @@ def test_example_workflow_runs(comfy, name):
         pytest.skip(f"{name} needs `{NEEDS[name]}` in the ComfyUI runtime ({comfy.runtime.python} -m pip install "
                     f"{NEEDS[name]}); it is not installed there")
     workflow = json.loads(example_path(name).read_text())
-    entry = comfy.run(runnable(workflow, comfy.info), timeout=300)
+    api = runnable(workflow, comfy.info)
+    for node in api.values():
+        node["inputs"].update(PER_EXAMPLE.get(name, {}).get(node["class_type"], {}))
+    entry = comfy.run(api, timeout=300)
     assert_success(entry)
     [video] = output_files(comfy.base_dir, entry)
     frames, fps = read_video(video)

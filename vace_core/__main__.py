@@ -205,7 +205,8 @@ def _settings(args):
         cache = TeaCache(threshold=args.teacache, mode=args.teacache_mode,
                          coefficients=None if size is None else COEFFICIENTS[args.teacache_mode, size])
     return SamplerSettings(steps=values["steps"], guidance=values["cfg"], shift=values["shift"],
-                           solver=values["sampler"], seed=args.seed, step_cache=cache)
+                           solver=values["sampler"], seed=args.seed, step_cache=cache,
+                           reference_weight=args.reference_weight, reference_decay=args.reference_decay)
 
 
 def _check_launch(args) -> bool:
@@ -278,14 +279,60 @@ def _parallel(args, model):
     return parallel, layout.mesh.get_rank() == 0
 
 
+def _window_values(specs: list[str], flag: str, convert=str) -> dict:
+    """WINDOW:VALUE flags -> {window: value} (repeatable; a path may hold colons)."""
+    out = {}
+    for spec in specs:
+        window, _, value = spec.partition(":")
+        if not window.strip().isdigit() or not value:
+            raise VaceError(f"{flag} {spec!r}: write WINDOW:VALUE with the window's number from 0, e.g. {flag} 2:x")
+        try:
+            out.setdefault(int(window), []).append(convert(value))
+        except ValueError:
+            raise VaceError(f"{flag} {spec!r}: {value!r} is not a whole number") from None
+    return out
+
+
+def _timeline(args):
+    """The timeline flags -> TimelineInputs, or None when none is given."""
+    from .tasks import TimelineInputs
+
+    prompts = "\n".join(args.prompt) if len(args.prompt) > 1 else ""
+    if args.prompts:
+        try:
+            prompts = open(args.prompts, encoding="utf-8").read()
+        except OSError as e:
+            raise VaceError(f"cannot read --prompts {args.prompts}: {e.strerror}") from None
+    given = TimelineInputs(prompts, args.blend_prompts, _window_values(args.window_ref, "--window-ref"),
+                           {w: v[-1] for w, v in _window_values(args.end_frame, "--end-frame").items()},
+                           {w: v[-1] for w, v in _window_values(args.window_seed, "--window-seed", int).items()},
+                           args.loop)
+    return None if given == TimelineInputs(blend=args.blend_prompts) else given
+
+
+def _rerender(args, job):
+    """--rerender K on a saved state: the job set to sample window K (new seed / prompt when given)."""
+    prompt = None
+    if args.rerender_prompt is not None:
+        from .text import load_text_encoder, tiny_text_encoder
+
+        encoder = load_text_encoder(args.text_encoder) if args.text_encoder else tiny_text_encoder()
+        prompt = encoder.encode(args.rerender_prompt)
+    return job.rerender(args.rerender, args.rerender_seed, prompt)
+
+
 def _run(args):
     from .long_video import LongVideoSettings
     from .sampling import ContextStream
     from .tasks import TaskInputs, run
     from .video_io import read_image
 
+    if args.rerender is None and (args.rerender_seed is not None or args.rerender_prompt is not None):
+        raise VaceError("--rerender-seed and --rerender-prompt go with --rerender WINDOW (and --job STATE)")
+    if args.rerender is not None and not args.job:
+        raise VaceError("--rerender WINDOW re-renders a saved run: give its state with --job (saved by --save-state)")
     self_strength, cross_strength = args.region_strength
-    inputs = TaskInputs(prompt=args.prompt, negative=args.negative, video=args.video, mask=args.mask,
+    inputs = TaskInputs(prompt=(args.prompt or [""])[0], negative=args.negative, video=args.video, mask=args.mask,
                         outpaint=tuple(args.outpaint) if args.outpaint else None, extend_to=args.extend_to,
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
                         length=args.length, regions=[tuple(r) for r in args.region],
@@ -293,7 +340,8 @@ def _run(args):
                         stream=ContextStream(strength=args.strength, start=args.start, end=args.end),
                         region_settings=dict(self_strength=self_strength, cross_strength=cross_strength,
                                              end=args.region_end, context_blocks=args.region_context_blocks,
-                                             soft_edges=args.region_soft_edges))
+                                             soft_edges=args.region_soft_edges),
+                        timeline=_timeline(args))
     settings = _settings(args)
     check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
     _check_model_files(args)
@@ -315,6 +363,8 @@ def _run(args):
         from .job import load_job, run_job
 
         job = load_job(args.job)  # before the models load, so a bad file fails fast
+        if args.rerender is not None:
+            job = _rerender(args, job)
     model, vae, text = _models(args)
     writer = True
     if not parallel:
@@ -324,9 +374,11 @@ def _run(args):
     out = args.out if writer else None
     if job is not None:
         unit = job.vcus[0]
-        run_job(job, model, vae, out, args.composite, tiling="auto")
+        run_job(job, model, vae, out, args.composite, tiling="auto", rerender=args.rerender, later=args.later,
+                state=args.save_state if writer else None)
     else:
-        unit, _ = run(inputs, model, vae, text, out, settings, feather=args.composite, tiling="auto", long=long)
+        unit, _ = run(inputs, model, vae, text, out, settings, feather=args.composite, tiling="auto", long=long,
+                      state=args.save_state if writer else None)
     if writer:
         print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
 
@@ -365,6 +417,27 @@ def _long_video_flags(run):
     for name, spec in knobs(LongVideoSettings).items():
         add_flag(g, spec, flags.get(name), dest=name)
     g.add_argument("--colour-anchor", help="image whose colours every window matches (default: the first window)")
+    t = run.add_argument_group("long-video timeline (vace_core/timeline.py)")
+    t.add_argument("--prompts", metavar="FILE", help="prompts file: one per window, or 'frame: prompt' lines")
+    t.add_argument("--blend-prompts", action="store_true",
+                   help="a window whose prompt changes reads beta*previous + (1-beta)*its own features, beta = "
+                        "carried frames / window frames")
+    t.add_argument("--window-ref", action="append", default=[], metavar="WINDOW:IMAGE",
+                   help="reference image for one window (repeatable; replaces the --ref images there)")
+    t.add_argument("--end-frame", action="append", default=[], metavar="WINDOW:IMAGE",
+                   help="pin a window's last frame to this image (kept, mask 0)")
+    t.add_argument("--window-seed", action="append", default=[], metavar="WINDOW:SEED",
+                   help="seed of one window (default: --seed + window)")
+    t.add_argument("--loop", action="store_true",
+                   help="seamless loop: the last --overlap frames repeat the first ones (play all but them)")
+    t.add_argument("--save-state", metavar="FILE",
+                   help="save the run's state (a job file: VCU, prompts, settings, every window's seed and frames)")
+    t.add_argument("--rerender", type=int, metavar="WINDOW",
+                   help="with --job STATE: sample this window again, reusing every other window's frames")
+    t.add_argument("--later", choices=["keep", "regenerate"], default="keep",
+                   help="with --rerender: keep the later windows (re-blending the seam) or regenerate them")
+    t.add_argument("--rerender-seed", type=int, help="with --rerender: the window's new seed (default: its own)")
+    t.add_argument("--rerender-prompt", help="with --rerender: the window's new prompt (needs the text encoder)")
 
 
 def _region_flags(run):
@@ -396,6 +469,8 @@ def _sampling_flags(run):
     run.add_argument("--preset", choices=["official", "causvid", "lightx2v"],
                      help="sampler settings for a speed LoRA (README: Presets); explicit flags win")
     add_flag(run, spec["seed"], "--seed")
+    for name in ("reference_weight", "reference_decay"):
+        add_flag(run, spec[name], help_suffix=" (with --ref)")
     for name, stream in STREAM_KNOBS.items():
         add_flag(run, stream, f"--{name}")
 
@@ -434,7 +509,8 @@ def _run_parser(sub):
     run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
     run.add_argument("--job", help="a VACE job file (ComfyUI's Save VACE Job node): its VCUs, encoded prompts, "
                      "strengths and sampler settings replace the task and sampling flags")
-    run.add_argument("--prompt", default="", help="what the video shows")
+    run.add_argument("--prompt", action="append", default=[],
+                     help="what the video shows; repeated: one prompt per long-video window, in order")
     run.add_argument("--negative", help="negative prompt (default: Wan's official one)")
     run.add_argument("--video", help="control video, or the video to edit with --mask / --outpaint")
     run.add_argument("--mask", help="mask image or video: white = generate")

@@ -21,7 +21,9 @@ Against the drift that carried frames accumulate:
 - unconditional guidance for windows (LVDM section 4), weight w (0 = off), one more forward pass per step:
       v = v_cfg + w * (v(x | text, carried frames) - v(x | text, no carried frames));
 - colour anchoring: each decoded window (after the first) is matched per frame to a FIXED anchor (the first
-  window, or a reference image), never only to the previous window (vace_core.colour).
+  window, or a reference image), never only to the previous window (vace_core.colour);
+- anchor guidance (inside sampling, weight w, 0 = off): the early steps' predicted clean latent is pulled toward
+  the per-channel statistics of the first window's latent or of the carried frames (vace_core.anchor_guidance).
 
 Memory: one window's latents, contexts and activations are alive at a time, plus the output video (the
 frames are written into it window by window, and `on_frames` streams them out as they become final).
@@ -29,21 +31,25 @@ frames are written into it window by window, and `on_frames` streams them out as
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
+from .anchor_guidance import SOURCES, AnchorStats, anchor_hook
 from .colour import METHOD_HELP, METHODS, ColourAnchor, match_colours
 from .denoiser import Wrapper, narrow_bias
 from .errors import VaceError
+from .lora.region import TokenSpace
 from .pipeline import SamplerSettings, composite, decode, encode_contexts, sample_latent
 from .sampling import SamplingInterrupted, make_noise
 from .sampling.loop import MAX_SEED
 from .settings import check, knob
 from .step_cache import CacheStats
+from .timeline import Timeline, pinned_frames
 from .vae.model import TEMPORAL_STRIDE
 from .vcu import VCU, keep_frames, select_frames, to_images
 from .vcu.pixels import to_video
@@ -96,6 +102,14 @@ class LongVideoSettings:
     colour_anchor: Tensor | None = None  # IMAGE (T, H, W, 3) 0..1; None = the first window
     colour_masked: bool = knob(False, "Take colour statistics and make changes only where the VCU generates (mask "
                                "white).")
+    anchor_guidance: float = knob(0.0, "Anchor guidance inside sampling: during the early steps each window's "
+                                  "predicted clean latent is pulled toward the anchor's per-channel colour statistics "
+                                  "(0 = off; 0.3-1 to try). Works with colour_strength (post-hoc matching) or alone.",
+                                  min=0.0, max=5.0, step=0.05)
+    anchor_end: float = knob(0.3, "Anchor guidance: the fraction of the steps it runs in (the layout and colours form "
+                             "early).", min=0.0, max=1.0, step=0.05)
+    anchor_source: str = knob("first", "Anchor guidance's anchor: first = the first window (fixed, drift cannot "
+                              "accumulate); kept = each window's carried frames.", choices=SOURCES)
 
     def check(self):
         check(self)
@@ -264,13 +278,15 @@ class FusedWindows(Wrapper):
     Each window sees the reference latents (the first `references` frames) in front of its slice of the latent,
     of every context and of the attention biases (regional prompts: the window's tokens as queries, and as keys
     of self-attention); the references' velocity is blended the same way. A step cache inside it keeps one cache
-    per window position (the i-th window of every step shares one)."""
+    per window position (the i-th window of every step shares one). `space` (the whole latent's TokenSpace) is
+    narrowed to each window's frames, so region LoRAs see their masks' slice."""
 
     staged = False
 
-    def __init__(self, inner, spans: list[tuple[int, int]], weights: list[Tensor], references: int):
+    def __init__(self, inner, spans: list[tuple[int, int]], weights: list[Tensor], references: int,
+                 space: TokenSpace | None = None):
         super().__init__(inner)
-        self.spans, self.references = spans, references
+        self.spans, self.references, self.space = spans, references, space
         total = torch.zeros(spans[-1][1], dtype=torch.float64)
         for (a, b), w in zip(spans, weights, strict=True):
             total[a:b] += w
@@ -288,9 +304,11 @@ class FusedWindows(Wrapper):
         for (a, b), w in zip(self.spans, self.weights, strict=True):
             index = torch.cat([torch.arange(refs), torch.arange(refs + a, refs + b)])
             tokens = self._tokens(index, x) if self_bias is not None or cross_bias is not None else None
-            v_w = self.inner(x[:, :, index.to(x.device)], t, text, [c[:, :, index.to(c.device)] for c in contexts],
-                             strengths, self_bias=narrow_bias(self_bias, queries=tokens, keys=tokens),
-                             cross_bias=narrow_bias(cross_bias, queries=tokens))
+            with self.space.window(index) if self.space is not None else nullcontext():
+                v_w = self.inner(x[:, :, index.to(x.device)], t, text,
+                                 [c[:, :, index.to(c.device)] for c in contexts], strengths,
+                                 self_bias=narrow_bias(self_bias, queries=tokens, keys=tokens),
+                                 cross_bias=narrow_bias(cross_bias, queries=tokens))
             w = torch.cat([torch.full((refs,), 1.0 / len(self.spans)), w]).to(v_w)
             v[:, :, index.to(x.device)] += v_w * w[:, None, None]  # w (T_w,) broadcasts over (B, C, T_w, h, w)
         return v
@@ -320,6 +338,8 @@ class LongVideo:
     windows_done: int
     windows: int
     cache_stats: CacheStats | None = None  # the step cache's evaluations over every window (None: no cache)
+    records: list["WindowRecord"] = field(default_factory=list)  # what each window ran with (the saved state)
+    anchor: ColourAnchor | None = None  # the colour anchor the windows were matched to
 
     @property
     def interrupted(self) -> bool:
@@ -327,6 +347,57 @@ class LongVideo:
 
 
 Progress = Callable[[int, int, int, int, Tensor, Tensor], bool | None]  # window, windows, step, steps, x, x0
+LATER = ("keep", "regenerate")
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """One window of a run, for its saved state: its frames (video positions, carried, written), its seed and
+    the timeline prompt it read (None: the positive prompt)."""
+
+    positions: tuple[int, ...]
+    kept: tuple[int, ...]
+    output: tuple[int, ...]
+    seed: int
+    prompt: int | None
+
+
+@dataclass
+class Resume:
+    """Re-render from a saved state: the saved video (3, T, H, W) and colour anchor are reused for every window
+    before `window`; window `window` is sampled again (with the timeline's seed / prompt for it), and the later
+    windows are regenerated, or kept with the seam re-blended (`later`, see `reblend_seam`)."""
+
+    video: Tensor
+    anchor: ColourAnchor | None
+    records: list[WindowRecord]
+    window: int
+    later: str = "keep"
+
+    def check(self, windows: int, length: int, mode: str):
+        if not 0 <= self.window < windows:
+            raise VaceError(f"cannot re-render window {self.window}: the saved run has {windows} windows (0 to "
+                            f"{windows - 1})")
+        if self.later not in LATER:
+            raise VaceError(f"later windows: choose one of {', '.join(LATER)}, got {self.later!r}")
+        if self.video.shape[1] != length:
+            raise VaceError(f"the saved video has {self.video.shape[1]} frames but the VCU {length}: re-render with "
+                            "the state's own VCU")
+        if mode == "hierarchical" and self.window == 0 and self.later == "keep":
+            raise VaceError("the later windows interpolate between window 0's keyframes: re-rendering window 0 "
+                            "of a hierarchical run must regenerate them (later windows: regenerate)")
+
+
+def reblend_seam(frames: Tensor, positions: Sequence[int], saved: Tensor, seam: Sequence[int]) -> None:
+    """Keeping the windows after a re-rendered one: over the frames the next window carried (`seam`, n video
+    positions), the re-rendered window's frames (3, T, H, W) at `positions` fade into the saved ones the next
+    window continued from, in place:
+        new[p_j] <- (1 − a_j) · new[p_j] + a_j · saved[p_j],   a_j = (j + 1) / (n + 1),
+    computed as new + a_j (saved − new), so frames the re-render left unchanged stay bit for bit."""
+    where = {p: k for k, p in enumerate(positions)}
+    for j, p in enumerate(seam):
+        a = (j + 1) / (len(seam) + 1)
+        frames[:, where[p]] += a * (saved[:, p].to(frames) - frames[:, where[p]])
 
 
 def _carried_units(vcus: list[VCU], window: Window, video: Tensor) -> tuple[list[VCU], list[VCU]]:
@@ -351,10 +422,13 @@ def _perturb(contexts: list[Tensor], index: list[int], level: float, seed: int) 
 
 
 def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[int], positive, negative, streams,
-                  settings, long: LongVideoSettings, callback=None, tiling=None, device=None, regions=None) -> Tensor:
+                  settings, long: LongVideoSettings, callback=None, tiling=None, device=None, regions=None,
+                  space: TokenSpace | None = None, anchor: AnchorStats | None = None) -> Tensor:
     """One window: its VCUs (`kept`: the window frames carried over; `free`: the VCUs without them) -> decoded
     frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate. regions: the
-    window's `regional.Regions` (its slice of the masks)."""
+    window's `regional.Regions` (its slice of the masks). space: the window's TokenSpace (its video frames), for
+    region LoRAs. anchor: the first window's latent statistics for anchor guidance (None: from the kept frames
+    with anchor_source "kept", else no guidance)."""
     encode = lambda v: vae.encode(v, tiling=tiling)  # noqa: E731
     contexts = encode_contexts(units, encode)
     refs = len(units[0].references)
@@ -373,8 +447,14 @@ def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[
         if long.replace_latents:
             noise = make_noise((1, 16, *contexts[0].shape[2:]), settings.seed, device)[:, :, carried]
             layers.append(lambda net, step: LatentReplacement(net, clean, noise, carried, step.sigma))
+    stats = anchor
+    if long.anchor_guidance and long.anchor_source == "kept" and carried:
+        stats = AnchorStats.of(clean.float())
+    hook = None if stats is None else anchor_hook(stats, long.anchor_guidance, long.anchor_end, refs)
     layout = regions.for_vcu(units[0]) if regions is not None else None
-    latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, layout, layers)
+    latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, layout, layers,
+                           space=space or TokenSpace.for_vcu(units[0], region_masks=getattr(regions, "masks", None)),
+                           x0_hook=hook)
     if long.replace_latents and carried:
         latent[:, :, carried] = clean.to(latent)
     return decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)
@@ -392,6 +472,16 @@ class _Output:
     def write(self, positions: list[int], frames: Tensor):
         self.video[:, positions] = frames.to(self.video)
         self.final[positions] = True
+        self._emit()
+
+    def resume(self, saved: Tensor, positions: list[int], keep_new: bool = False):
+        """Frames of a saved run taken as final (keep_new: frames already written here stay)."""
+        fresh = [p for p in positions if not (keep_new and self.final[p])]
+        self.video[:, fresh] = saved[:, fresh].to(self.video)
+        self.final[positions] = True
+        self._emit()
+
+    def _emit(self):
         done = self.emitted
         while done < len(self.final) and self.final[done]:
             done += 1
@@ -415,12 +505,15 @@ def _anchor_colours(frames: Tensor, masks: Tensor, anchor: ColourAnchor | None, 
 def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: Tensor | None = None,
                   streams=None, settings: SamplerSettings | None = None,
                   long: LongVideoSettings = LongVideoSettings(), progress: Progress | None = None, tiling=None,
-                  composite_feather: int | None = None, on_frames=None, device=None, regions=None) -> LongVideo:
+                  composite_feather: int | None = None, on_frames=None, device=None, regions=None,
+                  timeline: Timeline | None = None, resume: Resume | None = None) -> LongVideo:
     """A VACE task of any length -> LongVideo (video (3, T, H, W) in [-1, 1]). A VCU of at most `window`
     frames is one window: exactly pipeline.generate. Window i samples with seed + i. progress(window,
     windows, step, steps, x, x0) returning False stops after that step: the finished windows are returned.
     model: a denoiser or Wan2.2 `Experts` (every window switches expert at the boundary). regions: a
-    `regional.Regions` over the whole video (positive = its text): each window gets its frames of the masks."""
+    `regional.Regions` over the whole video (positive = its text): each window gets its frames of the masks.
+    timeline: per-window prompts, references, end frames, seeds, loop (vace_core.timeline). resume: re-render
+    one window of a saved run (see Resume)."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
     settings = settings or SamplerSettings()
     if len({(v.length, v.size) for v in vcus}) > 1:
@@ -429,36 +522,88 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
     if regions is not None:
         regions.check_length(vcus[0].length)
     if long.mode == "fused":
+        if timeline is not None:
+            timeline.check(1, "fused")
+        if resume is not None:
+            raise VaceError("fused windows are denoised together, none can be re-rendered alone: use "
+                            "autoregressive or hierarchical mode")
         return _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
                                composite_feather, on_frames, device, regions)
     plan = plan_windows(vcus[0].length, long)
+    if timeline is not None:
+        timeline = timeline.resolved(len(plan))
+        timeline.check(len(plan), long.mode)
+    if resume is not None:
+        resume.check(len(plan), vcus[0].length, long.mode)
     out = _Output(vcus[0].length, vcus[0].size, on_frames)
     anchor = None if long.colour_anchor is None else ColourAnchor.from_images(long.colour_anchor)
     cache = settings.step_cache
     stats = None if cache is None else CacheStats()
+    first, records, previous = 0, [], None
+    if resume is not None:
+        first, anchor = resume.window, resume.anchor if resume.window > 0 else anchor
+        out.resume(resume.video, [window.positions[k] for window in plan[:first] for k in window.output])
+        records, previous = list(resume.records[:first]), (resume.records[first - 1].prompt if first else None)
+    keep_later = resume is not None and resume.later == "keep"
+    latent_anchor = _latent_anchor(vae, out.video, plan[0], long, tiling) if first > 0 else None
     with torch.no_grad():
-        for i, window in enumerate(plan):
+        for i in range(first, len(plan)):
+            window = plan[i]
             log.info("VACE long video: window %d of %d (frames %d-%d, %d carried)", i + 1, len(plan),
                      window.start, window.end - 1, len(window.kept))
+            prompt = None if timeline is None else timeline.prompt_index(i, window.positions[window.output[0]])
+            seed = (settings.seed + i) % (MAX_SEED + 1)
+            seed = seed if timeline is None else timeline.seed(i, seed)
+            text = positive if timeline is None else \
+                timeline.positive(prompt, previous, len(window.kept) / len(window.positions), positive)
             units, free = _carried_units(vcus, window, out.video)
+            pinned = pinned_frames(timeline, i, i == len(plan) - 1, window.positions, len(window.kept), out.video,
+                                   long.overlap, vcus[0].size)
+            if timeline is not None:
+                units, free = timeline.edit_units(i, units, free, pinned)
             step = None if progress is None else \
                 (lambda s, n, x, x0, i=i: progress(i, len(plan), s, n, x, x0))
             try:
-                frames = sample_window(model, vae, units, free, window.kept, positive, negative, streams,
-                                       replace(settings, seed=(settings.seed + i) % (MAX_SEED + 1)), long, step,
-                                       tiling, device, regions and regions.frames(window.positions))
+                frames = sample_window(model, vae, units, free, window.kept, text, negative, streams,
+                                       replace(settings, seed=seed), long, step, tiling, device,
+                                       regions and regions.frames(window.positions),
+                                       TokenSpace.for_vcu(units[0], window.positions,
+                                                          getattr(regions, "masks", None)), latent_anchor)
             except SamplingInterrupted:
                 log.warning("VACE long video: stopped in window %d of %d; returning the %d finished frames",
                             i + 1, len(plan), out.emitted)
-                return LongVideo(out.video[:, :out.emitted], i, len(plan), stats)
+                return LongVideo(out.video[:, :out.emitted], i, len(plan), stats, records, anchor)
             if cache is not None:
                 stats += cache.stats
             frames, anchor = _anchor_colours(frames, units[0].masks, anchor, long)
             if composite_feather is not None:
                 frames = composite(frames, units[0], composite_feather)
+            for k, pixels in pinned.items():  # kept frames are given: written exactly
+                frames[:, k] = pixels.to(frames)
+            if keep_later and i + 1 < len(plan) and long.mode == "autoregressive":  # fills share only keyframes
+                seam = [plan[i + 1].positions[k] for k in plan[i + 1].kept]
+                reblend_seam(frames, window.positions, resume.video, seam)
             written = list(window.output)
             out.write([window.positions[k] for k in written], frames[:, written])
-    return LongVideo(out.video, len(plan), len(plan), stats)
+            if i == 0:
+                latent_anchor = _latent_anchor(vae, out.video, plan[0], long, tiling)
+            records.append(WindowRecord(window.positions, window.kept, window.output, seed, prompt))
+            previous = prompt
+            if keep_later:  # the later windows' frames as saved
+                out.resume(resume.video, [w.positions[k] for w in plan[i + 1:] for k in w.output], keep_new=True)
+                records += resume.records[i + 1:]
+                break
+    return LongVideo(out.video, len(plan), len(plan), stats, records, anchor)
+
+
+def _latent_anchor(vae, video: Tensor, first: Window, long: LongVideoSettings, tiling) -> AnchorStats | None:
+    """Anchor guidance's fixed anchor: the statistics of the first window's written frames, encoded (so a
+    re-render from a saved video finds the same anchor); None unless guidance uses the first window."""
+    if not long.anchor_guidance or long.anchor_source != "first":
+        return None
+    written = [first.positions[k] for k in first.output]
+    frames = video[:, written[:(len(written) - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1]]  # 4n+1 for the VAE
+    return AnchorStats.of(vae.encode(frames[None], tiling=tiling).float())
 
 
 def _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
@@ -471,12 +616,13 @@ def _generate_fused(model, vae, vcus, positive, negative, streams, settings, lon
         spans = fused_spans(contexts[0].shape[2] - refs, (long.window - 1) // TEMPORAL_STRIDE + 1,
                             (long.overlap - 1) // TEMPORAL_STRIDE + 1)
         weights = fused_weights(spans, long.fused_weights)
-        layers = [] if len(spans) == 1 else [lambda net, step: FusedWindows(net, spans, weights, refs)]
+        space = TokenSpace.for_vcu(vcus[0], region_masks=getattr(regions, "masks", None))
+        layers = [] if len(spans) == 1 else [lambda net, step: FusedWindows(net, spans, weights, refs, space)]
         step = None if progress is None else (lambda s, n, x, x0: progress(0, 1, s, n, x, x0))
         layout = regions.for_vcu(vcus[0]) if regions is not None else None
         try:
             latent = sample_latent(model, contexts, positive, negative, streams, settings, step, device, layout,
-                                   layers)
+                                   layers, space=space)
         except SamplingInterrupted:
             return LongVideo(torch.zeros(3, 0, *vcus[0].size), 0, 1)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)

@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .denoiser import Layer, Step
+from .denoiser import Layer, Step, Wrapper
 from .errors import VaceError
 from .experts import as_experts
+from .lora.region import TokenSpace, region_scope
+from .reference_leak import ReferenceAttention, frame_weights
 from .sampling import (
     ContextStream,
     cfg,
@@ -51,6 +53,15 @@ class SamplerSettings:
     schedule: str = "wan"
     seed: int = knob(0, "Noise seed: the same seed gives the same noise on every device.", min=0, max=MAX_SEED)
     step_cache: TeaCache | None = None  # None: every step runs the blocks
+    # reference leak control (vace_core.reference_leak): 1 = as trained
+    reference_weight: float = knob(1.0, "Reference leak control, for VCUs with reference images: how much the first "
+                                   "output frame attends the references (1 = as trained). Lower it (e.g. 0.3) when "
+                                   "the reference looks pasted into the first frames. README: Reference leak control.",
+                                   min=0.0, max=1.0, step=0.05)
+    reference_decay: float = knob(1.0, "How the reference weight recovers over the video, per latent frame (4 "
+                                  "frames): weight at frame f = 1 - (1 - reference_weight) x decay^f. 1 = the same "
+                                  "weight on every frame; 0.5 = back to full attention after a few latent frames.",
+                                  min=0.0, max=1.0, step=0.05)
 
     def check(self) -> None:
         check(self)
@@ -78,7 +89,8 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None, regions=None, layers: Sequence[Layer] = ()) -> Tensor:
+                  callback=None, device=None, regions=None, layers: Sequence[Layer] = (),
+                  space: TokenSpace | None = None, x0_hook=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     model: a `denoiser.Denoiser`, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
@@ -90,7 +102,13 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     Features reach the denoiser as layers (vace_core.denoiser): every step, the expert of the timestep gets
     settings.step_cache (TeaCache: skips the blocks of steps it deems redundant), then `layers` in order (long
     video's window blending, carry guidance, latent replacement), then `regions` (a `regional.RegionalLayout`
-    from `Regions.for_vcu`: regional prompts, `positive` being their text).
+    from `Regions.for_vcu`: regional prompts, `positive` being their text). The reference-leak weighting
+    (settings.reference_weight, vace_core.reference_leak) sits just inside the regions.
+
+    space: where the latent's tokens lie in the video (`TokenSpace.for_vcu`), for LoRAs confined to regions
+    (vace_core.lora.region; needed only when the model carries some) and for the reference-leak weighting.
+    x0_hook(x0, step, steps) -> x0: guidance on the predicted clean latent x0 = x - sigma v (long video's anchor
+    guidance); the velocity becomes (x - x0') / sigma.
     """
     streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
@@ -105,14 +123,23 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     contexts = [c.to(device, dtype) for c in contexts]
     if regions is not None:
         regions.regions.check_text(positive)
-    cache = settings.step_cache
-    stack = [*([cache.layer] if cache is not None else []), *layers, *([regions.layer] if regions is not None else [])]
+    cache, leak = settings.step_cache, _reference_attention(settings, space, contexts[0], regions)
+    stack = [*([cache.layer] if cache is not None else []), *layers,
+             *([lambda net, step: ReferenceWeighted(net, leak)] if leak is not None else []),
+             *([regions.layer] if regions is not None else [])]
     if cache is not None:
         cache.begin(settings.steps)
 
     def denoise(x, sigma, i):
+        v = velocity(x, sigma, i)
+        if x0_hook is None or sigma == 0:
+            return v
+        return (x - x0_hook(x - sigma * v, i, settings.steps)) / sigma
+
+    def velocity(x, sigma, i):
         timestep = sigma_to_timestep(sigma, settings.schedule)
         net, guidance = experts.at(timestep, settings.guidance)
+        scope.attach(net)
         strengths = context_strengths(streams, i, settings.steps)
         step = Step(i, settings.steps, sigma, timestep, tuple(strengths))
         for layer in stack:
@@ -126,10 +153,42 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
-    latent = sample(denoise, noise, sigmas, settings.solver, callback, generator)
+    with region_scope(space) as scope:
+        latent = sample(denoise, noise, sigmas, settings.solver, callback, generator)
     if cache is not None:
         log.info("%s", cache.stats)
     return latent
+
+
+class ReferenceWeighted(Wrapper):
+    """One step's denoiser with the reference-leak weighting as its self-attention bias."""
+
+    staged = False
+
+    def __init__(self, inner, weighting: ReferenceAttention):
+        super().__init__(inner)
+        self.weighting = weighting
+
+    def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
+        if self_bias is not None:
+            raise VaceError("reference_weight and another self-attention modulation cannot be combined: set "
+                            "reference_weight to 1, or drop the other one")
+        return self.inner(x, t, text, contexts, strengths, self_bias=self.weighting, cross_bias=cross_bias)
+
+
+def _reference_attention(settings: SamplerSettings, space: TokenSpace | None, context: Tensor, regions):
+    """The reference-leak weighting of self-attention (vace_core.reference_leak), or None (today's attention)."""
+    frame_weights(settings.reference_weight, settings.reference_decay, 1)  # checks the numbers
+    if settings.reference_weight == 1:
+        return None
+    if space is None:
+        raise VaceError("reference_weight needs to know which latent frames are references: sample through "
+                        "pipeline.generate or pass space=TokenSpace.for_vcu(vcu)")
+    if regions is not None:
+        raise VaceError("reference_weight and Regional Prompts both modulate self-attention and cannot be combined: "
+                        "set reference_weight to 1, or drop the regions")
+    h, w = context.shape[3] // 2, context.shape[4] // 2  # tokens per latent frame (patch 2x2)
+    return ReferenceAttention.build(settings.reference_weight, settings.reference_decay, space.references, h * w)
 
 
 def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:
@@ -161,8 +220,10 @@ def generate(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: 
     pixels back (None: no compositing). regions: `regional.Regions` (positive = their composed text)."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
     layout = regions.for_vcu(vcus[0]) if regions is not None else None
+    space = TokenSpace.for_vcu(vcus[0], region_masks=None if regions is None else regions.masks)
     with torch.no_grad():
         contexts = encode_contexts(vcus, lambda v: vae.encode(v, tiling=tiling))
-        latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, regions=layout)
+        latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, regions=layout,
+                               space=space)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), len(vcus[0].references))
     return video if composite_feather is None else composite(video, vcus[0], composite_feather)

@@ -16,11 +16,13 @@ import torch
 
 from . import vcu as V
 from .errors import VaceError
+from .job import Job, save_job
 from .long_video import LongVideoSettings, generate_long
 from .pipeline import SamplerSettings, composite, generate
 from .regional import Regions, check_coverage, encode_text
 from .sampling import ContextStream
 from .settings import knob
+from .timeline import Timeline, parse_prompts
 from .video_io import VideoStream, read_image, read_video, write_video
 
 log = logging.getLogger("vace")
@@ -44,6 +46,26 @@ class TaskInputs:
     background_prompt: str = ""
     stream: ContextStream | None = None  # the VCU's strength, start and end (None: full strength, every step)
     region_settings: dict = field(default_factory=dict)  # Regions' knobs (self_strength, end...): the rest default
+    timeline: "TimelineInputs | None" = None  # long video: per-window prompts, references, end frames, seeds, loop
+
+
+@dataclass
+class TimelineInputs:
+    """The command line's timeline (vace_core.timeline): prompts (one per window, or "frame: prompt" lines),
+    window -> reference image files / end frame file / seed, loop."""
+
+    prompts: str = ""
+    blend: bool = False
+    references: dict[int, list[str]] = field(default_factory=dict)
+    end_frames: dict[int, str] = field(default_factory=dict)
+    seeds: dict[int, int] = field(default_factory=dict)
+    loop: bool = False
+
+    def build(self, text_encoder) -> Timeline:
+        prompts, starts = parse_prompts(self.prompts) if self.prompts.strip() else ([], None)
+        return Timeline([text_encoder.encode(p) for p in prompts], starts, self.blend,
+                        {w: [read_image(f) for f in files] for w, files in self.references.items()},
+                        {w: read_image(f)[..., :3] for w, f in self.end_frames.items()}, dict(self.seeds), self.loop)
 
 
 def _masks(path: str) -> torch.Tensor:
@@ -109,11 +131,13 @@ def build_regions(inputs: TaskInputs, text_encoder) -> Regions:
 
 
 def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings: SamplerSettings | None = None,
-        feather: int | None = None, tiling=None, long: LongVideoSettings | None = None) -> tuple[V.VCU, torch.Tensor]:
+        feather: int | None = None, tiling=None, long: LongVideoSettings | None = None,
+        state: str | None = None) -> tuple[V.VCU, torch.Tensor]:
     """Builds the VCU, samples, writes the video (unless `out` is None: the other ranks of a multi-process
     run); returns (VCU, video (3, T, H, W) in [-1, 1]). A VCU longer than `long.window` (or long.mode "fused")
     goes through vace_core.long_video, window by window, each window's frames streamed to the file as they
-    are final."""
+    are final; `inputs.timeline` directs its windows, and `state` saves the run (a job file to re-render a
+    window from)."""
     settings = settings or SamplerSettings()
     unit, fps = build_vcu(inputs)
     regions = build_regions(inputs, text_encoder) if inputs.regions else None
@@ -122,12 +146,16 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     negative = text_encoder.encode_negative(inputs.negative)
     log.info("VACE: %s VCU, %d frames at %dx%d, %d reference(s)", unit.kind, unit.length, *unit.size,
              len(unit.references))
+    timeline = inputs.timeline.build(text_encoder) if inputs.timeline is not None else None
     if long is not None and (unit.length > long.window or long.mode == "fused"):
         if regions is not None:
             raise VaceError("--region works within one window: drop --window/--mode, or generate at most "
                             f"{long.window} frames (regional prompts over long-video windows are not supported yet)")
-        return unit, _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long,
-                               streams)
+        job = Job([unit], positive, negative, streams or [ContextStream()], settings, long, timeline)
+        return unit, _run_long(job, model, vae, out, fps, feather, tiling, state)
+    if timeline is not None or state is not None:
+        raise VaceError(f"a timeline and --save-state direct long videos: the VCU has {unit.length} frames, within "
+                        f"one {long.window if long else 81}-frame window. Make it longer (--length), or drop them")
     video = generate(model, vae, unit, positive, negative, streams, settings=settings, tiling=tiling, regions=regions)
     if feather is not None:
         video = composite(video, unit, feather)
@@ -136,18 +164,18 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     return unit, video
 
 
-def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long,
-              streams) -> torch.Tensor:
-    if out is None:
-        return generate_long(model, vae, unit, positive, negative, streams, settings=settings, long=long,
-                             tiling=tiling, composite_feather=feather).video
-    stream = VideoStream(out, fps)
+def _run_long(job: Job, model, vae, out, fps, feather, tiling, state) -> torch.Tensor:
+    stream = VideoStream(out, fps) if out is not None else None
     try:
-        result = generate_long(model, vae, unit, positive, negative, streams, settings=settings, long=long,
-                               tiling=tiling, composite_feather=feather,
-                               on_frames=lambda frames: stream.write(V.to_images(frames)))
+        result = generate_long(model, vae, job.vcus, job.positive, job.negative, job.streams, settings=job.settings,
+                               long=job.long, tiling=tiling, composite_feather=feather, timeline=job.timeline,
+                               on_frames=None if stream is None else lambda frames: stream.write(V.to_images(frames)))
     except BaseException:  # a failed or stopped run leaves `out` as it was (an earlier video stays whole)
-        stream.abort()
+        if stream is not None:
+            stream.abort()
         raise
-    stream.close()
+    if stream is not None:
+        stream.close()
+    if state is not None:
+        save_job(state, job.with_run(result))
     return result.video

@@ -165,7 +165,10 @@ class VaceTransformer(nn.Module):
 
     A `denoiser.Denoiser` (staged): `compute_dtype` is the activations' dtype (set by the loader; by default the
     weights' dtype), `device` where its inputs go (by default where its weights are; a caller streaming the
-    weights from the CPU sets it)."""
+    weights from the CPU sets it). region_loras: LoRAs confined to regions (vace_core.lora.region), applied per
+    token by the sampler."""
+
+    region_loras: tuple = ()
 
     staged = True
 

@@ -13,6 +13,9 @@ and fp8 weights keep their precision. `model.state_dict()` shows `parametrizatio
 unmerged.
 GGUF-quantized weights (vace_core.ops.QuantizedLinear) take LoRAs unmerged only: the change is added to the
 weight each time the layer dequantizes it.
+
+Confined to a region (`region=`: a mask, or a Regional Prompts region index): unmerged per token, see
+vace_core.lora.region.
 """
 
 from pathlib import Path
@@ -109,17 +112,26 @@ class AddDelta(nn.Module):
 
 
 def apply_lora(model: nn.Module, lora: dict[str, Tensor] | str | Path, strength: float = 1.0,
-               context_strength: float | None = None, merge: bool = True, name: str | None = None) -> LoraPlan:
+               context_strength: float | None = None, merge: bool = True, name: str | None = None,
+               region=None) -> LoraPlan:
     """Applies a LoRA (a file or its tensors, any key layout) to a loaded VaceTransformer, in place.
 
     strength scales the change of the main blocks (and everything outside the context blocks);
     context_strength that of the context blocks (default: strength). merge=True folds it into the weights;
-    False keeps it separate (see the module doc; undo with remove_loras). Returns the LoraPlan: its
+    False keeps it separate (see the module doc; undo with remove_loras). region: a mask (T, H, W) / (H, W) in the
+video's pixels or a Regional Prompts region index (1..n): the LoRA changes only that region's tokens
+(vace_core.lora.region; never merged). Returns the LoraPlan: its
     `report()` names the keys that did not apply. Raises VaceError for a LoRA of another model family or size.
     """
     if not isinstance(lora, dict):
         name = name or Path(lora).name
         lora = read_lora(lora)
+    if region is not None:
+        from .region import attach_region_lora, region_lora
+
+        scoped = region_lora(model, lora, strength, context_strength, region, name or "LoRA")
+        attach_region_lora(model, scoped)
+        return scoped.plan
     context_strength = strength if context_strength is None else context_strength
     plan = plan_lora(lora, param_shapes(model), name or "LoRA")
     if merge:
@@ -154,7 +166,9 @@ def _refuse_merge_into_quantized(model: nn.Module, params) -> None:
 
 
 def remove_loras(model: nn.Module) -> None:
-    """Takes every unmerged LoRA off the model (merged ones are part of the weights: reload the model)."""
+    """Takes every unmerged LoRA (region LoRAs too) off the model (merged ones are part of the weights: reload
+    the model)."""
+    model.region_loras = ()
     for module in model.modules():
         if ops.is_quantized(module):
             module.weight_patches = []
