@@ -40,6 +40,8 @@ def links():
         (sampler["shift"], [(n, "shift") for n in SAMPLERS], "--shift", None),
         (sampler["solver"], [(n, "sampler") for n in SAMPLERS], "--sampler", SOLVER_LABELS),
         (sampler["seed"], [(n, "seed") for n in SAMPLERS], "--seed", None),
+        *((sampler[name], [(n, name) for n in SAMPLERS], "--" + name.replace("_", "-"), None)
+          for name in ("reference_weight", "reference_decay")),
         *((spec, [(n, name + suffix) for n in SAMPLERS for suffix in ("", "_2", "_3")], f"--{name}", None)
           for name, spec in STREAM_KNOBS.items()),
         *((spec, [("VACELongVideoSampler", name)], "--colour" if name == "colour_method" else
@@ -73,7 +75,10 @@ NODE_ONLY = {("VACESampler", "offload_after"): "a server's memory choice; the co
              ("VACELongVideoSampler", "offload_after"): "same",
              ("VACELongVideoSampler", "paste_kept"): "--composite FEATHER (paste_kept + feather in one flag)",
              ("VACEStepCache", "coefficients"): "--teacache-coefficients (labels checked below)",
-             ("VACEModelLoader", "block_swap"): "ComfyUI's partial loading; the command line has --fsdp instead"}
+             ("VACEModelLoader", "block_swap"): "ComfyUI's partial loading; the command line has --fsdp instead",
+             ("VACELongVideoSampler", "save_state"): "--save-state FILE (a path where the node picks output/)",
+             ("VACELongVideoSampler", "rerender_window"): "--rerender WINDOW (with --job STATE)",
+             ("VACELongVideoSampler", "later_windows"): "--later"}
 CHECKED_NODES = {"VACESampler", "VACELongVideoSampler", "VACERegionalPrompts", "VACEStepCache",
                  "VACEWan22LowNoiseExpert", "VACEModelLoader", "VACEVAELoader", "VACESpeed", "VACESaveJob"}
 
