@@ -75,9 +75,15 @@ def load_job(path) -> Job:
                SamplerSettings(**meta["settings"]))
 
 
-def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, tiling=None) -> torch.Tensor:
+def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, tiling=None, long=None,
+            step_cache=None) -> torch.Tensor:
     """Samples the job and writes the video at 16 fps (unless `out` is None: the other ranks of a
-    multi-process run); returns the video (3, T, H, W) in [-1, 1]."""
+    multi-process run); returns the video (3, T, H, W) in [-1, 1]. model: a denoiser or Wan2.2 `Experts`.
+    long: `long_video.LongVideoSettings` for a job longer than its window (or fused mode); step_cache: a
+    `TeaCache` for this run (a job file stores no cache)."""
+    from dataclasses import replace
+
+    from .long_video import generate_long
     from .pipeline import generate
     from .vcu import to_images
     from .video_io import write_video
@@ -85,8 +91,13 @@ def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, t
     if job.positive.shape[-1] != model.config.text_dim:
         raise VaceError(f"the job's prompts are {job.positive.shape[-1]}-wide text features but the model reads "
                         f"{model.config.text_dim}: save the job with the text encoder of this model (umt5-xxl: 4096)")
-    video = generate(model, vae, job.vcus, job.positive, job.negative, job.streams, job.settings, tiling=tiling,
-                     composite_feather=feather)
+    settings = replace(job.settings, step_cache=step_cache)
+    if long is not None and (job.vcus[0].length > long.window or long.mode == "fused"):
+        video = generate_long(model, vae, job.vcus, job.positive, job.negative, job.streams, settings, long,
+                              tiling=tiling, composite_feather=feather).video
+    else:
+        video = generate(model, vae, job.vcus, job.positive, job.negative, job.streams, settings, tiling=tiling,
+                         composite_feather=feather)
     if out is not None:
         write_video(out, to_images(video), 16)
     return video

@@ -433,7 +433,7 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
             try:
                 frames = sample_window(model, vae, units, free, window.kept, positive, negative, streams,
                                        replace(settings, seed=(settings.seed + i) % (MAX_SEED + 1)), long, step,
-                                       tiling, device, regions and regions.frames(window.positions))
+                                       tiling, device, None if regions is None else regions.frames(window.positions))
             except SamplingInterrupted:
                 log.warning("VACE long video: stopped in window %d of %d; returning the %d finished frames",
                             i + 1, len(plan), out.emitted)

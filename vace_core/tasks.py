@@ -106,10 +106,8 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     log.info("VACE: %s VCU, %d frames at %dx%d, %d reference(s)", unit.kind, unit.length, *unit.size,
              len(unit.references))
     if long is not None and (unit.length > long.window or long.mode == "fused"):
-        if regions is not None:
-            raise VaceError("--region works within one window: drop --window/--mode, or generate at most "
-                            f"{long.window} frames (regional prompts over long-video windows are not supported yet)")
-        return unit, _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long)
+        return unit, _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long,
+                               regions)
     video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling, regions=regions)
     if feather is not None:
         video = composite(video, unit, feather)
@@ -118,14 +116,16 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     return unit, video
 
 
-def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long) -> torch.Tensor:
+def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long,
+              regions) -> torch.Tensor:
     if out is None:
         return generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
-                             composite_feather=feather).video
+                             composite_feather=feather, regions=regions).video
     stream = VideoStream(out, fps)
     try:
         result = generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
-                               composite_feather=feather, on_frames=lambda frames: stream.write(V.to_images(frames)))
+                               composite_feather=feather, regions=regions,
+                               on_frames=lambda frames: stream.write(V.to_images(frames)))
     finally:
         stream.close()
     return result.video
