@@ -21,11 +21,13 @@ from . import (
     sampler,
     vcu_nodes,
 )
+from .files import register_gguf_folder
 from .guard import guard
 
 # annotator weights live in their own model folders (models/annotators, models/sam2)
 for _kind in ("annotators", "sam2"):
     folder_paths.add_model_folder_path(_kind, os.path.join(folder_paths.models_dir, _kind))
+register_gguf_folder()  # .gguf transformers in diffusion_models / unet
 
 
 class VaceExtension(ComfyExtension):

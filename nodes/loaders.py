@@ -41,18 +41,24 @@ class LoadVaceModel(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VACEModelLoader", display_name="Load VACE Model", category=CATEGORY,
-            description="Loads Wan2.1-VACE (1.3B or 14B) from models/diffusion_models: a full VACE file, or a "
-                        "VACE module file merged onto its Wan2.1 T2V base. The shape is read from the weights.",
+            description="Loads Wan2.1-VACE (1.3B or 14B) or a Wan2.2-VACE-Fun expert from models/diffusion_models "
+                        "(or models/unet): a full VACE file, or a VACE module file merged onto its Wan2.1 T2V base; "
+                        "safetensors, fp8 or GGUF (Q8_0 ... Q4_K_M, kept quantized). The shape is read from the "
+                        "weights.",
             inputs=[
                 FileInput("model_name", "diffusion_models",
                           tooltip="wan2.1_vace_1.3B_fp16.safetensors, wan2.1_vace_14B_fp16.safetensors, an "
-                                  "fp8 / scaled fp8 variant, or a VACE module file (then choose its base)."),
+                                  "fp8 / scaled fp8 variant, a GGUF file (e.g. Wan2.1_14B_VACE-Q4_K_M.gguf), or a "
+                                  "VACE module file (then choose its base)."),
                 FileInput("base_model", "diffusion_models", extra=(NO_BASE,), default=NO_BASE,
                           tooltip="Only for a VACE module file (context blocks only): the Wan2.1 T2V base it "
-                                  "extends, e.g. wan2.1_t2v_14B_fp16.safetensors. An I2V base will not work."),
+                                  "extends, e.g. wan2.1_t2v_14B_fp16.safetensors or a T2V GGUF. An I2V base will "
+                                  "not work."),
                 io.Combo.Input("weight_dtype", options=list(DTYPES), default="default",
-                               tooltip="How weights are stored in memory. default keeps the file's dtype; fp8 "
-                                       "halves the memory of fp16 (each layer is upcast when it runs)."),
+                               tooltip="How weights are stored in memory. default keeps the file's dtype (GGUF: "
+                                       "quantized, each layer dequantized when it runs); fp8 halves the memory of "
+                                       "fp16 (each layer is upcast when it runs). Another choice dequantizes a GGUF "
+                                       "file to that dtype."),
                 io.Combo.Input("compute_dtype", options=list(COMPUTE), default="auto",
                                tooltip="Activations' dtype. auto: bf16 where supported, else fp16, fp32 on CPU."),
                 io.Combo.Input("attention", options=["auto", "sdpa", "flash", "sage"], default="auto",

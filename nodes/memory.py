@@ -1,5 +1,10 @@
 """GPU memory the ComfyUI way: models live in ModelPatchers and are loaded through load_models_gpu, so
-ComfyUI can offload them for other models and stream weights (low VRAM) when they do not fit."""
+ComfyUI can offload them for other models and stream weights (low VRAM) when they do not fit.
+
+A model with GGUF-quantized Linear weights gets a `QuantizedPatcher`: ComfyUI's patches (LoRAs) on those
+weights are never merged into the blocks; each layer applies them to its weight after dequantizing it, whether
+the layer is loaded on the GPU or streamed in low-VRAM mode.
+"""
 
 import math
 
@@ -7,6 +12,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import torch
 
+from ..vace_core import ops
 from ..vace_core.denoiser import Wrapper
 from ..vace_core.errors import VaceError
 from ..vace_core.memory import activation_bytes as estimate_activations
@@ -15,8 +21,34 @@ from ..vace_core.vae.tiling import WORK_PER_PIXEL
 GIB = 2**30
 
 
+class QuantizedPatcher(comfy.model_patcher.ModelPatcher):
+    """ModelPatcher whose patches on GGUF-quantized weights stay unmerged (ComfyUI-GGUF does the same): the layer's
+    `weight_patches` get ComfyUI's own LowVramPatch (calculate_weight on the dequantized weight)."""
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False):
+        layer, _, attr = key.rpartition(".")
+        module = self.model.get_submodule(layer) if layer else None
+        if attr != "weight" or module is None or not ops.is_quantized(module):
+            return super().patch_weight_to_device(key, device_to, inplace_update)
+        if key in self.patches:
+            module.weight_patches = [comfy.model_patcher.LowVramPatch(key, self.patches)]
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        # streamed layers too: their patches go through patch_weight_to_device, never into weight_function
+        super().load(device_to, lowvram_model_memory, True, full_load)
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        if unpatch_weights:
+            for module in self.model.modules():
+                if ops.is_quantized(module):
+                    module.weight_patches = []
+        super().unpatch_model(device_to, unpatch_weights)
+
+
 def patch(model: torch.nn.Module, load_device, offload_device) -> comfy.model_patcher.ModelPatcher:
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    quantized = any(ops.is_quantized(m) for m in model.modules())
+    patcher = QuantizedPatcher if quantized else comfy.model_patcher.ModelPatcher
+    return patcher(model, load_device=load_device, offload_device=offload_device)
 
 
 def swap_reserve(model, swapped_blocks: int) -> int:
@@ -97,10 +129,11 @@ def activation_bytes(model, latent_shape, guided: bool, streams: int) -> int:
 
 
 def sampling_bytes(model, latent_shape, guided: bool, streams: int) -> int:
-    """Activations plus the float32 latents the loop keeps (x, v, the solver's history: about 8 copies) and the
-    context latents (96 channels per stream)."""
+    """Activations plus the float32 latents the loop keeps (x, v, the solver's history: about 8 copies), the
+    context latents (96 channels per stream) and, for GGUF weights, the largest layer's dequantized copy."""
     latent = math.prod(latent_shape) * 4
-    return activation_bytes(model, latent_shape, guided, streams) + 8 * 16 * latent + streams * 96 * latent
+    return (activation_bytes(model, latent_shape, guided, streams) + 8 * 16 * latent + streams * 96 * latent
+            + ops.dequantize_workspace(model, model.compute_dtype))
 
 
 def decode_bytes(vae_config: dict, dtype: torch.dtype, frame_px: tuple[int, int], tile: int | None) -> int:

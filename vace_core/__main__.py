@@ -204,20 +204,23 @@ def _run(args):
 
 def _info(args):
     from .checkpoints import detect_config, load_state_dict, merge_vace_module
+    from .checkpoints.gguf import storage_types
 
     state_dict = load_state_dict(args.path)
     if args.base:
         state_dict = merge_vace_module(load_state_dict(args.base), state_dict)
     print(detect_config(state_dict))
+    print(f"storage: {storage_types(state_dict)}")
 
 
 def _convert(args):
     from .checkpoints import load_state_dict, merge_vace_module, save_checkpoint
+    from .checkpoints.gguf import dequantize_all
 
     check_writable(args.dst)
-    state_dict = load_state_dict(args.src)
+    state_dict = dequantize_all(load_state_dict(args.src))  # GGUF blocks -> float32, then any dtype
     if args.base:
-        state_dict = merge_vace_module(load_state_dict(args.base), state_dict)
+        state_dict = merge_vace_module(dequantize_all(load_state_dict(args.base)), state_dict)
     dtype = DTYPES[args.dtype.removesuffix("_scaled")] if args.dtype else None
     scaled = bool(args.dtype and args.dtype.endswith("_scaled"))
     save_checkpoint(state_dict, args.dst, args.layout, dtype, scaled=scaled)
@@ -320,7 +323,8 @@ def main(argv=None):
     demo.add_argument("--out", default="out/demo", help="folder for the videos and the contact sheet")
     demo.add_argument("--checkpoints", help="keep the demo's checkpoints in this folder (default: temporary)")
     demo.set_defaults(fn=_demo)
-    info = sub.add_parser("info", help="print the model config detected from a checkpoint's weights")
+    info = sub.add_parser("info", help="print the model config detected from a checkpoint's weights, and how they "
+                          "are stored (dtypes; GGUF quantization types)")
     info.add_argument("path")
     info.add_argument("--base", help="the Wan2.1 T2V base, when PATH is a VACE module file")
     info.set_defaults(fn=_info)

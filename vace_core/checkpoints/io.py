@@ -1,6 +1,6 @@
 """Reading checkpoint files into one flat state dict; any failure names the file.
 
-Layouts: a single .safetensors / .pth / .pt / .ckpt / .bin file, a sharded `*.index.json` (official Wan and
+Layouts: a single .safetensors / .pth / .pt / .ckpt / .bin / .gguf file, a sharded `*.index.json` (official Wan and
 diffusers both write `weight_map`), or a folder holding one of these (plus, optionally, `config.json`).
 """
 
@@ -14,9 +14,11 @@ from safetensors import safe_open
 from torch import Tensor
 
 from ..errors import VaceError
+from .gguf import read_gguf
 
 SAFETENSORS = (".safetensors", ".sft")
 PICKLES = (".pth", ".pt", ".ckpt", ".bin")
+GGUF = (".gguf",)  # quantized tensors come back as ggml.QuantizedWeight (see checkpoints/gguf.py)
 # Official Wan and diffusers folders use these names; other folders must hold exactly one weights file.
 FOLDER_FILES = (
     "diffusion_pytorch_model.safetensors.index.json",
@@ -36,7 +38,8 @@ def check_finite(key: str, value: Tensor) -> None:
 
 
 def read_file(path: Path) -> dict[str, Tensor]:
-    """One weights file -> {key: tensor} on the CPU. Corrupt or truncated files raise a VaceError naming it."""
+    """One weights file -> {key: tensor} on the CPU (GGUF: or QuantizedWeight). Corrupt or truncated files raise a
+    VaceError naming it."""
     if not path.is_file():
         raise VaceError(f"Checkpoint file not found: {path}")
     try:
@@ -47,6 +50,10 @@ def read_file(path: Path) -> dict[str, Tensor]:
             # mmap keeps a 69 GB pickle out of RAM; only the zip format (torch >= 1.6) supports it
             mmap = zipfile.is_zipfile(path)
             return _unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=mmap))
+        if path.name.endswith(GGUF):
+            return read_gguf(path)
+    except VaceError:
+        raise
     except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never do that
         raise VaceError(
             f"Refusing to load {path}: the pickle holds more than tensors (objects that run code when loaded), so "
@@ -57,7 +64,7 @@ def read_file(path: Path) -> dict[str, Tensor]:
             f"Could not read checkpoint file {path} ({type(e).__name__}: {e}). "
             "The file is corrupt, incomplete (an interrupted download?) or not a weights file: download it again."
         ) from e
-    raise VaceError(f"Unsupported checkpoint file type {path.name!r}: expected {SAFETENSORS + PICKLES}")
+    raise VaceError(f"Unsupported checkpoint file type {path.name!r}: expected {SAFETENSORS + PICKLES + GGUF}")
 
 
 def _unwrap(obj) -> dict[str, Tensor]:
@@ -92,7 +99,7 @@ def weights_path(path: str | Path) -> Path:
     for name in FOLDER_FILES:
         if (path / name).is_file():
             return path / name
-    candidates = [p for p in sorted(path.iterdir()) if p.name.endswith(SAFETENSORS + PICKLES + (".index.json",))]
+    candidates = [p for p in sorted(path.iterdir()) if p.name.endswith(SAFETENSORS + PICKLES + GGUF + (".index.json",))]
     indexes = [p for p in candidates if p.name.endswith(".index.json")]
     if len(indexes) == 1:
         return indexes[0]

@@ -11,6 +11,8 @@ scaled-fp8 weight keeps its scale). Unmerged: a parametrization adds the change 
 weight, from the low-rank pieces (no full-size copy is kept), so `remove_loras` restores the exact weights
 and fp8 weights keep their precision. `model.state_dict()` shows `parametrizations.*` keys while a LoRA is
 unmerged.
+GGUF-quantized weights (vace_core.ops.QuantizedLinear) take LoRAs unmerged only: the change is added to the
+weight each time the layer dequantizes it.
 """
 
 from pathlib import Path
@@ -19,7 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .. import ops
 from ..checkpoints.io import read_file
+from ..errors import VaceError
 from .keys import DOWN, UP, LoraPlan, plan_lora
 
 CONTEXT_PREFIXES = ("vace_blocks.", "vace_patch_embedding.")
@@ -61,9 +65,12 @@ def delta(parts: dict[str, Tensor], shape: torch.Size, device=None) -> Tensor:
 
 
 def param_shapes(model: nn.Module) -> dict[str, tuple]:
-    """The model's state-dict names -> shapes, with unmerged LoRAs' parametrizations seen through (so LoRAs stack)."""
-    return {k.replace(".parametrizations.", ".").removesuffix(".original"): tuple(v.shape)
-            for k, v in model.state_dict().items()}
+    """The model's state-dict names -> shapes, with unmerged LoRAs' parametrizations seen through (so LoRAs stack)
+    and GGUF-quantized weights at the shape they dequantize to."""
+    shapes = {k.replace(".parametrizations.", ".").removesuffix(".original"): tuple(v.shape)
+              for k, v in model.state_dict().items()}
+    return shapes | {f"{name}.weight": tuple(m.ggml_format[1]) for name, m in model.named_modules()
+                     if ops.is_quantized(m)}
 
 
 def _owner(model: nn.Module, param: str) -> tuple[nn.Module, str]:
@@ -107,6 +114,8 @@ def apply_lora(model: nn.Module, lora: dict[str, Tensor] | str | Path, strength:
         lora = read_lora(lora)
     context_strength = strength if context_strength is None else context_strength
     plan = plan_lora(lora, param_shapes(model), name or "LoRA")
+    if merge:
+        _refuse_merge_into_quantized(model, plan.patches())
     with torch.no_grad():
         for param, parts in plan.patches().items():
             s = context_strength if param.startswith(CONTEXT_PREFIXES) else strength
@@ -114,6 +123,9 @@ def apply_lora(model: nn.Module, lora: dict[str, Tensor] | str | Path, strength:
                 continue
             module, attr = _owner(model, param)
             weight, scale = getattr(module, attr), _scale(module, attr)
+            if ops.is_quantized(module) and attr == "weight":  # unmerged (merge=True was refused above)
+                module.weight_patches.append(AddDelta(parts, s, None, weight.device))
+                continue
             if not merge:
                 parametrize.register_parametrization(module, attr, AddDelta(parts, s, scale, weight.device),
                                                      unsafe=True)
@@ -125,9 +137,19 @@ def apply_lora(model: nn.Module, lora: dict[str, Tensor] | str | Path, strength:
     return plan
 
 
+def _refuse_merge_into_quantized(model: nn.Module, params) -> None:
+    quantized = [p for p in params if p.endswith(".weight") and ops.is_quantized(_owner(model, p)[0])]
+    if quantized:
+        raise VaceError(f"The LoRA changes {len(quantized)} GGUF-quantized weights (e.g. {quantized[0]}): it cannot be "
+                        "merged into them without quantizing the sums again. Apply it unmerged (merge=False), as the "
+                        "command line and the nodes do.")
+
+
 def remove_loras(model: nn.Module) -> None:
     """Takes every unmerged LoRA off the model (merged ones are part of the weights: reload the model)."""
     for module in model.modules():
+        if ops.is_quantized(module):
+            module.weight_patches = []
         if parametrize.is_parametrized(module):
             for attr in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
