@@ -219,7 +219,7 @@ def test_latent_replacement_renoises_to_the_current_level():
 class Linear(torch.nn.Module):
     """A stand-in DiT whose velocity depends on the latent, the timestep, the text and each context."""
 
-    compute_dtype = torch.float32
+    compute_dtype, device = torch.float32, torch.device("cpu")
 
     def __init__(self):
         super().__init__()
@@ -255,13 +255,13 @@ class WindowMean(torch.nn.Module):
     """A stand-in DiT that sees its whole input: its velocity is the mean of x over the frames it is given (in
     fused mode: the reference and the window's frames)."""
 
-    compute_dtype = torch.float32
+    compute_dtype, device = torch.float32, torch.device("cpu")
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.tensor(1.0))
 
-    def forward(self, x, t, text, contexts, strengths):
+    def forward(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
         return self.w * x.mean(2, keepdim=True).expand_as(x)
 
 
