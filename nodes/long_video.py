@@ -107,7 +107,9 @@ class VaceLongVideoSampler(io.ComfyNode):
             node_id="VACELongVideoSampler", display_name="VACE Long Video Sampler", category=CATEGORY,
             description="Any VCU longer than one window (e.g. 241 frames) as windows that carry the video "
                         "forward, keyframes + interpolation, or fused windows; decodes each window (windows need "
-                        "decoded frames) and outputs the whole video as IMAGE. Cancel returns the finished windows.",
+                        "decoded frames) and outputs the whole video as IMAGE. Regions, a step cache and the Wan2.2 "
+                        "low-noise expert work as in the VACE Sampler, in every window. Cancel returns the finished "
+                        "windows.",
             inputs=[*VaceSampler.define_schema().inputs, *LONG_INPUTS],
             outputs=[io.Image.Output(display_name="images")],
         )

@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from .denoiser import refuse
 from .errors import VaceError
 from .experts import WAN22_BOUNDARY
 from .outputs import check_writable
@@ -362,6 +363,10 @@ def _run(args):
     if args.job:
         from .job import load_job, run_job
 
+        if args.region:
+            refuse("--region", "--job", "a job file carries its prompts already encoded; run the task with --prompt "
+                   "and --region instead of the job file")
+
         job = load_job(args.job)  # before the models load, so a bad file fails fast
         if args.rerender is not None:
             job = _rerender(args, job)
@@ -374,8 +379,8 @@ def _run(args):
     out = args.out if writer else None
     if job is not None:
         unit = job.vcus[0]
-        run_job(job, model, vae, out, args.composite, tiling="auto", rerender=args.rerender, later=args.later,
-                state=args.save_state if writer else None)
+        run_job(job, model, vae, out, args.composite, tiling="auto", long=long, step_cache=settings.step_cache,
+                rerender=args.rerender, later=args.later, state=args.save_state if writer else None)
     else:
         unit, _ = run(inputs, model, vae, text, out, settings, feather=args.composite, tiling="auto", long=long,
                       state=args.save_state if writer else None)
@@ -508,7 +513,8 @@ def _run_parser(sub):
 
     run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
     run.add_argument("--job", help="a VACE job file (ComfyUI's Save VACE Job node): its VCUs, encoded prompts, "
-                     "strengths and sampler settings replace the task and sampling flags")
+                     "strengths and sampler settings replace the task and sampling flags (the long-video flags, "
+                     "--teacache, --lora and the model flags still apply; --region does not: the prompts are encoded)")
     run.add_argument("--prompt", action="append", default=[],
                      help="what the video shows; repeated: one prompt per long-video window, in order")
     run.add_argument("--negative", help="negative prompt (default: Wan's official one)")

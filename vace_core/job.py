@@ -224,12 +224,17 @@ def _job(path, meta: dict, tensors: dict) -> Job:
     return job
 
 
-def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, tiling=None,
-            rerender: int | None = None, later: str = "keep", state: str | Path | None = None) -> torch.Tensor:
+def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, tiling=None, long=None,
+            step_cache=None, rerender: int | None = None, later: str = "keep",
+            state: str | Path | None = None) -> torch.Tensor:
     """Samples the job and writes the video at 16 fps (unless `out` is None: the other ranks of a
-    multi-process run); returns the video (3, T, H, W) in [-1, 1]. A long-video job runs window by window;
-    rerender: sample only that window again from the job's saved run (later windows `keep` or `regenerate`);
-    state: save the run's state there (a job file to re-render from)."""
+    multi-process run); returns the video (3, T, H, W) in [-1, 1]. model: a denoiser or Wan2.2 `Experts`.
+    long: `long_video.LongVideoSettings` for a job longer than its window (or fused mode; a saved long-video
+    run's own settings win); step_cache: a `TeaCache` for this run (else the job's). rerender: sample only
+    that window again from the job's saved run (later windows `keep` or `regenerate`); state: save the run's
+    state there (a job file to re-render from)."""
+    from dataclasses import replace
+
     from .long_video import generate_long
     from .pipeline import generate
     from .vcu import to_images
@@ -238,10 +243,14 @@ def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, t
     if job.positive.shape[-1] != model.config.text_dim:
         raise VaceError(f"the job's prompts are {job.positive.shape[-1]}-wide text features but the model reads "
                         f"{model.config.text_dim}: save the job with the text encoder of this model (umt5-xxl: 4096)")
-    if job.long is None and (rerender is not None or state is not None):
-        raise VaceError("re-rendering a window and saving a run's state are for long-video jobs: this job has no "
-                        "long-video settings (save it from a long-video run)")
-    if job.long is None:
+    job = replace(job, settings=replace(job.settings, step_cache=step_cache or job.settings.step_cache),
+                  long=job.long or long)
+    windows = job.long is not None and (job.vcus[0].length > job.long.window or job.long.mode == "fused"
+                                        or job.video is not None)
+    if not windows and (rerender is not None or state is not None):
+        raise VaceError("re-rendering a window and saving a run's state are for long-video jobs: this job fits one "
+                        "window and has no saved run (save it from a long-video run)")
+    if not windows:
         video = generate(model, vae, job.vcus, job.positive, job.negative, job.streams, job.settings, tiling=tiling,
                          composite_feather=feather)
     else:

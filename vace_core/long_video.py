@@ -566,7 +566,7 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
             try:
                 frames = sample_window(model, vae, units, free, window.kept, text, negative, streams,
                                        replace(settings, seed=seed), long, step, tiling, device,
-                                       regions and regions.frames(window.positions),
+                                       None if regions is None else regions.frames(window.positions),
                                        TokenSpace.for_vcu(units[0], window.positions,
                                                           getattr(regions, "masks", None)), latent_anchor)
             except SamplingInterrupted:

@@ -148,11 +148,8 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
              len(unit.references))
     timeline = inputs.timeline.build(text_encoder) if inputs.timeline is not None else None
     if long is not None and (unit.length > long.window or long.mode == "fused"):
-        if regions is not None:
-            raise VaceError("--region works within one window: drop --window/--mode, or generate at most "
-                            f"{long.window} frames (regional prompts over long-video windows are not supported yet)")
         job = Job([unit], positive, negative, streams or [ContextStream()], settings, long, timeline)
-        return unit, _run_long(job, model, vae, out, fps, feather, tiling, state)
+        return unit, _run_long(job, model, vae, out, fps, feather, tiling, state, regions)
     if timeline is not None or state is not None:
         raise VaceError(f"a timeline and --save-state direct long videos: the VCU has {unit.length} frames, within "
                         f"one {long.window if long else 81}-frame window. Make it longer (--length), or drop them")
@@ -164,11 +161,12 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     return unit, video
 
 
-def _run_long(job: Job, model, vae, out, fps, feather, tiling, state) -> torch.Tensor:
+def _run_long(job: Job, model, vae, out, fps, feather, tiling, state, regions) -> torch.Tensor:
     stream = VideoStream(out, fps) if out is not None else None
     try:
         result = generate_long(model, vae, job.vcus, job.positive, job.negative, job.streams, settings=job.settings,
                                long=job.long, tiling=tiling, composite_feather=feather, timeline=job.timeline,
+                               regions=regions,
                                on_frames=None if stream is None else lambda frames: stream.write(V.to_images(frames)))
     except BaseException:  # a failed or stopped run leaves `out` as it was (an earlier video stays whole)
         if stream is not None:

@@ -263,6 +263,10 @@ class VideoStream:
             if self.pending:
                 write_video(self.path, torch.cat(self.pending), self.fps)
             return
+        if self.mp4.stream is None:  # no frame came (the run failed first): no file, and the run's error stands
+            self.mp4.container.close()
+            self.streaming.unlink(missing_ok=True)
+            return
         try:
             with atomic_output(self.path) as temp:
                 self.mp4.close()
