@@ -108,8 +108,9 @@ class Experts:
 
 
 def as_experts(model) -> Experts:
-    """A plain model as the one expert of every step (boundary 0: 'high' always)."""
-    return model if isinstance(model, Experts) else Experts(model, model, boundary=0.0)
+    """A plain model as the one expert of every step (boundary 0: 'high' always; no low-noise guidance of its own,
+    so guidance 1 runs no negative pass)."""
+    return model if isinstance(model, Experts) else Experts(model, model, boundary=0.0, guidance_low=None)
 
 
 def expert_folders(path: str | Path) -> tuple[Path, Path] | None:
