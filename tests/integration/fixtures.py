@@ -104,6 +104,7 @@ def write_dwpose_models(base: Path) -> Path:
     return folder
 
 
+@written_once
 def write_sam2_checkpoint(base: Path) -> Path:
     """SAM2.1 hiera-tiny (the released architecture and file layout) with random weights, its object-score head
     biased to +10: the model then always finds the prompted object present (a random head often scores it absent,
