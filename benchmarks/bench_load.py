@@ -12,10 +12,13 @@ the CPU, keeping the file's dtype, in its own process:
 - ComfyUI: `comfy.sd.load_diffusion_model`, run in ComfyUI's Python (COMFYUI_PATH / COMFYUI_PYTHON, else
   ~/.cache/vace-comfyui); ComfyUI reads single files only.
 Neither reference merges a module onto a base: their module + base rows load the equivalent single file.
-Per load: seconds, then seconds to read every weight byte once more (what a first forward pays for pages the
-loader did not read: diffusers reads none at load, we read each once for the NaN/inf check), peak resident
-memory above the process before the call (VmHWM after clearing it), and the anonymous / file-backed memory
-the process holds after it (RssAnon / RssFile); ratios ours / reference.
+Per load: seconds until the loader returns; for ours, seconds until its NaN/inf check (left running in the
+background, vace_core.checkpoints.finite) is done, measured by waiting for it right after the load (a sampler
+waits for it only before its first step, after encoding text and VCUs); seconds to read every weight byte once
+more (what a first forward pays for pages the loader did not read: diffusers reads none, our check reads each
+once); peak resident memory above the process before the call, at the load's return (VmHWM after clearing it);
+the anonymous / file-backed memory the process holds then (RssAnon / RssFile); ratios ours / reference; the load
+average at the start and the end (the machine may be shared).
 Files go to --dir (default /tmp/vace_bench_load) and are deleted after each dtype unless --keep.
 """
 
@@ -58,7 +61,11 @@ def measure(load) -> dict:
     model = load()
     seconds = time.perf_counter() - start
     after = status()
-    return {"seconds": seconds, "read_seconds": read_every_byte(model), "peak": after["VmHWM"] - before["VmRSS"],
+    checked = getattr(model, "weights_checked", None)  # ours: the NaN/inf check left running in the background
+    if checked is not None:
+        checked()
+    return {"seconds": seconds, "checked_seconds": time.perf_counter() - start if checked else None,
+            "read_seconds": read_every_byte(model), "peak": after["VmHWM"] - before["VmRSS"],
             "anon": after["RssAnon"] - before["RssAnon"], "file_rss": after["RssFile"] - before["RssFile"]}
 
 
@@ -313,25 +320,27 @@ def bench_dtype(args, cfg, dtype: str) -> list[dict]:
 
 def format_row(r: dict) -> str:
     if "error" in r:
-        return f"| {r['dtype']} | {r['layout']} | {r['loader']} | n/a: {r['error']} | | | | |"
+        return f"| {r['dtype']} | {r['layout']} | {r['loader']} | n/a: {r['error']} | | | | | |"
     f = r["file"]
+    checked = "-" if r.get("checked_seconds") is None else f"{r['checked_seconds']:.2f}"
     return (f"| {r['dtype']} | {r['layout']} | {r['loader']}{' (' + r['note'] + ')' if r.get('note') else ''} | "
-            f"{r['seconds']:.2f} | {r['seconds'] + r['read_seconds']:.2f} | "
+            f"{r['seconds']:.2f} | {checked} | {r['seconds'] + r['read_seconds']:.2f} | "
             f"{r['peak'] / MIB:.0f} ({r['peak'] / f:.2f}x) | "
             f"{r['anon'] / MIB:.0f} ({r['anon'] / f:.1%}) | {r['file_rss'] / MIB:.0f} |")
 
 
 def ratios(rows: list[dict]) -> list[str]:
     """ours / reference, time and peak, per dtype and layout."""
-    lines = ["| dtype | layout | reference | load time ours/ref | load + first read ours/ref | peak ours/ref |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| dtype | layout | reference | load time ours/ref | check done ours / ref load | load + first read "
+             "ours/ref | peak ours/ref | anonymous after ours/ref |", "|---|---|---|---|---|---|---|---|"]
     ours = {(r["dtype"], r["layout"]): r for r in rows if r["loader"] == "ours" and "error" not in r}
     for r in rows:
         mine = ours.get((r["dtype"], r["layout"]))
         if r["loader"] != "ours" and mine and "error" not in r:
             total = (mine["seconds"] + mine["read_seconds"]) / (r["seconds"] + r["read_seconds"])
             lines.append(f"| {r['dtype']} | {r['layout']} | {r['loader']} | {mine['seconds'] / r['seconds']:.2f} | "
-                         f"{total:.2f} | {mine['peak'] / r['peak']:.2f} |")
+                         f"{mine['checked_seconds'] / r['seconds']:.2f} | {total:.2f} | {mine['peak'] / r['peak']:.2f} | "
+                         f"{mine['anon'] / max(r['anon'], MIB):.2f} |")
     return lines
 
 
@@ -353,12 +362,14 @@ def main():
         return
     args.layouts, args.loaders = args.layouts.split(","), args.loaders.split(",")
     cfg = model_config(args.shape)
-    header = ["| dtype | layout | loader | load s | load + first read s | peak MiB (x file) | "
-              "anonymous after MiB (% of file) | file-backed after MiB |", "|---|---|---|---|---|---|---|---|"]
+    args.load_at_start = Path("/proc/loadavg").read_text().split()[:3]
+    header = ["| dtype | layout | loader | load s | check done s | load + first read s | peak MiB (x file) | "
+              "anonymous after MiB (% of file) | file-backed after MiB |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(header), flush=True)
     rows = [row for dtype in args.dtypes.split(",") for row in bench_dtype(args, cfg, dtype)]
     table = "\n".join(header + [format_row(r) for r in rows] + [""] + ratios(rows))
-    print("\n" + table)
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"\n{table}\n\nload average at the end: {' '.join(load)} (at the start: {' '.join(args.load_at_start)})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "shape": args.shape, "rows": rows}, indent=1))
 
