@@ -45,9 +45,11 @@ def check_finite(key: str, value: Tensor) -> None:
 class WeightsCheck:
     """check_finite over (key, tensor) pairs in a daemon thread, started at once; `wait()` blocks until it is done
     and raises its VaceError (every time: a refused model stays refused). The thread holds the tensors (views of
-    the map, never copies) only until it has read them. `seconds`: how long the check ran (None until done)."""
+    the map, never copies) only until it has read them. `count`: how many tensors it checks; `seconds`: how long
+    the check ran (None until done)."""
 
     def __init__(self, tensors: list[tuple[str, Tensor]]):
+        self.count = len(tensors)
         self.error: VaceError | None = None
         self.seconds: float | None = None
         self._thread = threading.Thread(target=self._run, args=(deque(tensors),), name="vace-weights-check",
