@@ -195,8 +195,9 @@ class StreamedSafetensors:
         self.file.write(value.reshape(-1).view(torch.uint8).numpy().data)
 
 
-def write_files(cfg, dtype: str, folder: Path) -> dict:
-    """Every layout of one random model in `dtype`, written in one pass over its tensors. Returns the paths."""
+def write_files(cfg, dtype: str, folder: Path, layouts=LAYOUTS) -> dict:
+    """`layouts` of one random model in `dtype` (the single file always: the references' module + base rows
+    read it), written in one pass over its tensors. Returns the paths."""
     from vace_core.checkpoints.keymap import is_vace_module_key, official_to_diffusers_name
     from vace_core.checkpoints.save import diffusers_config_json
 
@@ -214,25 +215,30 @@ def write_files(cfg, dtype: str, folder: Path) -> dict:
     paths = {"single": folder / "vace.safetensors", "sharded": folder / "diffusers",
              "module": folder / "vace_module.safetensors", "base": folder / "t2v.safetensors"}
     module_keys = {k for k, _, _ in specs if is_vace_module_key(k) or k == "scaled_fp8"}
-    writers = {"single": StreamedSafetensors(paths["single"], specs),
-               "module": StreamedSafetensors(paths["module"], [s for s in specs if s[0] in module_keys]),
-               "base": StreamedSafetensors(paths["base"], [s for s in specs if s[0] not in module_keys or
-                                                            s[0] == "scaled_fp8"])}
+    writers = {"single": StreamedSafetensors(paths["single"], specs)}
+    if "module_base" in layouts:
+        writers |= {"module": StreamedSafetensors(paths["module"], [s for s in specs if s[0] in module_keys]),
+                    "base": StreamedSafetensors(paths["base"], [s for s in specs if s[0] not in module_keys or
+                                                                s[0] == "scaled_fp8"])}
     shards = [StreamedSafetensors(paths["sharded"] / name, [(diffusers_key[k], s, d) for k, s, d in specs
-                                                            if shard_of[k] == i]) for i, name in enumerate(names)]
+                                                            if shard_of[k] == i])
+              for i, name in enumerate(names)] if "sharded" in layouts else []
     shapes = {key: shape for key, shape, _ in specs}
     for seed, (key, shape, dt) in enumerate(specs):
         value = make_tensor(key, shape, dt, seed, shapes)
-        shards[shard_of[key]].write(value)
+        if shards:
+            shards[shard_of[key]].write(value)
         for writer in writers.values():
             if key in writer.keys:
                 writer.write(value)
     for writer in (*writers.values(), *shards):
         writer.file.close()
-    index = {"metadata": {"total_size": total}, "weight_map": {diffusers_key[k]: names[shard_of[k]] for k in shard_of}}
-    (paths["sharded"] / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
     config = json.dumps(diffusers_config_json(cfg))
-    (paths["sharded"] / "config.json").write_text(config)
+    if shards:
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {diffusers_key[k]: names[shard_of[k]] for k in shard_of}}
+        (paths["sharded"] / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+        (paths["sharded"] / "config.json").write_text(config)
     (folder / "config" / "transformer").mkdir(parents=True)  # from_single_file's config=: a model folder
     (folder / "config" / "transformer" / "config.json").write_text(config)
     (folder / "config" / "config.json").write_text(config)
@@ -296,7 +302,7 @@ def bench_dtype(args, cfg, dtype: str) -> list[dict]:
     folder = args.dir / dtype
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
-    paths = write_files(cfg, dtype, folder)
+    paths = write_files(cfg, dtype, folder, args.layouts)
     os.sync()  # the first load must not wait for the written files' writeback (it did: 15 s for 4 GiB)
     print(f"{dtype}: wrote {paths['bytes'] / 2**30:.2f} GiB x 3 layouts in {time.perf_counter() - start:.0f} s",
           flush=True)
