@@ -346,8 +346,8 @@ def ratios(rows: list[dict]) -> list[str]:
         if r["loader"] != "ours" and mine and "error" not in r:
             total = (mine["seconds"] + mine["read_seconds"]) / (r["seconds"] + r["read_seconds"])
             lines.append(f"| {r['dtype']} | {r['layout']} | {r['loader']} | {mine['seconds'] / r['seconds']:.2f} | "
-                         f"{mine['checked_seconds'] / r['seconds']:.2f} | {total:.2f} | {mine['peak'] / r['peak']:.2f} | "
-                         f"{mine['anon'] / max(r['anon'], MIB):.2f} |")
+                         f"{mine['checked_seconds'] / r['seconds']:.2f} | {total:.2f} | "
+                         f"{mine['peak'] / r['peak']:.2f} | {mine['anon'] / max(r['anon'], MIB):.2f} |")
     return lines
 
 

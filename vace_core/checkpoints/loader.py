@@ -21,9 +21,9 @@ from ..ggml import QuantizedWeight, scales_finite
 from ..settings import knob
 from ..transformer import VaceTransformer
 from .detect import check_keys, detect_config, merge_vace_module
+from .finite import WeightsCheck, check_finite
 from .fp8 import FP8_DTYPES, SCALE_WEIGHT, dequantize_tensor, drop_fp8_markers, is_scaled_fp8
 from .gguf import is_quantized
-from .finite import WeightsCheck, check_finite
 from .io import MappedWeights, map_weights, read_config_json
 from .keymap import to_official
 from .save import convert_tensor
@@ -114,10 +114,11 @@ def storage_converter(state_dict: Mapping[str, Tensor], storage_dtype: torch.dty
     """(convert, dropped): convert(key, file tensor) is the tensor the model holds, made on `device`. A tensor
     it converts or moves is checked for NaN/inf at once (on the GPU, or from the map pages the conversion just
     read: never a copy of them); one the model holds as the file's map itself is appended to `unchecked` as
-    (key, tensor) for a `finite.WeightsCheck` (None: checked at once too). None storage keeps the file's dtypes. Scaled fp8 stays fp8 with its scales when the layers can apply them and no other
-    storage is asked for; otherwise it is dequantised (to `storage_dtype`, or `fallback` = the compute dtype)
-    and `dropped` names the scales, folded into their weights. GGUF blocks of the keys in `keep_quantized` stay
-    blocks; other GGUF tensors are dequantized to float32 (or `storage_dtype`)."""
+    (key, tensor) for a `finite.WeightsCheck` (None: checked at once too). None storage keeps the file's dtypes.
+    Scaled fp8 stays fp8 with its scales when the layers can apply them and no other storage is asked for;
+    otherwise it is dequantised (to `storage_dtype`, or `fallback` = the compute dtype) and `dropped` names the
+    scales, folded into their weights. GGUF blocks of the keys in `keep_quantized` stay blocks (checked at once);
+    other GGUF tensors are dequantized to float32 (or `storage_dtype`)."""
     file_fp8 = {v.dtype for v in state_dict.values() if not isinstance(v, QuantizedWeight) and v.dtype in FP8_DTYPES}
     dequant = is_scaled_fp8(state_dict) and not (keep_scales and storage_dtype in (None, *file_fp8))
     as_float = torch.float32 if storage_dtype in FP8_DTYPES else storage_dtype or fallback
@@ -181,6 +182,10 @@ def load_vace_model(
     Weights come from the files' maps one tensor at a time (the module doc): on the CPU in the file's dtype
     the model holds the mapped files themselves. A module + base merge takes each key from one file (the
     module's win); the base's replaced keys are never read.
+    NaN/inf: the weights the model holds as the map are checked in the background (`model.weights_check`, a
+    finite.WeightsCheck): the load reads none of their pages; `model.weights_checked()` waits for the check and
+    raises its VaceError naming the tensor (the sampler calls it before its first step, every call before its
+    first output). Converted or moved tensors are checked here, before the load returns.
     """
     weights = official_weights(path)
     config_json = read_config_json(path)
