@@ -304,7 +304,8 @@ def bench_dtype(args, cfg, dtype: str) -> list[dict]:
     start = time.perf_counter()
     paths = write_files(cfg, dtype, folder, args.layouts)
     os.sync()  # the first load must not wait for the written files' writeback (it did: 15 s for 4 GiB)
-    print(f"{dtype}: wrote {paths['bytes'] / 2**30:.2f} GiB x 3 layouts in {time.perf_counter() - start:.0f} s",
+    print(f"{dtype}: wrote {paths['bytes'] / 2**30:.2f} GiB per layout ({', '.join(args.layouts)}) in "
+          f"{time.perf_counter() - start:.0f} s",
           flush=True)
     rows = []
     try:
