@@ -378,6 +378,17 @@ def test_unused_keys_of_a_full_checkpoint_are_never_read(mid_files):
     assert result["peak"] <= 1.1 * dit, result
 
 
+def test_a_program_exiting_while_the_check_runs_exits_cleanly(mid_files):
+    """The background check is stopped after its tensor at exit: a daemon thread left inside a torch op would
+    abort the process ("terminate called without an active exception")."""
+    script = "import sys; from vace_core.checkpoints import load_vace_model; load_vace_model(sys.argv[1], num_heads=4)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", script, str(mid_files["fp32"])], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert out.returncode == 0 and "terminate" not in out.stderr, out.stderr[-2000:]
+
+
 def test_conversion_holds_one_file_tensor_at_a_time(mid_files):
     """fp32 file -> bf16 weights: the converted half plus one tensor of the file, not the whole file too."""
     size = mid_files["fp32"].stat().st_size
@@ -390,8 +401,7 @@ def test_fp8_check_flags_exactly_the_non_finite_bytes(dtype):
     """Every one of the 256 fp8 bit patterns, between finite neighbours: refused iff it is NaN / inf."""
     for byte in range(256):
         value = torch.tensor([0, byte, 56], dtype=torch.uint8).view(dtype)
-        finite = bool(torch.isfinite(value.float()).all())
-        if finite:
+        if torch.isfinite(value.float()).all():
             finite.check_finite("w", value)
         else:
             with pytest.raises(VaceError, match="tensor w holds NaN"):

@@ -8,8 +8,10 @@ its first step: the load returns as soon as the model is built, and the check co
 the critical path. Tensors a load converts or moves are checked at once, from the pages the conversion just read.
 """
 
+import atexit
 import threading
 import time
+import weakref
 from collections import deque
 
 import torch
@@ -52,6 +54,8 @@ class WeightsCheck:
         self.count = len(tensors)
         self.error: VaceError | None = None
         self.seconds: float | None = None
+        self._stop = threading.Event()
+        RUNNING.add(self)
         self._thread = threading.Thread(target=self._run, args=(deque(tensors),), name="vace-weights-check",
                                         daemon=True)
         self._thread.start()
@@ -59,8 +63,10 @@ class WeightsCheck:
     def _run(self, tensors: deque) -> None:
         start = time.perf_counter()
         try:
-            while tensors:
+            while tensors and not self._stop.is_set():
                 check_finite(*tensors.popleft())
+            if tensors:
+                self.error = VaceError("the checkpoint's NaN/inf check was stopped: the program is exiting")
         except VaceError as e:
             self.error = e
         except Exception as e:  # noqa: BLE001 - reported by wait(), in the caller's thread
@@ -73,3 +79,17 @@ class WeightsCheck:
         self._thread.join()
         if self.error is not None:
             raise VaceError(str(self.error))
+
+
+RUNNING: "weakref.WeakSet[WeightsCheck]" = weakref.WeakSet()  # a running check's thread holds it
+
+
+@atexit.register
+def stop_checks() -> None:
+    """Stops every running check after its current tensor and waits for it: a daemon thread still inside a torch
+    op when the interpreter exits aborts the process ("terminate called without an active exception")."""
+    checks = list(RUNNING)
+    for check in checks:
+        check._stop.set()
+    for check in checks:
+        check._thread.join()
