@@ -11,7 +11,9 @@ A denoiser (`Denoiser`) is anything with
   unpatchify(run_blocks(embed(...)))): step caches work between them. A wrapper that changes what the call
   computes (blending windows, adding guidance passes) sets `staged = False`: it "cannot be staged", and a step
   cache then sits inside it, on the model it calls (see `Layer`).
-- `agree(flag) -> flag`: a yes/no decision made the same on every process (one process: the flag itself).
+- `agree(flag) -> flag`: a yes/no decision made the same on every process (one process: the flag itself);
+- `weights_checked()`: waits for the NaN/inf check of the weights the loader left running in the background
+  (vace_core.checkpoints.finite) and raises its error; the sampler calls it before the first step.
 
 VaceTransformer, ParallelVace, Experts (the expert of the timestep), the ComfyUI nodes' `Managed` wrapper and
 the long-video wrappers (CarryGuidance, FusedWindows, LatentReplacement) follow it; `Wrapper` passes everything
@@ -66,6 +68,8 @@ class Denoiser(Protocol):
 
     def agree(self, flag: bool) -> bool: ...
 
+    def weights_checked(self) -> None: ...
+
 
 Layer = Callable[[Denoiser, Step], Denoiser]
 
@@ -101,6 +105,9 @@ class Wrapper:
 
     def agree(self, flag: bool) -> bool:
         return self.inner.agree(flag)
+
+    def weights_checked(self) -> None:
+        self.inner.weights_checked()
 
     def embed(self, x, t, text, contexts):
         return self.inner.embed(x, t, text, contexts)

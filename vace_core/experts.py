@@ -97,6 +97,11 @@ class Experts:
     def agree(self, flag: bool) -> bool:
         return self.high.agree(flag)
 
+    def weights_checked(self) -> None:
+        """Both experts' checks: a damaged low-noise expert stops the run before the high-noise steps."""
+        self.high.weights_checked()
+        self.low.weights_checked()
+
     def embed(self, x, t, text, contexts):
         return self._of(t).embed(x, t, text, contexts)
 

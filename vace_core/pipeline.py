@@ -153,6 +153,7 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
+    experts.weights_checked()  # the loader's NaN/inf check ran while the inputs were encoded
     with region_scope(space) as scope:
         latent = sample(denoise, noise, sigmas, settings.solver, callback, generator)
     if cache is not None:

@@ -169,6 +169,7 @@ class VaceTransformer(nn.Module):
     token by the sampler."""
 
     region_loras: tuple = ()
+    weights_check = None  # the loader's finite.WeightsCheck of the weights it kept mapped (None: nothing pending)
 
     staged = True
 
@@ -218,6 +219,11 @@ class VaceTransformer(nn.Module):
     def agree(self, flag: bool) -> bool:
         return flag
 
+    def weights_checked(self) -> None:
+        """Waits for the loader's NaN/inf check of the weights and raises its VaceError (naming the tensor)."""
+        if self.weights_check is not None:
+            self.weights_check.wait()
+
     def _rope(self, grid, device, dtype) -> tuple:
         """RoPE (cos, sin) for a token grid: computed once per (grid, device, dtype), reused every step."""
         key = (grid, device, dtype)
@@ -242,7 +248,9 @@ class VaceTransformer(nn.Module):
                                 "latent: encode the VCU at the sampler's size and length.")
 
     def embed(self, x, t, context, vace_context=()) -> Tokens:
-        """The inputs as tokens: everything the blocks read (see `Tokens`)."""
+        """The inputs as tokens: everything the blocks read (see `Tokens`). Every call (direct, staged, sharded)
+        starts here, so no output comes from weights whose check failed or is still running."""
+        self.weights_checked()
         cfg, cd = self.config, x.dtype
         hp = upcast(x).dtype  # the fp32 islands: residual stream, time embedding, modulation, norms
         pt, ph, pw = cfg.patch_size

@@ -107,6 +107,9 @@ class ParallelVace(nn.Module):
     def check(self, x, contexts, strengths) -> None:
         self.model.check(x, contexts, strengths)
 
+    def weights_checked(self) -> None:
+        self.model.weights_checked()
+
     def agree(self, flag: bool) -> bool:
         """True on every rank when it is True on any (one all-reduce of one number)."""
         flag_t = torch.tensor([float(flag)], device=self.layout.device)
