@@ -233,9 +233,10 @@ class CarryGuidance:
     def _free(self, context: Tensor) -> Tensor:
         return next(free for carried, free in self.pairs if carried is context)
 
-    def __call__(self, x, t, text, contexts, strengths):
-        v = self.model(x, t, text, contexts, strengths)
-        v_free = self.model(x[:1], t[:1], text[:1], [self._free(c) for c in contexts], strengths)
+    def __call__(self, x, t, text, contexts, strengths, **options):
+        """options (NAG) reach both passes: the guidance-free pass is the conditional row too."""
+        v = self.model(x, t, text, contexts, strengths, **options)
+        v_free = self.model(x[:1], t[:1], text[:1], [self._free(c) for c in contexts], strengths, **options)
         return v + self.weight * (v[:1] - v_free)
 
 
@@ -256,12 +257,13 @@ class FusedWindows:
     def parameters(self):
         return self.model.parameters()
 
-    def __call__(self, x, t, text, contexts, strengths):
+    def __call__(self, x, t, text, contexts, strengths, **options):
+        """options (NAG) reach every window's call."""
         refs = self.references
         v = torch.zeros_like(x)  # the DiT answers in x's dtype
         for (a, b), w in zip(self.spans, self.weights, strict=True):
             index = torch.cat([torch.arange(refs), torch.arange(refs + a, refs + b)]).to(x.device)
-            v_w = self.model(x[:, :, index], t, text, [c[:, :, index] for c in contexts], strengths)
+            v_w = self.model(x[:, :, index], t, text, [c[:, :, index] for c in contexts], strengths, **options)
             w = torch.cat([torch.full((refs,), 1.0 / len(self.spans)), w]).to(v_w)
             v[:, :, index] += v_w * w[:, None, None]  # w (T_w,) broadcasts over (B, C, T_w, h, w)
         return v

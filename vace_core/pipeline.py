@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .errors import VaceError
 from .experts import as_experts
+from .nag import NAG
 from .sampling import (
     ContextStream,
     cfg,
@@ -42,6 +43,7 @@ class SamplerSettings:
     schedule: str = "wan"
     seed: int = 0
     step_cache: TeaCache | None = None  # None: every step runs the blocks
+    nag: NAG | None = None  # Normalized Attention Guidance with the negative prompt (works at guidance 1)
 
 
 def encode_contexts(vcus: Sequence[VCU], vae_encode: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -64,6 +66,15 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
     return torch.cat([F.pad(t, (0, 0, 0, length - t.shape[1])) for t in texts]).to(dtype)
 
 
+def _nag_text(nag: NAG | None, negative: Tensor | None, dtype, device):
+    """The NAG settings with the negative prompt's features for the model calls, or None when NAG is off."""
+    if nag is None or nag.off:
+        return None
+    if negative is None:
+        raise VaceError("NAG steers away from the negative prompt: connect one (Wan's default negative prompt works)")
+    return nag.at(_text_batch(negative, None, dtype).to(device))
+
+
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
                   callback=None, device=None, model_input=None, regions=None) -> Tensor:
@@ -73,7 +84,9 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     t >= boundary, then the low-noise one and its guidance). streams: (strength, start, end) per context, default
     full strength over every step. Guidance runs the negative prompt in the same batch (with the same contexts,
     as the reference does); guidance 1 skips it. settings.step_cache (TeaCache) skips the blocks of steps it
-    deems redundant. callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
+    deems redundant. settings.nag (Normalized Attention Guidance) steers row 0's cross-attention away from the
+    negative prompt, at any guidance (at 1 it is the only use of the negative prompt); it needs `negative`.
+    callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
     model_input(x, sigma) -> x is what the DiT sees at each step (the solver keeps its own x): long video
     re-noises carried-over latents there. regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional
     prompts, `positive` being their text.
@@ -90,6 +103,7 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     device = device or next(first.parameters()).device  # given when weights stream from the CPU (low VRAM)
     guided = negative is not None and any(g != 1 for g in experts.guidances(settings.guidance))
     text = _text_batch(positive, negative if guided else None, dtype).to(device)
+    nag = _nag_text(settings.nag, negative, dtype, device)
     contexts = [c.to(device, dtype) for c in contexts]
     if regions is not None:
         regions.regions.check_text(positive)
@@ -106,10 +120,12 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
         strengths = context_strengths(streams, step, settings.steps)
         active = [(c, s) for c, s in zip(contexts, strengths, strict=True) if s]
         bias = regions.biases(timestep, step, settings.steps, rows) if regions is not None else {}
+        if nag is not None and settings.nag.active(step, settings.steps):
+            bias["nag"] = nag  # only when on: long-video wrappers take no keyword they do not need
         with torch.no_grad():
             v = run_model(net, x.to(dtype).expand(rows, -1, -1, -1, -1), torch.full((rows,), timestep, device=device),
                           text[:rows], [c for c, _ in active], [s for _, s in active],
-                          step=step, key=(*strengths, bool(bias)), **bias).float()
+                          step=step, key=(*strengths, *sorted(bias)), **bias).float()
         return cfg(v[:1], v[1:], guidance) if rows == 2 else v
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed

@@ -59,14 +59,24 @@ class Attention(nn.Module):
     def _rms(self, norm, x):  # norm in fp32, back to the compute dtype
         return norm(upcast(x)).to(x.dtype)
 
-    def forward(self, x, context=None, rope=None, bias=None):
-        """x (B, L, dim) in compute dtype; context (B, Lc, dim) for cross-attention; rope = (cos, sin)."""
-        kv = x if context is None else context
-        q, k = self._rms(self.norm_q, self.q(x)), self._rms(self.norm_k, self.k(kv))
-        q, k, v = (rearrange(t, "b l (h d) -> b l h d", h=self.num_heads) for t in (q, k, self.v(kv)))
+    def _heads(self, t):
+        return rearrange(t, "b l (h d) -> b l h d", h=self.num_heads)
+
+    def _kv(self, kv):
+        """Keys and values (B, Lk, H, D) of kv (B, Lk, dim), keys RMS-normalised."""
+        return self._heads(self._rms(self.norm_k, self.k(kv))), self._heads(self.v(kv))
+
+    def forward(self, x, context=None, rope=None, bias=None, nag=None):
+        """x (B, L, dim) in compute dtype; context (B, Lc, dim) for cross-attention; rope = (cos, sin);
+        nag: `nag.BoundNag` (cross-attention only): Normalized Attention Guidance against its negative text."""
+        q = self._heads(self._rms(self.norm_q, self.q(x)))
+        k, v = self._kv(x if context is None else context)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return self.o(self.attend(q, k, v, self.backend, bias))
+        out = self.attend(q, k, v, self.backend, bias)
+        if nag is not None:  # the negative prompt is global: its attention takes no regional bias
+            out = nag.guide(lambda *qkv: self.attend(*qkv, self.backend), q, out, self._kv)
+        return self.o(out)
 
 
 class WanBlock(nn.Module):
@@ -92,16 +102,17 @@ class WanBlock(nn.Module):
                                  ops.Linear(cfg.ffn_dim, dim, **factory))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim, **factory) / dim**0.5)
 
-    def forward(self, x, e, text, rope, self_bias=None, cross_bias=None):
-        """x (B, L, dim) fp32 residual stream; e (B, 6, dim) fp32; text (B, 512, dim) in compute dtype."""
+    def forward(self, x, e, text, rope, self_bias=None, cross_bias=None, nag=None):
+        """x (B, L, dim) fp32 residual stream; e (B, 6, dim) fp32; text (B, 512, dim) in compute dtype;
+        nag: `nag.BoundNag` for the cross-attention, or None."""
         cd = text.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = rearrange(
             self.modulation.to(e) + e, "b six d -> six b 1 d")
         y = self.self_attn(self._modulate(self.norm1, x, shift1, scale1).to(cd), rope=rope, bias=self_bias)
         if self.lean:  # out of place: x may be x0, which the context blocks read later
-            return self._lean_rest(torch.addcmul(x, y, gate1), text, cross_bias, shift2, scale2, gate2)
+            return self._lean_rest(torch.addcmul(x, y, gate1), text, cross_bias, nag, shift2, scale2, gate2)
         x = x + y.to(x.dtype) * gate1
-        x = x + self.cross_attn(self.norm3(x).to(cd), context=text, bias=cross_bias).to(x.dtype)
+        x = x + self.cross_attn(self.norm3(x).to(cd), context=text, bias=cross_bias, nag=nag).to(x.dtype)
         y = self.ffn(self._modulate(self.norm2, x, shift2, scale2).to(cd))
         return x + y.to(x.dtype) * gate2
 
@@ -110,9 +121,9 @@ class WanBlock(nn.Module):
         y = norm(x)
         return y.mul_(1 + scale).add_(shift) if self.lean else y * (1 + scale) + shift
 
-    def _lean_rest(self, x, text, cross_bias, shift, scale, gate):
+    def _lean_rest(self, x, text, cross_bias, nag, shift, scale, gate):
         """Cross-attention and FFN written into x (B, L, dim), which this block owns."""
-        x.add_(self.cross_attn(self.norm3(x).to(text.dtype), context=text, bias=cross_bias))
+        x.add_(self.cross_attn(self.norm3(x).to(text.dtype), context=text, bias=cross_bias, nag=nag))
         for part in x.split(self.ffn_chunk or x.shape[1], dim=1):  # views of x: the FFN is per token
             part.addcmul_(self.ffn(self._modulate(self.norm2, part, shift, scale).to(text.dtype)), gate)
         return x
@@ -130,11 +141,11 @@ class ContextBlock(WanBlock):
             self.before_proj = ops.Linear(cfg.dim, cfg.dim, **factory)
         self.after_proj = ops.Linear(cfg.dim, cfg.dim, **factory)
 
-    def forward(self, c, x0, e, text, rope, self_bias=None, cross_bias=None):
+    def forward(self, c, x0, e, text, rope, self_bias=None, cross_bias=None, nag=None):
         """c (B, L, dim) fp32 context stream -> (next c, hint (B, L, dim) fp32)."""
         if hasattr(self, "before_proj"):
             c = self.before_proj(c.to(text.dtype)).to(x0.dtype) + x0
-        c = super().forward(c, e, text, rope, self_bias, cross_bias)
+        c = super().forward(c, e, text, rope, self_bias, cross_bias, nag)
         return c, self.after_proj(c.to(text.dtype)).to(c.dtype)
 
 
@@ -187,7 +198,10 @@ class VaceTransformer(nn.Module):
         """(B, C, T, H, W) -> (B, L, dim) tokens, embedded in float32 (or wider) like the reference."""
         return rearrange(embed(video.to(dtype)), "b d t h w -> b (t h w) d")
 
-    def _check(self, x, context, vace_context, vace_scale):
+    def _check(self, x, context, vace_context, vace_scale, nag=None):
+        if nag is not None and (nag.negative.ndim != 3 or nag.negative.shape[-1] != self.config.text_dim):
+            raise VaceError(f"the NAG negative prompt is {tuple(nag.negative.shape)}: it must be text features "
+                            f"(1, tokens, {self.config.text_dim}) from this model's text encoder")
         if len(vace_context) != len(vace_scale):
             raise VaceError(f"{len(vace_context)} VACE context streams but {len(vace_scale)} strengths: "
                             "give one strength per stream.")
@@ -207,27 +221,35 @@ class VaceTransformer(nn.Module):
 
         t_emb = self.time_embedding(sinusoid(t, cfg.freq_dim).to(hp))  # (B, dim)
         e = rearrange(self.time_projection(t_emb), "b (six d) -> b six d", six=6)
-        # zero-padded to 512 as the reference; longer prompts (ComfyUI's tokenizer does not truncate) are
-        # attended whole, as ComfyUI's native Wan model does
-        text = nn.functional.pad(context, (0, 0, 0, max(0, cfg.text_len - context.shape[1])))
-        text = self.text_embedding(text.to(cd))
-
+        text = self.embed_text(context, cd)
         x = self._patchify(self.patch_embedding, x, hp)
         streams = [self._patchify(self.vace_patch_embedding, c, hp).expand_as(x) for c in vace_context]
         return Tokens(x, x, streams, e, t_emb, text, rope, grid)
 
-    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None) -> torch.Tensor:
-        """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim)."""
+    def embed_text(self, context, dtype) -> torch.Tensor:
+        """Text features (B, L, text_dim) -> (B, max(L, 512), dim) in `dtype`."""
+        # zero-padded to 512 as the reference; longer prompts (ComfyUI's tokenizer does not truncate) are
+        # attended whole, as ComfyUI's native Wan model does
+        text = nn.functional.pad(context, (0, 0, 0, max(0, self.config.text_len - context.shape[1])))
+        return self.text_embedding(text.to(dtype))
+
+    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None, nag=None) -> torch.Tensor:
+        """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim). nag: a
+        `nag.NagText` (Normalized Attention Guidance in every cross-attention, main and context blocks) or None."""
         x, streams = tokens.x, list(tokens.streams)
         e, text, rope = tokens.e, tokens.text, tokens.rope
+        if nag is not None and nag.nag.off:
+            nag = None
+        if nag is not None:
+            nag = nag.bind(self.embed_text(nag.negative.to(text.device), text.dtype))
         context_bias = block_bias(self_bias, "context"), block_bias(cross_bias, "context")
         for i, block in enumerate(self.blocks):
-            x = block(x, e, text, rope, block_bias(self_bias, i), block_bias(cross_bias, i))
+            x = block(x, e, text, rope, block_bias(self_bias, i), block_bias(cross_bias, i), nag)
             j = self.context_block_after.get(i)
             if j is None:
                 continue
             for s, scale in enumerate(vace_scale):  # interleaved: one hint alive at a time
-                streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope, *context_bias)
+                streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope, *context_bias, nag)
                 x = x + hint * scale
         return x
 
@@ -242,7 +264,7 @@ class VaceTransformer(nn.Module):
         return rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
                          t=t, h=h, w=w, pt=pt, ph=ph, pw=pw).to(dtype)
 
-    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None):
+    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None, nag=None):
         """Predicts the flow velocity.
 
         x (B, in_dim, T, H, W) noisy latent (reference latents first along T), its dtype is the compute dtype;
@@ -251,10 +273,11 @@ class VaceTransformer(nn.Module):
         context stream; vace_scale: one strength per stream. Returns (B, out_dim, T, H, W) in x's dtype.
         self_bias / cross_bias: `attention.attention`'s bias for the main blocks' self-/cross-attention, or a
         modulation object that also chooses its blocks (regional prompts: `regional.STLayoutAttention`).
+        nag: `nag.NagText` (the NAG settings and the negative prompt's features) guides row 0's cross-attention.
 
         The three stages (embed, run_blocks, unpatchify) are public so wrappers (step caching, sequence
         parallelism) can work between them.
         """
-        self._check(x, context, vace_context, vace_scale)
+        self._check(x, context, vace_context, vace_scale, nag)
         tokens = self.embed(x, t, context, vace_context)
-        return self.unpatchify(self.run_blocks(tokens, vace_scale, self_bias, cross_bias), tokens, x.dtype)
+        return self.unpatchify(self.run_blocks(tokens, vace_scale, self_bias, cross_bias, nag), tokens, x.dtype)

@@ -107,12 +107,15 @@ class ParallelVace(nn.Module):
             return t[half] if isinstance(t, torch.Tensor) and batched and t.shape[0] == batch else t
         return cut(inputs), [cut(b, isinstance(b, torch.Tensor) and b.ndim == 4) for b in biases], True
 
-    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None):
-        """As VaceTransformer.forward. self_bias / cross_bias are whole-sequence (unpadded) biases."""
+    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None, nag=None):
+        """As VaceTransformer.forward. self_bias / cross_bias are whole-sequence (unpadded) biases; nag guides the
+        conditional row, so a CFG group holding the unconditional half runs without it."""
         model, layout = self.model, self.layout
         model._check(x, context, vace_context, vace_scale)
         (x_, t, context, vace_context), (self_bias, cross_bias), split = self._cfg_half(
             x.shape[0], [x, t, context, vace_context], [self_bias, cross_bias])
+        if split and self.layout.rank("cfg"):
+            nag = None
         tokens = model.embed(x_, t, context, vace_context)
         length, parts = tokens.x.shape[1], layout.degrees.sequence
         local = shard_tokens(tokens, layout.shard, parts)
@@ -124,7 +127,7 @@ class ParallelVace(nn.Module):
             cross_bias = shard(cross_bias, cross_bias.ndim - 2, layout.shard, parts)
         attend = partial(sequence_parallel_attention, layout=layout, length=length)
         with parallel_self_attention(model, attend):
-            out = model.head(model.run_blocks(local, vace_scale, self_bias, cross_bias), tokens.t_emb)
+            out = model.head(model.run_blocks(local, vace_scale, self_bias, cross_bias, nag), tokens.t_emb)
         for dim in ("ulysses", "ring"):  # shard index = ring * ulysses_degree + ulysses
             out = all_gather(out, layout.group(dim), dim=1)
         video = model.to_video(out[:, :length], tokens.grid, x.dtype)
