@@ -334,6 +334,9 @@ def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[
         if long.perturbation:
             contexts = _perturb(contexts, carried, long.perturbation, settings.seed)
         if long.carry_guidance:
+            if settings.slg is not None and settings.slg.mode == "uncond":
+                raise VaceError("carry guidance adds its term to the conditional pass, which SLG mode 'uncond' runs "
+                                "apart from the unconditional one: use SLG mode 'third', or carry_guidance 0")
             contexts = [c.to(device, dtype) for c in contexts]
             frees = [c.to(device, dtype) for c in encode_contexts(free, encode)]
             model = CarryGuidance(model, list(zip(contexts, frees, strict=True)), long.carry_guidance)

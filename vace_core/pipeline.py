@@ -6,7 +6,7 @@ sample in VACE Sampler, decode in Decode) and the command line can run them in o
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,6 @@ from .experts import as_experts
 from .nag import NAG
 from .sampling import (
     ContextStream,
-    cfg,
     context_strengths,
     flow_sigmas,
     make_noise,
@@ -25,6 +24,7 @@ from .sampling import (
     seeded_generator,
     sigma_to_timestep,
 )
+from .sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance, combine, slg_third_pass
 from .step_cache import TeaCache
 from .text import TEXT_LEN
 from .vcu import VCU, encode_vcu
@@ -44,6 +44,9 @@ class SamplerSettings:
     seed: int = 0
     step_cache: TeaCache | None = None  # None: every step runs the blocks
     nag: NAG | None = None  # Normalized Attention Guidance with the negative prompt (works at guidance 1)
+    slg: SkipLayerGuidance | None = None  # skip-layer guidance (sampling/guiders.py)
+    cfg_zero_star: CFGZeroStar | None = None  # CFG-Zero*: optimised scale and zero-init steps
+    apg: AdaptiveProjectedGuidance | None = None  # adaptive projected guidance (keeps a running average per run)
 
 
 def encode_contexts(vcus: Sequence[VCU], vae_encode: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -73,6 +76,52 @@ def _nag_text(nag: NAG | None, negative: Tensor | None, dtype, device):
     if negative is None:
         raise VaceError("NAG steers away from the negative prompt: connect one (Wan's default negative prompt works)")
     return nag.at(_text_batch(negative, None, dtype).to(device))
+
+
+def _check_guidance(settings: SamplerSettings, guided: bool, experts) -> None:
+    """The CFG variants need the unconditional pass; SLG's blocks must exist."""
+    if settings.cfg_zero_star is not None and settings.apg is not None:
+        raise VaceError("CFG-Zero* and APG both replace the CFG combination: choose one")
+    needs_uncond = [name for name, on in (("CFG-Zero*", settings.cfg_zero_star), ("APG", settings.apg),
+                                          ("SLG mode 'uncond'", settings.slg and settings.slg.mode == "uncond")) if on]
+    if needs_uncond and not guided:
+        raise VaceError(f"{needs_uncond[0]} changes the unconditional (negative-prompt) pass, which guidance 1 does "
+                        "not run: raise cfg above 1 with a negative prompt, or use SLG mode 'third' / NAG at cfg 1")
+    if settings.slg is not None:
+        for net in {id(e): e for e in (experts.high, experts.low)}.values():
+            config = getattr(net, "config", None)
+            if config is not None:
+                settings.slg.check_model(config.num_layers)
+
+
+def _row_options(regions, timestep, step, steps, rows, first, n) -> dict:
+    """The regional attention biases for batch rows first..first+n of the CFG batch (row 0 conditional)."""
+    if regions is None:
+        return {}
+    biases = regions.biases(timestep, step, steps, rows)
+    if n == rows:
+        return biases
+    return {k: replace(b, weight=b.weight[first:first + n] if len(b.weight) > 1 else b.weight)
+            for k, b in biases.items()}
+
+
+def _guide(call, settings: SamplerSettings, x, sigma, step, rows, guidance) -> Tensor:
+    """The step's velocity from the model calls: CFG (or CFG-Zero* / APG) over the branches, SLG's skipped blocks
+    in the unconditional pass or a third pass; plain CFG, bit for bit, when every variant is off."""
+    slg = settings.slg if settings.slg is not None and settings.slg.active(step, settings.steps) else None
+    if rows == 2 and slg is not None and slg.mode == "uncond":
+        v_cond, v_uncond = call("cond"), call("uncond", skip=slg.blocks)
+    else:
+        v = call("cfg")
+        v_cond, v_uncond = v[:1], v[1:]
+    v = v_cond if rows == 1 else combine(v_cond, v_uncond, guidance, x.float(), sigma, step,
+                                         settings.cfg_zero_star, settings.apg)
+    if slg is not None and slg.mode == "third":
+        x = x.float()
+        d = slg_third_pass(x - sigma * v, x - sigma * v_cond, x - sigma * call("cond", skip=slg.blocks),
+                           slg.scale, slg.rescale)
+        v = (x - d) / sigma
+    return v
 
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
@@ -107,9 +156,12 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     contexts = [c.to(device, dtype) for c in contexts]
     if regions is not None:
         regions.regions.check_text(positive)
-    run_model = settings.step_cache or (lambda net, *args, step, key, **bias: net(*args, **bias))
+    _check_guidance(settings, guided, experts)
+    run_model = settings.step_cache or (lambda net, *args, step, key, branch, **options: net(*args, **options))
     if settings.step_cache is not None:
         settings.step_cache.begin(settings.steps)
+    if settings.apg is not None:
+        settings.apg.begin()
 
     def denoise(x, sigma, step):
         if model_input is not None:
@@ -119,14 +171,21 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
         rows = 2 if guided and guidance != 1 else 1  # a cfg-1 expert skips the negative pass
         strengths = context_strengths(streams, step, settings.steps)
         active = [(c, s) for c, s in zip(contexts, strengths, strict=True) if s]
-        bias = regions.biases(timestep, step, settings.steps, rows) if regions is not None else {}
-        if nag is not None and settings.nag.active(step, settings.steps):
-            bias["nag"] = nag  # only when on: long-video wrappers take no keyword they do not need
-        with torch.no_grad():
-            v = run_model(net, x.to(dtype).expand(rows, -1, -1, -1, -1), torch.full((rows,), timestep, device=device),
-                          text[:rows], [c for c, _ in active], [s for _, s in active],
-                          step=step, key=(*strengths, *sorted(bias)), **bias).float()
-        return cfg(v[:1], v[1:], guidance) if rows == 2 else v
+        x = x.to(dtype)
+        t = torch.full((1,), timestep, device=device)
+
+        def call(branch: str, **options):
+            """One model call for `branch`: "cfg" (both rows batched), "cond" or "uncond" (one row each)."""
+            n, first = (rows, 0) if branch == "cfg" else (1, int(branch == "uncond"))
+            options |= _row_options(regions, timestep, step, settings.steps, rows, first, n)
+            if nag is not None and first == 0 and settings.nag.active(step, settings.steps):
+                options["nag"] = nag  # only when on: long-video wrappers take no keyword they do not need
+            with torch.no_grad():
+                return run_model(net, x.expand(n, -1, -1, -1, -1), t.expand(n), text[first:first + n],
+                                 [c for c, _ in active], [s for _, s in active], step=step,
+                                 key=(*strengths, *sorted(options)), branch=branch, **options).float()
+
+        return _guide(call, settings, x, sigma, step, rows, guidance)
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)

@@ -119,17 +119,19 @@ class TeaCache:
         return compute
 
     def __call__(self, model, x, t, context, vace_context=(), vace_scale=(), *, step: int, key: tuple = (),
-                 **block_kwargs) -> torch.Tensor:
+                 branch: str = "cfg", **block_kwargs) -> torch.Tensor:
         """The model's forward (same arguments and result) with the blocks skipped when the cache allows.
 
         step: the step index in the run (from 0); key: what else the residual depends on besides x and t
-        (the sampler passes every stream's strength at this step); block_kwargs go to run_blocks."""
+        (the sampler passes every stream's strength at this step); branch: which CFG branch this call computes
+        ("cfg": both rows batched; "cond" / "uncond" when guidance runs them apart): each keeps its own cache;
+        block_kwargs go to run_blocks."""
         if self.threshold == 0:
             self.stats.computed += x.shape[0]
             return model(x, t, context, vace_context, vace_scale, **block_kwargs)
         model._check(x, context, vace_context, vace_scale)
         tokens = model.embed(x, t, context, vace_context)
-        state = self._states.setdefault(id(model), DenoiserCache())
+        state = self._states.setdefault((id(model), branch), DenoiserCache())
         key = (tuple(key), x.shape[0])
         inp = tokens.t_emb if self.mode == "t_emb" else tokens.e
         if self.should_compute(state, inp, step, key, self._coefficients(model)):

@@ -233,9 +233,12 @@ class VaceTransformer(nn.Module):
         text = nn.functional.pad(context, (0, 0, 0, max(0, self.config.text_len - context.shape[1])))
         return self.text_embedding(text.to(dtype))
 
-    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None, nag=None) -> torch.Tensor:
+    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None, nag=None,
+                   skip=()) -> torch.Tensor:
         """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim). nag: a
-        `nag.NagText` (Normalized Attention Guidance in every cross-attention, main and context blocks) or None."""
+        `nag.NagText` (Normalized Attention Guidance in every cross-attention, main and context blocks) or None.
+        skip: main block indices left out (skip-layer guidance): x passes them unchanged and gets no hint there;
+        the context blocks still run, so the later hints are those of the full forward."""
         x, streams = tokens.x, list(tokens.streams)
         e, text, rope = tokens.e, tokens.text, tokens.rope
         if nag is not None and nag.nag.off:
@@ -244,13 +247,15 @@ class VaceTransformer(nn.Module):
             nag = nag.bind(self.embed_text(nag.negative.to(text.device), text.dtype))
         context_bias = block_bias(self_bias, "context"), block_bias(cross_bias, "context")
         for i, block in enumerate(self.blocks):
-            x = block(x, e, text, rope, block_bias(self_bias, i), block_bias(cross_bias, i), nag)
+            if i not in skip:
+                x = block(x, e, text, rope, block_bias(self_bias, i), block_bias(cross_bias, i), nag)
             j = self.context_block_after.get(i)
             if j is None:
                 continue
             for s, scale in enumerate(vace_scale):  # interleaved: one hint alive at a time
                 streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope, *context_bias, nag)
-                x = x + hint * scale
+                if i not in skip:
+                    x = x + hint * scale
         return x
 
     def unpatchify(self, x, tokens: Tokens, dtype) -> torch.Tensor:
@@ -264,7 +269,8 @@ class VaceTransformer(nn.Module):
         return rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
                          t=t, h=h, w=w, pt=pt, ph=ph, pw=pw).to(dtype)
 
-    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None, nag=None):
+    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None, nag=None,
+                skip=()):
         """Predicts the flow velocity.
 
         x (B, in_dim, T, H, W) noisy latent (reference latents first along T), its dtype is the compute dtype;
@@ -274,10 +280,11 @@ class VaceTransformer(nn.Module):
         self_bias / cross_bias: `attention.attention`'s bias for the main blocks' self-/cross-attention, or a
         modulation object that also chooses its blocks (regional prompts: `regional.STLayoutAttention`).
         nag: `nag.NagText` (the NAG settings and the negative prompt's features) guides row 0's cross-attention.
+        skip: main blocks to leave out (skip-layer guidance; see run_blocks).
 
         The three stages (embed, run_blocks, unpatchify) are public so wrappers (step caching, sequence
         parallelism) can work between them.
         """
         self._check(x, context, vace_context, vace_scale, nag)
         tokens = self.embed(x, t, context, vace_context)
-        return self.unpatchify(self.run_blocks(tokens, vace_scale, self_bias, cross_bias, nag), tokens, x.dtype)
+        return self.unpatchify(self.run_blocks(tokens, vace_scale, self_bias, cross_bias, nag, skip), tokens, x.dtype)

@@ -107,7 +107,8 @@ class ParallelVace(nn.Module):
             return t[half] if isinstance(t, torch.Tensor) and batched and t.shape[0] == batch else t
         return cut(inputs), [cut(b, isinstance(b, torch.Tensor) and b.ndim == 4) for b in biases], True
 
-    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None, nag=None):
+    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None, nag=None,
+                skip=()):
         """As VaceTransformer.forward. self_bias / cross_bias are whole-sequence (unpadded) biases; nag guides the
         conditional row, so a CFG group holding the unconditional half runs without it."""
         model, layout = self.model, self.layout
@@ -127,7 +128,7 @@ class ParallelVace(nn.Module):
             cross_bias = shard(cross_bias, cross_bias.ndim - 2, layout.shard, parts)
         attend = partial(sequence_parallel_attention, layout=layout, length=length)
         with parallel_self_attention(model, attend):
-            out = model.head(model.run_blocks(local, vace_scale, self_bias, cross_bias, nag), tokens.t_emb)
+            out = model.head(model.run_blocks(local, vace_scale, self_bias, cross_bias, nag, skip), tokens.t_emb)
         for dim in ("ulysses", "ring"):  # shard index = ring * ulysses_degree + ulysses
             out = all_gather(out, layout.group(dim), dim=1)
         video = model.to_video(out[:, :length], tokens.grid, x.dtype)

@@ -1,0 +1,272 @@
+"""CFG variants as sampler options: off == plain CFG bit for bit; SLG, CFG-Zero* and APG each against its
+published formula (written here from the reference code / paper) on the velocities a real run recorded."""
+
+import pytest
+import torch
+
+import vace_core.pipeline as pipeline
+from vace_core.config import VaceConfig
+from vace_core.errors import VaceError
+from vace_core.pipeline import SamplerSettings, sample_latent
+from vace_core.sampling import cfg, context_strengths, flow_sigmas, make_noise, sample, seeded_generator
+from vace_core.sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
+from vace_core.step_cache import TeaCache
+from vace_core.transformer import VaceTransformer
+
+TOL = 1e-6
+CFG = VaceConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=4, vace_layers=(0, 2), text_dim=32)
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return VaceTransformer(CFG).eval().requires_grad_(False)
+
+
+def run_inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 96, 3, 4, 4, generator=g)], torch.randn(1, 5, 32, generator=g), \
+        torch.randn(1, 4, 32, generator=g)
+
+
+def settings(**kwargs):
+    return SamplerSettings(**{"steps": STEPS, "guidance": 4.0, "shift": 3.0, "seed": 2} | kwargs)
+
+
+def run(model, **kwargs):
+    contexts, positive, negative = run_inputs()
+    return sample_latent(model, contexts, positive, negative, settings=settings(**kwargs))
+
+
+def plain_cfg_run(model, streams=((1.0, 0.0, 1.0),)):
+    """The sampler as it was before the variants existed: one batched forward, uncond + g (cond - uncond)."""
+    contexts, positive, negative = run_inputs()
+    s = settings()
+    sigmas = flow_sigmas(s.steps, s.shift, s.schedule)
+    text = torch.cat([positive, torch.nn.functional.pad(negative, (0, 0, 0, 1))])
+
+    def denoise(x, sigma, step):
+        strengths = context_strengths(streams, step, s.steps)
+        with torch.no_grad():
+            v = model(x.expand(2, -1, -1, -1, -1), torch.full((2,), float(int(sigma * 1000))), text, contexts,
+                      strengths).float()
+        return cfg(v[:1], v[1:], s.guidance)
+
+    generator = seeded_generator(s.seed)
+    return sample(denoise, make_noise((1, 16, 3, 4, 4), generator), sigmas, s.solver, None, generator)
+
+
+def test_every_variant_off_is_plain_cfg_bit_for_bit(model):
+    torch.testing.assert_close(run(model), plain_cfg_run(model), rtol=0, atol=0)
+    torch.testing.assert_close(run(model, slg=None, cfg_zero_star=None, apg=None), plain_cfg_run(model),
+                               rtol=0, atol=0)
+
+
+class Recording:
+    """Every model call of a run (its skipped blocks, batch and output) and every step's (x, sigma, v)."""
+
+    def __init__(self, model, monkeypatch):
+        self.calls, self.steps = [], []
+        forward = model.forward
+
+        def spy(x, *args, **kwargs):
+            out = forward(x, *args, **kwargs)
+            self.calls.append((tuple(kwargs.get("skip", ())), x.shape[0], out.float()))
+            return out
+
+        def spy_sample(denoise, *args, **kwargs):
+            def recorded(x, sigma, step):
+                start = len(self.calls)
+                v = denoise(x, sigma, step)
+                self.steps.append((x.clone(), sigma, step, v, self.calls[start:]))
+                return v
+            return sample(recorded, *args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", spy)
+        monkeypatch.setattr(pipeline, "sample", spy_sample)
+
+
+def branches(calls):
+    """(v_cond, v_uncond, {skip: v}) from one step's calls."""
+    found, skipped = {}, {}
+    for skip, batch, out in calls:
+        if batch == 2:
+            found["cond"], found["uncond"] = out[:1], out[1:]
+        elif skip:
+            skipped[skip] = out
+        else:
+            found["cond"] = out
+    return found.get("cond"), found.get("uncond"), skipped
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
+
+
+# ---- SLG ----
+
+def test_skipped_blocks_are_identities_without_their_hints(model, monkeypatch):
+    contexts, positive, _ = run_inputs()
+    x, t = torch.randn(1, 16, 3, 4, 4), torch.tensor([600.0])
+    with torch.no_grad():
+        skipped = model(x, t, positive, contexts, [0.9], skip=(0, 1))
+        monkeypatch.setattr(model.blocks[0], "forward", lambda x, *a, **k: x)
+        monkeypatch.setattr(model.blocks[1], "forward", lambda x, *a, **k: x)
+        after_proj = model.vace_blocks[0].after_proj.forward
+        monkeypatch.setattr(model.vace_blocks[0].after_proj, "forward", lambda c: after_proj(c) * 0)  # no hint
+        expected = model(x, t, positive, contexts, [0.9])
+    torch.testing.assert_close(skipped, expected, rtol=0, atol=0)
+
+
+def test_slg_uncond_mode_on_recorded_velocities(model, monkeypatch):
+    slg = SkipLayerGuidance(blocks=(1, 2), start=0.3, end=0.8)
+    record = Recording(model, monkeypatch)
+    run(model, slg=slg)
+    windowed = [step for _, _, step, _, _ in record.steps if slg.active(step, STEPS)]
+    assert windowed == [2, 3, 4]
+    for x, sigma, step, v, calls in record.steps:
+        v_cond, v_uncond, skipped = branches(calls)
+        if step in windowed:  # the unconditional pass skips the blocks: v = v_u' + g (v_c - v_u')
+            assert [(s, b) for s, b, _ in calls] == [((), 1), ((1, 2), 1)]
+            v_uncond = skipped[(1, 2)]
+        else:
+            assert [(s, b) for s, b, _ in calls] == [((), 2)]
+        assert rel(v, v_uncond + 4.0 * (v_cond - v_uncond)) < TOL
+
+
+def comfy_slg(d_cfg, d_cond, d_skip, scale, rescaling_scale):
+    """ComfyUI's SkipLayerGuidanceDiT post-CFG function, on denoised predictions."""
+    cfg_result = d_cfg + (d_cond - d_skip) * scale
+    if rescaling_scale != 0:
+        factor = d_cond.std() / cfg_result.std()
+        factor = rescaling_scale * factor + (1 - rescaling_scale)
+        cfg_result *= factor
+    return cfg_result
+
+
+@pytest.mark.parametrize("guidance", [4.0, 1.0])
+@pytest.mark.parametrize("rescale", [0.0, 0.7])
+def test_slg_third_pass_on_recorded_velocities(model, monkeypatch, guidance, rescale):
+    slg = SkipLayerGuidance(blocks=(3,), start=0.0, end=0.5, mode="third", scale=2.5, rescale=rescale)
+    record = Recording(model, monkeypatch)
+    run(model, slg=slg, guidance=guidance)
+    for x, sigma, step, v, calls in record.steps:
+        v_cond, v_uncond, skipped = branches(calls)
+        v_cfg = v_cond if guidance == 1 else v_uncond + guidance * (v_cond - v_uncond)
+        if step < 3:
+            d = comfy_slg(x - sigma * v_cfg, x - sigma * v_cond, x - sigma * skipped[(3,)], 2.5, rescale)
+            expected = (x - d) / sigma
+        else:
+            assert not skipped
+            expected = v_cfg
+        assert rel(v, expected) < TOL
+
+
+# ---- CFG-Zero* ----
+
+def reference_optimized_scale(positive_flat, negative_flat):
+    """CFG-Zero*'s optimized_scale (WeichenFan/CFG-Zero-star, models/wan/wan_pipeline.py)."""
+    dot_product = torch.sum(positive_flat * negative_flat, dim=1, keepdim=True)
+    squared_norm = torch.sum(negative_flat ** 2, dim=1, keepdim=True) + 1e-8
+    return dot_product / squared_norm
+
+
+@pytest.mark.parametrize("zero_init_steps", [0, 2])
+def test_cfg_zero_star_on_recorded_velocities(model, monkeypatch, zero_init_steps):
+    record = Recording(model, monkeypatch)
+    run(model, cfg_zero_star=CFGZeroStar(zero_init_steps))
+    reference_zero_steps = zero_init_steps - 1  # the reference zeroes the steps i <= zero_steps
+    for x, sigma, i, v, calls in record.steps:
+        noise_pred_text, noise_pred_uncond, _ = branches(calls)
+        alpha = reference_optimized_scale(noise_pred_text.view(1, -1), noise_pred_uncond.view(1, -1))
+        alpha = alpha.view(1, 1, 1, 1, 1)
+        if zero_init_steps and i <= reference_zero_steps:
+            torch.testing.assert_close(v, torch.zeros_like(v), rtol=0, atol=0)
+        else:
+            expected = noise_pred_uncond * alpha + 4.0 * (noise_pred_text - noise_pred_uncond * alpha)
+            assert rel(v, expected) < TOL
+
+
+# ---- APG ----
+
+class MomentumBuffer:
+    """APG's running average (arXiv 2410.02416, Algorithm 1)."""
+
+    def __init__(self, momentum):
+        self.momentum, self.running_average = momentum, 0
+
+    def update(self, update_value):
+        self.running_average = update_value + self.momentum * self.running_average
+
+
+def paper_apg(pred_cond, pred_uncond, guidance_scale, momentum_buffer, eta, norm_threshold):
+    """Algorithm 1 of the APG paper on denoised predictions, per sample over all its values (a video latent's
+    C, T, H, W where the paper's images have C, H, W)."""
+    dims = [1, 2, 3, 4]
+    diff = pred_cond - pred_uncond
+    if momentum_buffer is not None:
+        momentum_buffer.update(diff)
+        diff = momentum_buffer.running_average
+    if norm_threshold > 0:
+        diff_norm = diff.norm(p=2, dim=dims, keepdim=True)
+        diff = diff * torch.minimum(torch.ones_like(diff_norm), norm_threshold / diff_norm)
+    v1 = torch.nn.functional.normalize(pred_cond.double(), dim=dims)
+    parallel = (diff.double() * v1).sum(dim=dims, keepdim=True) * v1
+    orthogonal = diff.double() - parallel
+    update = (orthogonal + eta * parallel).float()
+    return pred_cond + (guidance_scale - 1) * update
+
+
+@pytest.mark.parametrize("eta, norm_threshold, momentum", [(0.0, 0.0, -0.5), (0.5, 2.0, 0.0), (1.0, 0.5, 0.3)])
+def test_apg_on_recorded_velocities(model, monkeypatch, eta, norm_threshold, momentum):
+    record = Recording(model, monkeypatch)
+    apg = AdaptiveProjectedGuidance(eta, norm_threshold, momentum)
+    run(model, apg=apg)
+    buffer = MomentumBuffer(momentum) if momentum else None
+    for x, sigma, _, v, calls in record.steps:
+        v_cond, v_uncond, _ = branches(calls)
+        d = paper_apg(x - sigma * v_cond, x - sigma * v_uncond, 4.0, buffer, eta, norm_threshold)
+        assert rel(x - sigma * v, d) < TOL
+    # the running average restarts with every run: a second run is the same run
+    again = run(model, apg=apg)
+    torch.testing.assert_close(again, run(model, apg=AdaptiveProjectedGuidance(eta, norm_threshold, momentum)))
+
+
+def test_apg_with_eta_1_and_no_momentum_or_threshold_is_cfg(model):
+    apg = run(model, apg=AdaptiveProjectedGuidance(eta=1.0, norm_threshold=0.0, momentum=0.0))
+    assert rel(apg, plain_cfg_run(model)) < 1e-5
+
+
+def test_each_variant_changes_the_run(model):
+    plain = plain_cfg_run(model)
+    for option in ({"slg": SkipLayerGuidance(blocks=(1,), start=0.0, end=1.0)}, {"cfg_zero_star": CFGZeroStar()},
+                   {"apg": AdaptiveProjectedGuidance()}):
+        assert rel(run(model, **option), plain) > 1e-3, option
+
+
+def test_slg_keeps_a_cache_per_branch(model):
+    cache = TeaCache(0.0)
+    cached = run(model, slg=SkipLayerGuidance(blocks=(1,), start=0.0, end=0.5), step_cache=cache)
+    torch.testing.assert_close(cached, run(model, slg=SkipLayerGuidance(blocks=(1,), start=0.0, end=0.5)),
+                               rtol=0, atol=0)
+    assert cache.stats.computed == 3 * 2 + 3 * 2  # 3 steps of two one-row calls, 3 of one two-row call
+
+
+def test_bad_settings_and_refused_pairs(model):
+    for build, message in [(lambda: SkipLayerGuidance(blocks=()), "SLG blocks"),
+                           (lambda: SkipLayerGuidance(mode="both"), "SLG mode"),
+                           (lambda: SkipLayerGuidance(start=0.9, end=0.1), "SLG start"),
+                           (lambda: CFGZeroStar(-1), "zero_init_steps"),
+                           (lambda: AdaptiveProjectedGuidance(momentum=1.0), "momentum"),
+                           (lambda: AdaptiveProjectedGuidance(norm_threshold=-1.0), "norm_threshold")]:
+        with pytest.raises(VaceError, match=message):
+            build()
+    with pytest.raises(VaceError, match="choose one"):
+        run(model, cfg_zero_star=CFGZeroStar(), apg=AdaptiveProjectedGuidance())
+    for option, name in (({"cfg_zero_star": CFGZeroStar()}, "CFG-Zero"), ({"apg": AdaptiveProjectedGuidance()}, "APG"),
+                         ({"slg": SkipLayerGuidance(blocks=(1,))}, "SLG mode 'uncond'")):
+        with pytest.raises(VaceError, match=name):
+            run(model, guidance=1.0, **option)
+    with pytest.raises(VaceError, match="main blocks 0 to 3"):
+        run(model, slg=SkipLayerGuidance(blocks=(4,)))
