@@ -263,7 +263,8 @@ class FusedWindows:
         v = torch.zeros_like(x)  # the DiT answers in x's dtype
         for (a, b), w in zip(self.spans, self.weights, strict=True):
             index = torch.cat([torch.arange(refs), torch.arange(refs + a, refs + b)]).to(x.device)
-            v_w = self.model(x[:, :, index], t, text, [c[:, :, index] for c in contexts], strengths, **options)
+            scales = [s[index] if isinstance(s, Tensor) else s for s in strengths]  # per-frame strengths: sliced
+            v_w = self.model(x[:, :, index], t, text, [c[:, :, index] for c in contexts], scales, **options)
             w = torch.cat([torch.full((refs,), 1.0 / len(self.spans)), w]).to(v_w)
             v[:, :, index] += v_w * w[:, None, None]  # w (T_w,) broadcasts over (B, C, T_w, h, w)
         return v

@@ -17,7 +17,9 @@ from .experts import as_experts
 from .nag import NAG
 from .sampling import (
     ContextStream,
+    as_stream,
     context_strengths,
+    frame_weights,
     flow_sigmas,
     make_noise,
     sample,
@@ -140,7 +142,7 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     re-noises carried-over latents there. regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional
     prompts, `positive` being their text.
     """
-    streams = [ContextStream(*s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
+    streams = [as_stream(s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
         raise VaceError(f"{len(contexts)} VCUs but {len(streams)} strengths: give one per VCU")
     if not contexts:
@@ -154,10 +156,12 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     text = _text_batch(positive, negative if guided else None, dtype).to(device)
     nag = _nag_text(settings.nag, negative, dtype, device)
     contexts = [c.to(device, dtype) for c in contexts]
+    weights = [w if w is None else w.to(device) for w in frame_weights(streams, contexts[0].shape[2])]
     if regions is not None:
         regions.regions.check_text(positive)
     _check_guidance(settings, guided, experts)
-    run_model = settings.step_cache or (lambda net, *args, step, key, branch, **options: net(*args, **options))
+    run_model = settings.step_cache or (lambda net, *args, step, key, strengths, branch, **options:
+                                        net(*args, **options))
     if settings.step_cache is not None:
         settings.step_cache.begin(settings.steps)
     if settings.apg is not None:
@@ -170,7 +174,7 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
         net, guidance = experts.at(timestep, settings.guidance)
         rows = 2 if guided and guidance != 1 else 1  # a cfg-1 expert skips the negative pass
         strengths = context_strengths(streams, step, settings.steps)
-        active = [(c, s) for c, s in zip(contexts, strengths, strict=True) if s]
+        active = [(c, s if w is None else s * w) for c, s, w in zip(contexts, strengths, weights, strict=True) if s]
         x = x.to(dtype)
         t = torch.full((1,), timestep, device=device)
 
@@ -183,7 +187,7 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
             with torch.no_grad():
                 return run_model(net, x.expand(n, -1, -1, -1, -1), t.expand(n), text[first:first + n],
                                  [c for c, _ in active], [s for _, s in active], step=step,
-                                 key=(*strengths, *sorted(options)), branch=branch, **options).float()
+                                 key=tuple(sorted(options)), strengths=strengths, branch=branch, **options).float()
 
         return _guide(call, settings, x, sigma, step, rows, guidance)
 

@@ -8,8 +8,9 @@ residual (blocks' output - input) of the last evaluation that ran them. Embeddin
 saved work is the blocks (main and context), nearly all of a forward.
 
 VACE-aware: the residual includes the context blocks' hints scaled by each VCU stream's strength, so a cached
-evaluation never reuses a residual computed under other stream strengths (a stream's start/end window opening
-or closing forces a computed step). Caches are per CFG branch (the residual keeps one row per branch of the
+evaluation never reuses a residual computed under other stream strengths: a stream's start/end window opening
+or closing forces a computed step, and so does a strength curve once any stream's strength has moved more than
+STRENGTH_TOLERANCE (0.05, absolute) from the strength the residual was computed under. Caches are per CFG branch (the residual keeps one row per branch of the
 batched forward; a change of branches forces a computed step) and per denoiser (Wan2.2's two experts each keep
 their own). A cache is reset at the start of every sampling run (so per long-video window too).
 
@@ -38,6 +39,14 @@ LAST_STEP_COMPUTED = {"t_emb": True, "e": False}
 # the published "fast" thresholds (about 1.6-2x on Wan2.1 T2V); "slow" ones are 0.05 (1.3B) and 0.14 (14B)
 SUGGESTED_THRESHOLD = {1536: 0.08, 5120: 0.2}
 MODES = tuple(RETENTION)
+STRENGTH_TOLERANCE = 0.05  # a residual is reused while every stream's strength stays this close to its own
+
+
+def strengths_moved(now, then, tolerance: float = STRENGTH_TOLERANCE) -> bool:
+    """Whether the stream strengths `now` differ from `then` (those a residual was computed under): a stream
+    switched on or off, or moved more than `tolerance`."""
+    return len(now) != len(then) or any((a == 0) != (b == 0) or abs(a - b) > tolerance
+                                        for a, b in zip(now, then, strict=True))
 
 
 def relative_l1(inp: torch.Tensor, prev: torch.Tensor) -> float:
@@ -67,6 +76,7 @@ class DenoiserCache:
     acc: float = 0.0
     residual: torch.Tensor | None = None
     key: tuple = ()
+    strengths: tuple = ()
 
 
 @dataclass
@@ -103,27 +113,28 @@ class TeaCache:
         return COEFFICIENTS[self.mode, dim]
 
     def should_compute(self, state: DenoiserCache, inp: torch.Tensor, step: int, key: tuple,
-                       coefficients: tuple[float, ...]) -> bool:
+                       coefficients: tuple[float, ...], strengths: tuple = ()) -> bool:
         """The published decision for this step (0 <= step < the run's steps); updates the accumulated estimate
         and the previous input in `state`."""
         forced = (step < RETENTION[self.mode] or (LAST_STEP_COMPUTED[self.mode] and step >= self._steps - 1)
-                  or state.residual is None or key != state.key)
+                  or state.residual is None or key != state.key or strengths_moved(strengths, state.strengths))
         if forced:
             compute = True
         else:
             state.acc += float(np.polyval(coefficients, relative_l1(inp, state.prev)))
             compute = state.acc >= self.threshold
         if compute:
-            state.acc = 0.0
+            state.acc, state.key, state.strengths = 0.0, key, strengths
         state.prev = inp
         return compute
 
     def __call__(self, model, x, t, context, vace_context=(), vace_scale=(), *, step: int, key: tuple = (),
-                 branch: str = "cfg", **block_kwargs) -> torch.Tensor:
+                 strengths: tuple = (), branch: str = "cfg", **block_kwargs) -> torch.Tensor:
         """The model's forward (same arguments and result) with the blocks skipped when the cache allows.
 
-        step: the step index in the run (from 0); key: what else the residual depends on besides x and t
-        (the sampler passes every stream's strength at this step); branch: which CFG branch this call computes
+        step: the step index in the run (from 0); key: what else the residual depends on besides x and t, compared
+        exactly (the sampler passes the attention options in use); strengths: every stream's strength at this step,
+        compared within STRENGTH_TOLERANCE; branch: which CFG branch this call computes
         ("cfg": both rows batched; "cond" / "uncond" when guidance runs them apart): each keeps its own cache;
         block_kwargs go to run_blocks."""
         if self.threshold == 0:
@@ -134,9 +145,10 @@ class TeaCache:
         state = self._states.setdefault((id(model), branch), DenoiserCache())
         key = (tuple(key), x.shape[0])
         inp = tokens.t_emb if self.mode == "t_emb" else tokens.e
-        if self.should_compute(state, inp, step, key, self._coefficients(model)):
+        strengths = tuple(strengths)
+        if self.should_compute(state, inp, step, key, self._coefficients(model), strengths):
             out = model.run_blocks(tokens, vace_scale, **block_kwargs)
-            state.residual, state.key = out - tokens.x, key
+            state.residual = out - tokens.x
             self.stats.computed += x.shape[0]
         else:
             out = tokens.x + state.residual

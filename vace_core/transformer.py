@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 from .attention import attention, block_bias, resolve_backend
@@ -43,6 +43,14 @@ class Tokens:
     text: torch.Tensor
     rope: tuple
     grid: tuple
+
+
+def token_scale(scale, grid: tuple):
+    """A stream's strength: a number (kept), or one per latent frame (T,) -> (1, T*h*w, 1) over the tokens."""
+    if not isinstance(scale, torch.Tensor) or scale.ndim != 1:
+        return scale
+    _, h, w = grid
+    return repeat(scale, "t -> 1 (t hw) 1", hw=h * w)
 
 
 class Attention(nn.Module):
@@ -205,6 +213,10 @@ class VaceTransformer(nn.Module):
         if len(vace_context) != len(vace_scale):
             raise VaceError(f"{len(vace_context)} VACE context streams but {len(vace_scale)} strengths: "
                             "give one strength per stream.")
+        for i, scale in enumerate(vace_scale):
+            if isinstance(scale, torch.Tensor) and scale.shape != (x.shape[2],):
+                raise VaceError(f"VACE stream {i}'s per-frame strengths have shape {tuple(scale.shape)}: give one "
+                                f"weight per latent frame ({x.shape[2]}, reference latents first)")
         for i, c in enumerate(vace_context):
             if c.shape[1] != self.config.vace_in_dim or c.shape[2:] != x.shape[2:]:
                 raise VaceError(f"VACE context stream {i} has shape {tuple(c.shape)}; it must be "
@@ -246,6 +258,7 @@ class VaceTransformer(nn.Module):
         if nag is not None:
             nag = nag.bind(self.embed_text(nag.negative.to(text.device), text.dtype))
         context_bias = block_bias(self_bias, "context"), block_bias(cross_bias, "context")
+        vace_scale = [token_scale(scale, tokens.grid) for scale in vace_scale]
         for i, block in enumerate(self.blocks):
             if i not in skip:
                 x = block(x, e, text, rope, block_bias(self_bias, i), block_bias(cross_bias, i), nag)
@@ -255,7 +268,7 @@ class VaceTransformer(nn.Module):
             for s, scale in enumerate(vace_scale):  # interleaved: one hint alive at a time
                 streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope, *context_bias, nag)
                 if i not in skip:
-                    x = x + hint * scale
+                    x = x + hint * (scale.to(hint) if isinstance(scale, torch.Tensor) else scale)
         return x
 
     def unpatchify(self, x, tokens: Tokens, dtype) -> torch.Tensor:
@@ -276,7 +289,8 @@ class VaceTransformer(nn.Module):
         x (B, in_dim, T, H, W) noisy latent (reference latents first along T), its dtype is the compute dtype;
         t (B,) timesteps in [0, 1000]; context (B, L, text_dim) text features (zero-padded to 512 here,
         as the reference attends all 512 positions); vace_context: one (B or 1, 96, T, H, W) tensor per
-        context stream; vace_scale: one strength per stream. Returns (B, out_dim, T, H, W) in x's dtype.
+        context stream; vace_scale: one strength per stream (a number, or (T,) weights per latent frame).
+        Returns (B, out_dim, T, H, W) in x's dtype.
         self_bias / cross_bias: `attention.attention`'s bias for the main blocks' self-/cross-attention, or a
         modulation object that also chooses its blocks (regional prompts: `regional.STLayoutAttention`).
         nag: `nag.NagText` (the NAG settings and the negative prompt's features) guides row 0's cross-attention.

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import VaceError
-from ..transformer import Tokens, VaceTransformer
+from ..transformer import Tokens, VaceTransformer, token_scale
 from .attention import sequence_parallel_attention
 from .layout import ParallelLayout
 
@@ -126,6 +126,8 @@ class ParallelVace(nn.Module):
                 raise VaceError("sequence parallelism splits the cross-attention bias by query rows and takes "
                                 f"only tensors (got {type(cross_bias).__name__})")
             cross_bias = shard(cross_bias, cross_bias.ndim - 2, layout.shard, parts)
+        # per-frame strengths as per-token scales, cut like the tokens
+        vace_scale = [shard(token_scale(s, tokens.grid), 1, layout.shard, parts) for s in vace_scale]
         attend = partial(sequence_parallel_attention, layout=layout, length=length)
         with parallel_self_attention(model, attend):
             out = model.head(model.run_blocks(local, vace_scale, self_bias, cross_bias, nag, skip), tokens.t_emb)
