@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .colour import METHODS, ColourAnchor, match_colours
 from .errors import VaceError
-from .pipeline import SamplerSettings, composite, decode, encode_contexts, sample_latent
+from .pipeline import SamplerSettings, composite, decode, encode_contexts, encode_init, sample_latent
 from .sampling import SamplingInterrupted, make_noise
 from .sampling.loop import MAX_SEED
 from .vae.model import TEMPORAL_STRIDE
@@ -317,11 +317,14 @@ def _replacement(clean: Tensor, noise: Tensor, index: list[int]):
 
 
 def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[int], positive, negative, streams,
-                  settings, long: LongVideoSettings, callback=None, tiling=None, device=None) -> Tensor:
+                  settings, long: LongVideoSettings, callback=None, tiling=None, device=None,
+                  init_video: Tensor | None = None) -> Tensor:
     """One window: its VCUs (`kept`: the window frames carried over; `free`: the VCUs without them) -> decoded
-    frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate."""
+    frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate. init_video: the
+    window's frames of the video refined with settings.denoise < 1."""
     encode = lambda v: vae.encode(v, tiling=tiling)  # noqa: E731
     contexts = encode_contexts(units, encode)
+    init = encode_init(init_video, units[0], encode, settings.denoise)
     refs = len(units[0].references)
     carried = [refs + j for j in kept_latents(kept, units[0].length)]
     model_input = None
@@ -341,7 +344,8 @@ def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[
             contexts = [c.to(device, dtype) for c in contexts]
             frees = [c.to(device, dtype) for c in encode_contexts(free, encode)]
             model = CarryGuidance(model, list(zip(contexts, frees, strict=True)), long.carry_guidance)
-    latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, model_input)
+    latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, model_input,
+                           init_latent=init)
     if long.replace_latents and carried:
         latent[:, :, carried] = clean.to(latent)
     return decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)
@@ -382,10 +386,13 @@ def _anchor_colours(frames: Tensor, masks: Tensor, anchor: ColourAnchor | None, 
 def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: Tensor | None = None,
                   streams=None, settings: SamplerSettings | None = None,
                   long: LongVideoSettings = LongVideoSettings(), progress: Progress | None = None, tiling=None,
-                  composite_feather: int | None = None, on_frames=None, device=None) -> LongVideo:
+                  composite_feather: int | None = None, on_frames=None, device=None,
+                  init_video: Tensor | None = None) -> LongVideo:
     """A VACE task of any length -> LongVideo (video (3, T, H, W) in [-1, 1]). A VCU of at most `window`
     frames is one window: exactly pipeline.generate. Window i samples with seed + i. progress(window,
-    windows, step, steps, x, x0) returning False stops after that step: the finished windows are returned."""
+    windows, step, steps, x, x0) returning False stops after that step: the finished windows are returned.
+    init_video (3, T, H, W) in [-1, 1], the VCU's size and length: video-to-video with settings.denoise < 1, each
+    window refining its own frames of it."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
     settings = settings or SamplerSettings()
     if len({(v.length, v.size) for v in vcus}) > 1:
@@ -393,7 +400,7 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
     long.check()
     if long.mode == "fused":
         return _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
-                               composite_feather, on_frames, device)
+                               composite_feather, on_frames, device, init_video)
     plan = plan_windows(vcus[0].length, long)
     out = _Output(vcus[0].length, vcus[0].size, on_frames)
     anchor = None if long.colour_anchor is None else ColourAnchor.from_images(long.colour_anchor)
@@ -407,7 +414,7 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
             try:
                 frames = sample_window(model, vae, units, free, window.kept, positive, negative, streams,
                                        replace(settings, seed=(settings.seed + i) % (MAX_SEED + 1)), long, step,
-                                       tiling, device)
+                                       tiling, device, None if init_video is None else init_video[:, window.positions])
             except SamplingInterrupted:
                 log.warning("VACE long video: stopped in window %d of %d; returning the %d finished frames",
                             i + 1, len(plan), out.emitted)
@@ -421,10 +428,11 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
 
 
 def _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
-                    composite_feather, on_frames, device) -> LongVideo:
+                    composite_feather, on_frames, device, init_video) -> LongVideo:
     """Fused windows over the whole latent; a VCU within one window is exactly pipeline.generate."""
     with torch.no_grad():
         contexts = encode_contexts(vcus, lambda v: vae.encode(v, tiling=tiling))
+        init = encode_init(init_video, vcus[0], lambda v: vae.encode(v, tiling=tiling), settings.denoise)
         refs = len(vcus[0].references)
         spans = fused_spans(contexts[0].shape[2] - refs, (long.window - 1) // TEMPORAL_STRIDE + 1,
                             (long.overlap - 1) // TEMPORAL_STRIDE + 1)
@@ -433,7 +441,7 @@ def _generate_fused(model, vae, vcus, positive, negative, streams, settings, lon
         step = None if progress is None else (lambda s, n, x, x0: progress(0, 1, s, n, x, x0))
         try:
             latent = sample_latent(fused, contexts, positive, negative, streams, settings, step,
-                                   device or next(model.parameters()).device)
+                                   device or next(model.parameters()).device, init_latent=init)
         except SamplingInterrupted:
             return LongVideo(torch.zeros(3, 0, *vcus[0].size), 0, 1)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)

@@ -19,8 +19,8 @@ from .sampling import (
     ContextStream,
     as_stream,
     context_strengths,
+    denoise_sigmas,
     frame_weights,
-    flow_sigmas,
     make_noise,
     sample,
     seeded_generator,
@@ -49,6 +49,7 @@ class SamplerSettings:
     slg: SkipLayerGuidance | None = None  # skip-layer guidance (sampling/guiders.py)
     cfg_zero_star: CFGZeroStar | None = None  # CFG-Zero*: optimised scale and zero-init steps
     apg: AdaptiveProjectedGuidance | None = None  # adaptive projected guidance (keeps a running average per run)
+    denoise: float = 1.0  # video-to-video: the fraction of the schedule run from the noised init latent
 
 
 def encode_contexts(vcus: Sequence[VCU], vae_encode: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -78,6 +79,26 @@ def _nag_text(nag: NAG | None, negative: Tensor | None, dtype, device):
     if negative is None:
         raise VaceError("NAG steers away from the negative prompt: connect one (Wan's default negative prompt works)")
     return nag.at(_text_batch(negative, None, dtype).to(device))
+
+
+def _start(noise: Tensor, sigma: float, denoise: float, init: Tensor | None, context: Tensor) -> Tensor:
+    """x at the first sigma: pure noise (a whole run: the official code's start), or for denoise < 1 the init
+    latent noised to it, sigma * noise + (1 - sigma) * init (native KSampler's noise scaling for flow models)."""
+    if denoise > 0.9999:
+        return noise
+    if init is None:
+        raise VaceError(f"denoise {denoise} refines an init video: connect its latent (or give --init-video), or "
+                        "set denoise to 1 to generate from noise")
+    init = init.to(noise)
+    refs = context.shape[2] - init.shape[2]
+    if init.shape[:2] != (1, 16) or init.shape[3:] != noise.shape[3:] or refs < 0:
+        raise VaceError(f"the init latent is {tuple(init.shape)}; it must be (1, 16, frames, {noise.shape[3]}, "
+                        f"{noise.shape[4]}) for this VCU ({noise.shape[2]} latent frames with the references, "
+                        f"{noise.shape[2] - refs if refs >= 0 else '?'} without): encode the init video at the VCU's "
+                        "size and length")
+    if refs:  # the reference latents (mask 0: the context's inactive channels are their encoding) go in front
+        init = torch.cat([context[:, :16, :refs].to(noise), init], 2)
+    return sigma * noise + (1 - sigma) * init
 
 
 def _check_guidance(settings: SamplerSettings, guided: bool, experts) -> None:
@@ -128,7 +149,7 @@ def _guide(call, settings: SamplerSettings, x, sigma, step, rows, guidance) -> T
 
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None, model_input=None, regions=None) -> Tensor:
+                  callback=None, device=None, model_input=None, regions=None, init_latent=None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     model: a VaceTransformer, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
@@ -140,14 +161,16 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
     model_input(x, sigma) -> x is what the DiT sees at each step (the solver keeps its own x): long video
     re-noises carried-over latents there. regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional
-    prompts, `positive` being their text.
+    prompts, `positive` being their text. init_latent: video-to-video with settings.denoise < 1, the video's latent
+    (1, 16, T_lat, H/8, W/8), the references' latents in front or not (they are taken from the first VCU then);
+    sampling starts at the schedule's sigma for that fraction (`denoise_sigmas`) from it, noised with the seed.
     """
     streams = [as_stream(s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
         raise VaceError(f"{len(contexts)} VCUs but {len(streams)} strengths: give one per VCU")
     if not contexts:
         raise VaceError("VACE needs at least one VCU (use text_to_video() for plain text-to-video)")
-    sigmas = flow_sigmas(settings.steps, settings.shift, settings.schedule)
+    sigmas = denoise_sigmas(settings.steps, settings.shift, settings.schedule, settings.denoise)
     experts = as_experts(model)
     first, _ = experts.at(sigma_to_timestep(float(sigmas[0]), settings.schedule), settings.guidance)
     dtype = getattr(first, "compute_dtype", next(first.parameters()).dtype)
@@ -193,10 +216,22 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
-    latent = sample(denoise, noise, sigmas, settings.solver, callback, generator)
+    start = _start(noise, float(sigmas[0]), settings.denoise, init_latent, contexts[0])
+    latent = sample(denoise, start, sigmas, settings.solver, callback, generator)
     if settings.step_cache is not None:
         log.info("%s", settings.step_cache.stats)
     return latent
+
+
+def encode_init(video: Tensor | None, vcu: VCU, vae_encode: Callable[[Tensor], Tensor], denoise: float):
+    """The init video's latent (1, 16, T_lat, H/8, W/8) for denoise < 1 (None otherwise: a whole run ignores it)."""
+    if video is None or denoise > 0.9999:
+        return None
+    if video.shape != vcu.frames.shape:
+        raise VaceError(f"the init video is {video.shape[1]} frames at {video.shape[2]}x{video.shape[3]}; the VCU "
+                        f"is {vcu.length} frames at {vcu.size[0]}x{vcu.size[1]}: give the init video at the VCU's "
+                        "size and length")
+    return vae_encode(video[None])
 
 
 def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:
@@ -220,13 +255,17 @@ def composite(video: Tensor, vcu: VCU, feather: int = 0) -> Tensor:
 
 def generate(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: Tensor | None = None,
              streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-             callback=None, tiling=None, composite_feather: int | None = None, regions=None) -> Tensor:
+             callback=None, tiling=None, composite_feather: int | None = None, regions=None,
+             init_video: Tensor | None = None) -> Tensor:
     """A whole VACE task: -> video (3, T, H, W) in [-1, 1]. composite_feather: paste the first VCU's kept
-    pixels back (None: no compositing). regions: `regional.Regions` (positive = their composed text)."""
+    pixels back (None: no compositing). regions: `regional.Regions` (positive = their composed text). init_video:
+    (3, T, H, W) in [-1, 1] at the VCU's size and length, refined with settings.denoise < 1."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
     layout = regions.for_vcu(vcus[0]) if regions is not None else None
     with torch.no_grad():
         contexts = encode_contexts(vcus, lambda v: vae.encode(v, tiling=tiling))
-        latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, regions=layout)
+        init = encode_init(init_video, vcus[0], lambda v: vae.encode(v, tiling=tiling), settings.denoise)
+        latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, regions=layout,
+                               init_latent=init)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), len(vcus[0].references))
     return video if composite_feather is None else composite(video, vcus[0], composite_feather)

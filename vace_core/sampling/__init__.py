@@ -4,7 +4,7 @@ classifier-free guidance, per-stream context strengths, seeded noise and the den
 from .curves import Curve, parse_curve
 from .guidance import ContextStream, as_stream, cfg, context_strengths, frame_weights
 from .loop import SamplingInterrupted, make_noise, sample, seeded_generator
-from .schedule import NUM_TRAIN_TIMESTEPS, SCHEDULES, flow_sigmas, shift_sigmas, sigma_to_timestep
+from .schedule import NUM_TRAIN_TIMESTEPS, SCHEDULES, denoise_sigmas, flow_sigmas, shift_sigmas, sigma_to_timestep
 from .solvers import DPMPP2M, LCM, SOLVERS, Euler, FlowSolver, UniPC, make_solver
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "as_stream",
     "cfg",
     "context_strengths",
+    "denoise_sigmas",
     "flow_sigmas",
     "frame_weights",
     "make_noise",
