@@ -2,7 +2,6 @@
 one resident on the GPU at a time (the other offloaded through ComfyUI's model management)."""
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import comfy.model_management as mm
@@ -52,21 +51,24 @@ class VaceLowNoiseExpert(io.ComfyNode):
         return io.NodeOutput(LowNoise(low_noise_model, cfg, boundary))
 
 
-def two_experts(high: LoadedVace, low: LowNoise, load: Callable[[LoadedVace], object]) -> Experts:
-    """The sampler's denoiser: switching expert offloads the other one first, then `load`s the new one."""
+def two_experts(high: LoadedVace, low: LowNoise, reserve_bytes: int) -> Experts:
+    """The sampler's denoiser: the two experts as `memory.Managed` denoisers; switching expert offloads the other
+    one first, then loads the new one (with `reserve_bytes` free for sampling, plus its block swap)."""
     check_pair(high.patcher.model.config, low.model.patcher.model.config)
+    experts = {name: memory.Managed(e.patcher, reserve_bytes + memory.swap_reserve(e.patcher.model, e.block_swap))
+               for name, e in (("high", high), ("low", low.model))}
 
-    def load_alone(expert: LoadedVace):
-        other = low.model if expert is high else high
-        if other.patcher is not expert.patcher:
-            memory.offload(other.patcher)
-        model = load(expert)
-        resident = sum(m.model in (high.patcher, low.model.patcher) for m in mm.current_loaded_models)
+    def load_alone(expert: memory.Managed) -> memory.Managed:
+        for other in experts.values():
+            if other.patcher is not expert.patcher:
+                memory.offload(other.patcher)
+        expert.inner  # noqa: B018  (loads it now)
+        resident = sum(m.model in [e.patcher for e in experts.values()] for m in mm.current_loaded_models)
         log.info("VACE Wan2.2: %s-noise expert loaded; experts resident: %d",
-                 "high" if expert is high else "low", resident)
-        return model
+                 "high" if expert is experts["high"] else "low", resident)
+        return expert
 
-    return Experts(high, low.model, low.boundary, low.cfg, load_alone)
+    return Experts(experts["high"], experts["low"], low.boundary, low.cfg, load_alone)
 
 
 NODES = [VaceLowNoiseExpert]

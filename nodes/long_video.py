@@ -1,6 +1,7 @@
 """VACE Long Video Sampler (windows that carry the video forward, keyframes, fused windows; decodes inside) and
 Color Match (any IMAGE batch matched to an anchor)."""
 
+import dataclasses
 import logging
 
 import comfy.latent_formats
@@ -15,34 +16,11 @@ from ..vace_core.long_video import FUSED_WEIGHTS, MODES, LongVideoSettings, gene
 from ..vace_core.pipeline import SamplerSettings
 from ..vace_core.vcu import to_images
 from . import memory
+from .experts import two_experts
 from .sampler import SOLVERS, VaceSampler, context_streams, text_features
 from .types import CATEGORY
 
 log = logging.getLogger("vace")
-
-
-class Managed:
-    """A ModelPatcher's model, loaded through ComfyUI before each use: the DiT and the VAE take turns every
-    window, so ComfyUI may offload one for the other (low VRAM)."""
-
-    def __init__(self, patcher, reserve_bytes: int = 0):
-        self.patcher, self.reserve = patcher, reserve_bytes
-        self.compute_dtype = getattr(patcher.model, "compute_dtype", None)
-
-    def load(self):
-        return memory.load(self.patcher, self.reserve)
-
-    def parameters(self):
-        return self.patcher.model.parameters()
-
-    def __call__(self, *args, **kwargs):
-        return self.load()(*args, **kwargs)
-
-    def encode(self, video, tiling=None):
-        return self.load().encode(video.to(mm.vae_device()), tiling=tiling)
-
-    def decode(self, latent, tiling=None):
-        return self.load().decode(latent.to(mm.vae_device()), tiling=tiling).to(mm.intermediate_device())
 
 
 def progress(windows: int, steps: int, device, references: int):
@@ -132,37 +110,46 @@ class VaceLongVideoSampler(io.ComfyNode):
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 mode, window, overlap, discard, perturbation, replace_latents, carry_guidance, keyframes,
                 fused_weights, colour_method, colour_strength, colour_masked, paste_kept, feather,
-                colour_anchor=None, **streams) -> io.NodeOutput:
+                colour_anchor=None, regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
         units, stream_settings = context_streams(streams)
-        long = LongVideoSettings(window, overlap, discard, mode, perturbation, replace_latents, carry_guidance,
-                                 keyframes, fused_weights, colour_method, colour_strength, colour_anchor,
-                                 colour_masked)
+        long = LongVideoSettings(window=window, overlap=overlap, discard=discard, mode=mode, perturbation=perturbation,
+                                 replace_latents=replace_latents, carry_guidance=carry_guidance, keyframes=keyframes,
+                                 fused_weights=fused_weights, colour_method=colour_method,
+                                 colour_strength=colour_strength, colour_anchor=colour_anchor,
+                                 colour_masked=colour_masked)
         windows = 1 if mode == "fused" else len(plan_windows(units[0].length, long))
         patcher = vace_model.patcher
         window_latent = (len(units[0].references) + (min(window, units[0].length) - 1) // 4 + 1,
                          *units[0].latent_shape[1:])
-        reserve = memory.sampling_bytes(patcher.model, window_latent, cfg != 1, len(units) + (carry_guidance > 0))
-        memory.require(reserve, mm.get_torch_device(), f"sampling {window}-frame windows at "
-                       f"{units[0].size[0]}x{units[0].size[1]}", "Use a shorter window, a smaller size, or cfg 1.")
-        model = Managed(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap))
+        guided = cfg != 1 or (low_noise_expert is not None and low_noise_expert.cfg != 1)
+        reserve = memory.sampling_bytes(patcher.model, window_latent, guided, len(units) + (carry_guidance > 0))
         device = mm.get_torch_device()
+        memory.require(reserve, device, f"sampling {window}-frame windows at {units[0].size[0]}x{units[0].size[1]}",
+                       "Use a shorter window, a smaller size, or cfg 1.")
+        model = memory.Managed(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
+            if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
+        step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
+        settings = SamplerSettings(steps=steps, guidance=cfg, shift=shift, solver=SOLVERS[sampler], seed=seed,
+                                   step_cache=step_cache)
+        width = patcher.model.config.text_dim
         try:
             result = generate_long(
-                model, Managed(vace_vae), units, text_features(positive, "positive", patcher.model.config.text_dim),
-                text_features(negative, "negative", patcher.model.config.text_dim), stream_settings,
-                SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed), long,
+                model, memory.ManagedVAE(vace_vae), units, text_features(positive, "positive", width),
+                text_features(negative, "negative", width), stream_settings, settings, long,
                 progress(windows, steps, device, len(units[0].references)), "auto",
-                feather if paste_kept else None, device=device)
+                feather if paste_kept else None, device=device, regions=regions)
         finally:
             if offload_after:
-                memory.offload(patcher)
+                for loaded in [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else []):
+                    memory.offload(loaded.patcher)
         if result.interrupted:
             if not result.video.shape[1]:
                 raise mm.InterruptProcessingException()
             mm.interrupt_current_processing(False)  # the user gets the finished windows: the graph goes on
             log.warning("VACE long video: cancelled; returning %d frames (%d of %d windows)",
                         result.video.shape[1], result.windows_done, result.windows)
-        return io.NodeOutput(to_images(result.video))
+        ui = {} if result.cache_stats is None else {"text": [str(result.cache_stats)]}
+        return io.NodeOutput(to_images(result.video), ui=ui)
 
 
 class ColorMatch(io.ComfyNode):

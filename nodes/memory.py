@@ -7,6 +7,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import torch
 
+from ..vace_core.denoiser import Wrapper
 from ..vace_core.errors import VaceError
 from ..vace_core.memory import activation_bytes as estimate_activations
 from ..vace_core.vae.tiling import WORK_PER_PIXEL
@@ -28,6 +29,38 @@ def load(patcher, reserve_bytes: int = 0) -> torch.nn.Module:
     """Loads the model for inference (fully, or partly when memory is short) and returns it."""
     mm.load_models_gpu([patcher], memory_required=reserve_bytes, force_full_load=False)
     return patcher.model
+
+
+class Managed(Wrapper):
+    """A ModelPatcher's DiT as a denoiser (vace_core.denoiser), loaded through ComfyUI whenever it runs: the DiT
+    and the VAE take turns every long-video window, and Wan2.2's experts every boundary, so ComfyUI may offload
+    one for the other (low VRAM). Config and compute dtype are read without loading."""
+
+    staged = True
+
+    def __init__(self, patcher, reserve_bytes: int = 0):  # no Wrapper.__init__: `inner` is loaded on access
+        self.patcher, self.reserve = patcher, reserve_bytes
+
+    @property
+    def inner(self) -> torch.nn.Module:
+        return load(self.patcher, self.reserve)
+
+    device = property(lambda self: mm.get_torch_device())
+    compute_dtype = property(lambda self: self.patcher.model.compute_dtype)
+    config = property(lambda self: self.patcher.model.config)
+
+
+class ManagedVAE:
+    """A ModelPatcher's VACE VAE, loaded through ComfyUI for each encode / decode."""
+
+    def __init__(self, patcher):
+        self.patcher = patcher
+
+    def encode(self, video, tiling=None):
+        return load(self.patcher).encode(video.to(mm.vae_device()), tiling=tiling)
+
+    def decode(self, latent, tiling=None):
+        return load(self.patcher).decode(latent.to(mm.vae_device()), tiling=tiling).to(mm.intermediate_device())
 
 
 def offload(patcher) -> None:

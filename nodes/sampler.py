@@ -134,11 +134,9 @@ class VaceSampler(io.ComfyNode):
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
         settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, step_cache)
 
-        def load(loaded):
-            return memory.load(loaded.patcher, reserve + memory.swap_reserve(loaded.patcher.model, loaded.block_swap))
-
         experts = [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else [])
-        model = load(vace_model) if low_noise_expert is None else two_experts(vace_model, low_noise_expert, load)
+        model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
+            if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
         hooks = [h for e in experts for h in interrupt_hooks(e.patcher.model)]
         try:
             latent = sample_latent(model, contexts, *texts, settings_per_stream, settings,

@@ -7,6 +7,7 @@ import torch
 import vace_core.pipeline as pipeline
 from vace_core.config import VaceConfig
 from vace_core.errors import VaceError
+from vace_core.layer_skip import SkipLayers
 from vace_core.pipeline import SamplerSettings, sample_latent
 from vace_core.sampling import cfg, context_strengths, flow_sigmas, make_noise, sample, seeded_generator
 from vace_core.sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
@@ -72,7 +73,8 @@ class Recording:
 
         def spy(x, *args, **kwargs):
             out = forward(x, *args, **kwargs)
-            self.calls.append((tuple(kwargs.get("skip", ())), x.shape[0], out.float()))
+            skip = kwargs.get("self_bias")
+            self.calls.append((skip.rows if isinstance(skip, SkipLayers) else (), x.shape[0], out.float()))
             return out
 
         def spy_sample(denoise, *args, **kwargs):
@@ -88,16 +90,14 @@ class Recording:
 
 
 def branches(calls):
-    """(v_cond, v_uncond, {skip: v}) from one step's calls."""
-    found, skipped = {}, {}
+    """(v_cond, v_uncond, the third pass's v or None) from one step's calls."""
+    found = {}
     for skip, batch, out in calls:
-        if batch == 2:
-            found["cond"], found["uncond"] = out[:1], out[1:]
-        elif skip:
-            skipped[skip] = out
+        if batch == 2 or not any(skip):
+            found["cond"], found["uncond"] = out[:1], out[1:] if batch == 2 else None
         else:
-            found["cond"] = out
-    return found.get("cond"), found.get("uncond"), skipped
+            found["third"] = out
+    return found.get("cond"), found.get("uncond"), found.get("third")
 
 
 def rel(a, b):
@@ -110,7 +110,7 @@ def test_skipped_blocks_are_identities_without_their_hints(model, monkeypatch):
     contexts, positive, _ = run_inputs()
     x, t = torch.randn(1, 16, 3, 4, 4), torch.tensor([600.0])
     with torch.no_grad():
-        skipped = model(x, t, positive, contexts, [0.9], skip=(0, 1))
+        skipped = model(x, t, positive, contexts, [0.9], self_bias=SkipLayers(frozenset({0, 1}), (True,)))
         monkeypatch.setattr(model.blocks[0], "forward", lambda x, *a, **k: x)
         monkeypatch.setattr(model.blocks[1], "forward", lambda x, *a, **k: x)
         after_proj = model.vace_blocks[0].after_proj.forward
@@ -126,13 +126,21 @@ def test_slg_uncond_mode_on_recorded_velocities(model, monkeypatch):
     windowed = [step for _, _, step, _, _ in record.steps if slg.active(step, STEPS)]
     assert windowed == [2, 3, 4]
     for x, sigma, step, v, calls in record.steps:
-        v_cond, v_uncond, skipped = branches(calls)
-        if step in windowed:  # the unconditional pass skips the blocks: v = v_u' + g (v_c - v_u')
-            assert [(s, b) for s, b, _ in calls] == [((), 1), ((1, 2), 1)]
-            v_uncond = skipped[(1, 2)]
-        else:
-            assert [(s, b) for s, b, _ in calls] == [((), 2)]
+        v_cond, v_uncond, _ = branches(calls)  # one call of both rows, the unconditional one without the blocks
+        assert [(s, b) for s, b, _ in calls] == [((False, True) if step in windowed else (), 2)]
         assert rel(v, v_uncond + 4.0 * (v_cond - v_uncond)) < TOL
+
+
+def test_rows_skip_their_blocks_only(model):
+    contexts, positive, negative = run_inputs()
+    g = torch.Generator().manual_seed(4)
+    x, t = torch.randn(1, 16, 3, 4, 4, generator=g).expand(2, -1, -1, -1, -1), torch.tensor([600.0, 600.0])
+    text = torch.cat([positive, torch.nn.functional.pad(negative, (0, 0, 0, 1))])
+    with torch.no_grad():
+        both = model(x, t, text, contexts, [0.9], self_bias=SkipLayers(frozenset({1, 2}), (False, True)))
+        plain = model(x[:1], t[:1], text[:1], contexts, [0.9])
+        skipped = model(x[1:], t[1:], text[1:], contexts, [0.9], self_bias=SkipLayers(frozenset({1, 2}), (True,)))
+    assert rel(both[:1], plain) < 1e-6 and rel(both[1:], skipped) < 1e-6
 
 
 def comfy_slg(d_cfg, d_cond, d_skip, scale, rescaling_scale):
@@ -152,13 +160,14 @@ def test_slg_third_pass_on_recorded_velocities(model, monkeypatch, guidance, res
     record = Recording(model, monkeypatch)
     run(model, slg=slg, guidance=guidance)
     for x, sigma, step, v, calls in record.steps:
-        v_cond, v_uncond, skipped = branches(calls)
+        v_cond, v_uncond, third = branches(calls)
         v_cfg = v_cond if guidance == 1 else v_uncond + guidance * (v_cond - v_uncond)
         if step < 3:
-            d = comfy_slg(x - sigma * v_cfg, x - sigma * v_cond, x - sigma * skipped[(3,)], 2.5, rescale)
+            assert [(s, b) for s, b, _ in calls][1] == ((True,), 1)  # the third pass: the conditional row, skipped
+            d = comfy_slg(x - sigma * v_cfg, x - sigma * v_cond, x - sigma * third, 2.5, rescale)
             expected = (x - d) / sigma
         else:
-            assert not skipped
+            assert third is None
             expected = v_cfg
         assert rel(v, expected) < TOL
 
@@ -245,12 +254,16 @@ def test_each_variant_changes_the_run(model):
         assert rel(run(model, **option), plain) > 1e-3, option
 
 
-def test_slg_keeps_a_cache_per_branch(model):
+@pytest.mark.parametrize("mode", ["uncond", "third"])
+def test_slg_with_teacache(model, mode):
+    slg = SkipLayerGuidance(blocks=(1,), start=0.0, end=0.5, mode=mode)
     cache = TeaCache(0.0)
-    cached = run(model, slg=SkipLayerGuidance(blocks=(1,), start=0.0, end=0.5), step_cache=cache)
-    torch.testing.assert_close(cached, run(model, slg=SkipLayerGuidance(blocks=(1,), start=0.0, end=0.5)),
-                               rtol=0, atol=0)
-    assert cache.stats.computed == 3 * 2 + 3 * 2  # 3 steps of two one-row calls, 3 of one two-row call
+    cached = run(model, slg=slg, step_cache=cache)
+    torch.testing.assert_close(cached, run(model, slg=slg), rtol=0, atol=0)
+    assert cache.stats.computed == 6 * 2 + (3 if mode == "third" else 0)  # the third pass: one row, 3 steps
+    busy = TeaCache(1e9, coefficients=(1.0, 0.0))  # would skip whenever it may
+    run(model, slg=slg, step_cache=busy)
+    assert busy.stats.skipped > 0
 
 
 def test_bad_settings_and_refused_pairs(model):

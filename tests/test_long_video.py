@@ -200,7 +200,8 @@ def test_perturbation_noises_only_the_carried_inactive_latents():
 def test_latent_replacement_renoises_to_the_current_level():
     clean, noise = torch.randn(1, 16, 2, 2, 2), torch.randn(1, 16, 2, 2, 2)
     x = torch.randn(1, 16, 5, 2, 2)
-    out = L._replacement(clean, noise, [0, 1])(x, 0.3)
+    seen = lambda x, *args, **biases: x  # noqa: E731  (a DiT that answers what it was shown)
+    out = L.LatentReplacement(seen, clean, noise, [0, 1], 0.3)(x, None, None, [], [])
     assert torch.allclose(out[:, :, :2], 0.7 * clean + 0.3 * noise) and torch.equal(out[:, :, 2:], x[:, :, 2:])
     assert torch.equal(x, x.clone())  # the solver's x is left alone
 
@@ -214,7 +215,7 @@ class Linear(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(torch.tensor(2.0))
 
-    def forward(self, x, t, text, contexts, strengths):
+    def forward(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
         ctx = sum(s * c[:, :16] for c, s in zip(contexts, strengths, strict=True))
         return self.w * x + ctx + t[:, None, None, None, None] / 1000 + text.mean()
 

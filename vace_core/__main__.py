@@ -136,16 +136,19 @@ def _settings(args):
 def _parallel(args, model):
     """Under torchrun with --parallel / --cfg-parallel / --fsdp: the model wrapped for this process's share."""
     from .distributed import ParallelVace, init_parallel, shard_weights
+    from .experts import Experts
 
     layout = init_parallel(model.config.num_heads, args.parallel or "usp", args.cfg_parallel, args.ulysses_degree)
+    experts = isinstance(model, Experts)  # Wan2.2: each expert on the processes
     if args.fsdp:
-        shard_weights(model, layout)
+        model.each(lambda m: shard_weights(m, layout)) if experts else shard_weights(model, layout)
     d = layout.degrees
     if layout.mesh.get_rank():
         logging.getLogger("vace").setLevel(logging.WARNING)  # rank 0 reports progress
     print(f"rank {layout.mesh.get_rank()}: CFG {d.cfg} x ring {d.ring} x Ulysses {d.ulysses} on {layout.device}"
           + (", weights sharded (FSDP2)" if args.fsdp else ""))
-    return ParallelVace(model, layout), layout.mesh.get_rank() == 0
+    parallel = model.each(lambda m: ParallelVace(m, layout)) if experts else ParallelVace(model, layout)
+    return parallel, layout.mesh.get_rank() == 0
 
 
 def _run(args):

@@ -13,7 +13,7 @@ files (or two VACE modules on the Wan2.2 T2V A14B high/low bases), or the releas
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,12 @@ def _identity(expert):
 
 @dataclass
 class Experts:
-    """Two denoisers and when each runs. high / low: the experts (modules, or handles that `load` turns into
-    the module to run: ComfyUI loads that expert onto the GPU there and offloads the other, so only one is
-    resident). guidance_low: the low-noise expert's guidance (None: the run's guidance, as diffusers)."""
+    """Two denoisers and when each runs. high / low: the experts (`denoiser.Denoiser`s); `load(expert)` runs when
+    the expert changes and returns the denoiser to call (ComfyUI offloads the other expert there, so only one is
+    resident). guidance_low: the low-noise expert's guidance (None: the run's guidance, as diffusers).
+
+    Itself a denoiser: the call (and `embed`, whose expert `run_blocks` / `unpatchify` then use) runs the expert
+    of the timestep t; device, compute dtype and config are the high-noise expert's (both have one shape)."""
 
     high: Any
     low: Any
@@ -70,6 +73,37 @@ class Experts:
 
     def guidances(self, guidance: float) -> tuple[float, float]:
         return guidance, guidance if self.guidance_low is None else self.guidance_low
+
+    def each(self, wrap: Callable[[Any], Any]) -> "Experts":
+        """The same experts, each wrapped (a multi-process run wraps each in ParallelVace)."""
+        return replace(self, high=wrap(self.high), low=self.low if self.low is self.high else wrap(self.low))
+
+    # the denoiser contract: the expert of t (every row of a batch shares the timestep)
+    device = property(lambda self: self.high.device)
+    compute_dtype = property(lambda self: self.high.compute_dtype)
+    config = property(lambda self: self.high.config)
+    staged = property(lambda self: self.high.staged and self.low.staged)
+
+    def _of(self, t) -> Any:
+        return self.at(float(t[0]), 1.0)[0]
+
+    def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
+        return self._of(t)(x, t, text, contexts, strengths, self_bias=self_bias, cross_bias=cross_bias)
+
+    def check(self, x, contexts, strengths) -> None:
+        self.high.check(x, contexts, strengths)
+
+    def agree(self, flag: bool) -> bool:
+        return self.high.agree(flag)
+
+    def embed(self, x, t, text, contexts):
+        return self._of(t).embed(x, t, text, contexts)
+
+    def run_blocks(self, tokens, strengths=(), self_bias=None, cross_bias=None):
+        return self._active[1].run_blocks(tokens, strengths, self_bias, cross_bias)
+
+    def unpatchify(self, x, tokens, dtype):
+        return self._active[1].unpatchify(x, tokens, dtype)
 
 
 def as_experts(model) -> Experts:

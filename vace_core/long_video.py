@@ -33,13 +33,16 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from .colour import METHODS, ColourAnchor, match_colours
+from .denoiser import Wrapper, narrow_bias
 from .errors import VaceError
 from .pipeline import SamplerSettings, composite, decode, encode_contexts, encode_init, sample_latent
 from .sampling import SamplingInterrupted, make_noise
 from .sampling.loop import MAX_SEED
+from .step_cache import CacheStats
 from .vae.model import TEMPORAL_STRIDE
 from .vcu import VCU, keep_frames, select_frames, to_images
 from .vcu.pixels import to_video
@@ -217,57 +220,84 @@ def fused_weights(spans: list[tuple[int, int]], kind: str) -> list[Tensor]:
     return weights
 
 
-class CarryGuidance:
+class CarryGuidance(Wrapper):
     """The DiT with LVDM's unconditional guidance for windows: v + w (v_pos - v_pos without carried frames).
 
     Adding the same term to both CFG halves adds it once to the guided result (cfg is affine). `pairs` maps
-    each context tensor (by identity) to the same window's context without the carried frames."""
+    each context tensor (by identity) to the same window's context without the carried frames. The window-free
+    pass is the positive row alone, with that row of the attention biases (regional prompts)."""
 
-    def __init__(self, model, pairs: list[tuple[Tensor, Tensor]], weight: float):
-        self.model, self.pairs, self.weight = model, pairs, weight
-        self.compute_dtype = getattr(model, "compute_dtype", None) or next(model.parameters()).dtype
+    staged = False
 
-    def parameters(self):
-        return self.model.parameters()
+    def __init__(self, inner, pairs: list[tuple[Tensor, Tensor]], weight: float):
+        super().__init__(inner)
+        self.pairs, self.weight = pairs, weight
 
     def _free(self, context: Tensor) -> Tensor:
         return next(free for carried, free in self.pairs if carried is context)
 
-    def __call__(self, x, t, text, contexts, strengths, **options):
-        """options (NAG) reach both passes: the guidance-free pass is the conditional row too."""
-        v = self.model(x, t, text, contexts, strengths, **options)
-        v_free = self.model(x[:1], t[:1], text[:1], [self._free(c) for c in contexts], strengths, **options)
+    def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
+        v = self.inner(x, t, text, contexts, strengths, self_bias=self_bias, cross_bias=cross_bias)
+        positive = slice(0, 1)
+        v_free = self.inner(x[:1], t[:1], text[:1], [self._free(c) for c in contexts], strengths,
+                            self_bias=narrow_bias(self_bias, rows=positive),
+                            cross_bias=narrow_bias(cross_bias, rows=positive))
         return v + self.weight * (v[:1] - v_free)
 
 
-class FusedWindows:
+class FusedWindows(Wrapper):
     """The DiT run on overlapping latent windows, velocities blended per latent frame (sum w v / sum w).
 
-    Each window sees the reference latents (the first `references` frames) in front of its slice of the latent
-    and of every context; the references' velocity is blended the same way."""
+    Each window sees the reference latents (the first `references` frames) in front of its slice of the latent,
+    of every context and of the attention biases (regional prompts: the window's tokens as queries, and as keys
+    of self-attention); the references' velocity is blended the same way. A step cache inside it keeps one cache
+    per window position (the i-th window of every step shares one)."""
 
-    def __init__(self, model, spans: list[tuple[int, int]], weights: list[Tensor], references: int):
-        self.model, self.spans, self.references = model, spans, references
+    staged = False
+
+    def __init__(self, inner, spans: list[tuple[int, int]], weights: list[Tensor], references: int):
+        super().__init__(inner)
+        self.spans, self.references = spans, references
         total = torch.zeros(spans[-1][1], dtype=torch.float64)
         for (a, b), w in zip(spans, weights, strict=True):
             total[a:b] += w
         self.weights = [(w / total[a:b]).float() for (a, b), w in zip(spans, weights, strict=True)]
-        self.compute_dtype = getattr(model, "compute_dtype", None) or next(model.parameters()).dtype
 
-    def parameters(self):
-        return self.model.parameters()
+    def _tokens(self, frames: Tensor, x: Tensor) -> Tensor:
+        """Token indices (t h w order) of latent frames `frames` of x (B, C, T, H, W)."""
+        pt, ph, pw = self.config.patch_size
+        per_frame = (x.shape[3] // ph) * (x.shape[4] // pw)
+        return rearrange(frames[:, None] // pt * per_frame + torch.arange(per_frame), "t n -> (t n)")
 
-    def __call__(self, x, t, text, contexts, strengths, **options):
-        """options (NAG) reach every window's call."""
+    def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
         refs = self.references
         v = torch.zeros_like(x)  # the DiT answers in x's dtype
         for (a, b), w in zip(self.spans, self.weights, strict=True):
-            index = torch.cat([torch.arange(refs), torch.arange(refs + a, refs + b)]).to(x.device)
-            scales = [s[index] if isinstance(s, Tensor) else s for s in strengths]  # per-frame strengths: sliced
-            v_w = self.model(x[:, :, index], t, text, [c[:, :, index] for c in contexts], scales, **options)
+            index = torch.cat([torch.arange(refs), torch.arange(refs + a, refs + b)])
+            tokens = self._tokens(index, x) if self_bias is not None or cross_bias is not None else None
+            scales = [s[index.to(s.device)] if isinstance(s, Tensor) else s for s in strengths]  # per-frame ones
+            v_w = self.inner(x[:, :, index.to(x.device)], t, text, [c[:, :, index.to(c.device)] for c in contexts],
+                             scales, self_bias=narrow_bias(self_bias, queries=tokens, keys=tokens),
+                             cross_bias=narrow_bias(cross_bias, queries=tokens))
             w = torch.cat([torch.full((refs,), 1.0 / len(self.spans)), w]).to(v_w)
-            v[:, :, index] += v_w * w[:, None, None]  # w (T_w,) broadcasts over (B, C, T_w, h, w)
+            v[:, :, index.to(x.device)] += v_w * w[:, None, None]  # w (T_w,) broadcasts over (B, C, T_w, h, w)
         return v
+
+
+class LatentReplacement(Wrapper):
+    """What the DiT sees at this step: the carried latents (latent frames `index`) re-noised to the step's level,
+    (1 - sigma) z + sigma eps (the solver keeps its own x)."""
+
+    staged = False
+
+    def __init__(self, inner, clean: Tensor, noise: Tensor, index: list[int], sigma: float):
+        super().__init__(inner)
+        self.clean, self.noise, self.index, self.sigma = clean, noise, index, sigma
+
+    def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
+        x = x.clone()
+        x[:, :, self.index] = ((1 - self.sigma) * self.clean + self.sigma * self.noise).to(x)
+        return self.inner(x, t, text, contexts, strengths, self_bias=self_bias, cross_bias=cross_bias)
 
 
 @dataclass
@@ -277,6 +307,7 @@ class LongVideo:
     video: Tensor  # (3, T_done, H, W) in [-1, 1]
     windows_done: int
     windows: int
+    cache_stats: CacheStats | None = None  # the step cache's evaluations over every window (None: no cache)
 
     @property
     def interrupted(self) -> bool:
@@ -307,44 +338,34 @@ def _perturb(contexts: list[Tensor], index: list[int], level: float, seed: int) 
     return out
 
 
-def _replacement(clean: Tensor, noise: Tensor, index: list[int]):
-    """model_input for sample_latent: the carried latents re-noised to the current level."""
-    def model_input(x, sigma):
-        x = x.clone()
-        x[:, :, index] = (1 - sigma) * clean + sigma * noise
-        return x
-    return model_input
-
-
 def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[int], positive, negative, streams,
-                  settings, long: LongVideoSettings, callback=None, tiling=None, device=None,
+                  settings, long: LongVideoSettings, callback=None, tiling=None, device=None, regions=None,
                   init_video: Tensor | None = None) -> Tensor:
     """One window: its VCUs (`kept`: the window frames carried over; `free`: the VCUs without them) -> decoded
-    frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate. init_video: the
-    window's frames of the video refined with settings.denoise < 1."""
+    frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate. regions: the
+    window's `regional.Regions` (its slice of the masks). init_video: the window's frames of the video refined
+    with settings.denoise < 1."""
     encode = lambda v: vae.encode(v, tiling=tiling)  # noqa: E731
     contexts = encode_contexts(units, encode)
     init = encode_init(init_video, units[0], encode, settings.denoise)
     refs = len(units[0].references)
     carried = [refs + j for j in kept_latents(kept, units[0].length)]
-    model_input = None
+    layers = []
+    device = device or model.device
     if carried:
-        device = device or next(model.parameters()).device
-        dtype = getattr(model, "compute_dtype", None) or next(model.parameters()).dtype
         clean = contexts[0][:, INACTIVE, carried].to(device)
-        if long.replace_latents:
-            noise = make_noise((1, 16, *contexts[0].shape[2:]), settings.seed, device)[:, :, carried]
-            model_input = _replacement(clean, noise, carried)
         if long.perturbation:
             contexts = _perturb(contexts, carried, long.perturbation, settings.seed)
         if long.carry_guidance:
-            if settings.slg is not None and settings.slg.mode == "uncond":
-                raise VaceError("carry guidance adds its term to the conditional pass, which SLG mode 'uncond' runs "
-                                "apart from the unconditional one: use SLG mode 'third', or carry_guidance 0")
-            contexts = [c.to(device, dtype) for c in contexts]
-            frees = [c.to(device, dtype) for c in encode_contexts(free, encode)]
-            model = CarryGuidance(model, list(zip(contexts, frees, strict=True)), long.carry_guidance)
-    latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, model_input,
+            contexts = [c.to(device, model.compute_dtype) for c in contexts]
+            pairs = list(zip(contexts, [c.to(device, model.compute_dtype) for c in encode_contexts(free, encode)],
+                             strict=True))
+            layers.append(lambda net, step: CarryGuidance(net, pairs, long.carry_guidance))
+        if long.replace_latents:
+            noise = make_noise((1, 16, *contexts[0].shape[2:]), settings.seed, device)[:, :, carried]
+            layers.append(lambda net, step: LatentReplacement(net, clean, noise, carried, step.sigma))
+    layout = regions.for_vcu(units[0]) if regions is not None else None
+    latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, layout, layers,
                            init_latent=init)
     if long.replace_latents and carried:
         latent[:, :, carried] = clean.to(latent)
@@ -386,11 +407,13 @@ def _anchor_colours(frames: Tensor, masks: Tensor, anchor: ColourAnchor | None, 
 def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: Tensor | None = None,
                   streams=None, settings: SamplerSettings | None = None,
                   long: LongVideoSettings = LongVideoSettings(), progress: Progress | None = None, tiling=None,
-                  composite_feather: int | None = None, on_frames=None, device=None,
+                  composite_feather: int | None = None, on_frames=None, device=None, regions=None,
                   init_video: Tensor | None = None) -> LongVideo:
     """A VACE task of any length -> LongVideo (video (3, T, H, W) in [-1, 1]). A VCU of at most `window`
     frames is one window: exactly pipeline.generate. Window i samples with seed + i. progress(window,
     windows, step, steps, x, x0) returning False stops after that step: the finished windows are returned.
+    model: a denoiser or Wan2.2 `Experts` (every window switches expert at the boundary). regions: a
+    `regional.Regions` over the whole video (positive = its text): each window gets its frames of the masks.
     init_video (3, T, H, W) in [-1, 1], the VCU's size and length: video-to-video with settings.denoise < 1, each
     window refining its own frames of it."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
@@ -398,12 +421,16 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
     if len({(v.length, v.size) for v in vcus}) > 1:
         raise VaceError("the VCUs differ in length or size: build every stream at one size and length")
     long.check()
+    if regions is not None:
+        regions.check_length(vcus[0].length)
     if long.mode == "fused":
         return _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
-                               composite_feather, on_frames, device, init_video)
+                               composite_feather, on_frames, device, regions, init_video)
     plan = plan_windows(vcus[0].length, long)
     out = _Output(vcus[0].length, vcus[0].size, on_frames)
     anchor = None if long.colour_anchor is None else ColourAnchor.from_images(long.colour_anchor)
+    cache = settings.step_cache
+    stats = None if cache is None else CacheStats()
     with torch.no_grad():
         for i, window in enumerate(plan):
             log.info("VACE long video: window %d of %d (frames %d-%d, %d carried)", i + 1, len(plan),
@@ -414,34 +441,39 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
             try:
                 frames = sample_window(model, vae, units, free, window.kept, positive, negative, streams,
                                        replace(settings, seed=(settings.seed + i) % (MAX_SEED + 1)), long, step,
-                                       tiling, device, None if init_video is None else init_video[:, window.positions])
+                                       tiling, device, regions and regions.frames(window.positions),
+                                       None if init_video is None else init_video[:, window.positions])
             except SamplingInterrupted:
                 log.warning("VACE long video: stopped in window %d of %d; returning the %d finished frames",
                             i + 1, len(plan), out.emitted)
-                return LongVideo(out.video[:, :out.emitted], i, len(plan))
+                return LongVideo(out.video[:, :out.emitted], i, len(plan), stats)
+            if cache is not None:
+                stats += cache.stats
             frames, anchor = _anchor_colours(frames, units[0].masks, anchor, long)
             if composite_feather is not None:
                 frames = composite(frames, units[0], composite_feather)
             written = list(window.output)
             out.write([window.positions[k] for k in written], frames[:, written])
-    return LongVideo(out.video, len(plan), len(plan))
+    return LongVideo(out.video, len(plan), len(plan), stats)
 
 
 def _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
-                    composite_feather, on_frames, device, init_video) -> LongVideo:
-    """Fused windows over the whole latent; a VCU within one window is exactly pipeline.generate."""
+                    composite_feather, on_frames, device, regions, init_video) -> LongVideo:
+    """Fused windows over the whole latent; a VCU within one window is exactly pipeline.generate. Regional
+    prompts: the whole video's layout, each window attending with its tokens' part of it."""
     with torch.no_grad():
         contexts = encode_contexts(vcus, lambda v: vae.encode(v, tiling=tiling))
         init = encode_init(init_video, vcus[0], lambda v: vae.encode(v, tiling=tiling), settings.denoise)
         refs = len(vcus[0].references)
         spans = fused_spans(contexts[0].shape[2] - refs, (long.window - 1) // TEMPORAL_STRIDE + 1,
                             (long.overlap - 1) // TEMPORAL_STRIDE + 1)
-        fused = model if len(spans) == 1 else \
-            FusedWindows(model, spans, fused_weights(spans, long.fused_weights), refs)
+        weights = fused_weights(spans, long.fused_weights)
+        layers = [] if len(spans) == 1 else [lambda net, step: FusedWindows(net, spans, weights, refs)]
         step = None if progress is None else (lambda s, n, x, x0: progress(0, 1, s, n, x, x0))
+        layout = regions.for_vcu(vcus[0]) if regions is not None else None
         try:
-            latent = sample_latent(fused, contexts, positive, negative, streams, settings, step,
-                                   device or next(model.parameters()).device, init_latent=init)
+            latent = sample_latent(model, contexts, positive, negative, streams, settings, step, device, layout,
+                                   layers, init_latent=init)
         except SamplingInterrupted:
             return LongVideo(torch.zeros(3, 0, *vcus[0].size), 0, 1)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)
@@ -449,4 +481,4 @@ def _generate_fused(model, vae, vcus, positive, negative, streams, settings, lon
         video = composite(video, vcus[0], composite_feather)
     if on_frames is not None:
         on_frames(video)
-    return LongVideo(video, 1, 1)
+    return LongVideo(video, 1, 1, None if settings.step_cache is None else settings.step_cache.stats)

@@ -23,14 +23,22 @@ With CFG (cfg > 1) NAG guides the conditional row only and the unconditional row
 Wan pipeline does (its unconditional pass sees no NAG negative); at cfg 1 the batch is one row and the negative
 prompt acts through NAG alone: one forward per step, the extra cost being the negative keys/values and one more
 attention per cross-attention layer (512 text tokens: small next to self-attention).
+
+How it reaches the DiT (the denoiser contract's attention hooks): the sampler appends the negative prompt's
+features after each row's text (`text_with_negative`), so every block projects K- and V- with its own layers,
+and passes `NagAttention` as the call's cross-attention bias; it splits the keys and values again and guides.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from .attention import attention, block_bias
+from .denoiser import bias_key, narrow_bias
 from .errors import VaceError
+from .text import TEXT_LEN
 
 SCALE, TAU, ALPHA = 10.0, 2.5, 0.25  # kijai's Wan defaults (nag_scale 11 = s + 1, nag_tau 2.5, nag_alpha 0.25)
 
@@ -79,35 +87,55 @@ class NAG:
     def active(self, step: int, steps: int) -> bool:
         return not self.off and self.start <= step / steps < self.end
 
-    def at(self, negative: Tensor) -> "NagText":
-        """These settings with the negative prompt's features (1, L, text_dim), for one model call."""
-        return NagText(self, negative)
+    def hook(self, split: int, rows: int) -> "NagAttention":
+        """The cross-attention hook for a call whose text is [its own prompt (`split` tokens); the NAG negative
+        prompt] and whose first of `rows` batch rows is the conditional one (`text_with_negative`)."""
+        return NagAttention(self, split, (True,) + (False,) * (rows - 1))
+
+
+def text_with_negative(text: Tensor, negative: Tensor) -> tuple[Tensor, int]:
+    """A call's text (B, L, D) with the NAG negative prompt's features (1, Ln, D) after every row's own, each part
+    zero-padded to at least 512 tokens (the DiT's own padding, so every part is exactly what it would attend
+    alone) -> (text (B, split + max(Ln, 512), D), split)."""
+    split = max(text.shape[1], TEXT_LEN)
+    own = F.pad(text, (0, 0, 0, split - text.shape[1]))
+    negative = F.pad(negative, (0, 0, 0, max(0, TEXT_LEN - negative.shape[1]))).to(text)
+    return torch.cat([own, negative.expand(text.shape[0], -1, -1)], 1), split
 
 
 @dataclass(frozen=True)
-class NagText:
-    """What a model call needs for NAG: the settings and the negative prompt's raw text features (1, L, text_dim).
-    Row 0 of the batch (the conditional row) is guided; further rows (CFG's negative) run plainly."""
+class NagAttention:
+    """NAG as a cross-attention hook (`attention.attention`'s bias object, in every main and context block): the
+    keys / values the block projected from the call's text are split at `split` into the row's own prompt
+    (K+, V+) and the negative prompt (K-, V-); rows marked in `guided` get NAG, the others plain attention on
+    their own prompt. `inner`: the attention modulation of the own prompt (regional prompts), or None."""
 
     nag: NAG
-    negative: Tensor
+    split: int
+    guided: tuple[bool, ...]
+    inner: object = None
 
-    def bind(self, embedded: Tensor) -> "BoundNag":
-        return BoundNag(self.nag, embedded)
+    def for_block(self, block):
+        return replace(self, inner=block_bias(self.inner, block))
 
+    def around(self, inner) -> "NagAttention":
+        return replace(self, inner=inner)
 
-@dataclass(frozen=True)
-class BoundNag:
-    """NAG with the negative prompt through the model's text embedding: (1, 512, dim) in the compute dtype."""
+    def narrow(self, rows=None, queries=None, keys=None) -> "NagAttention":
+        guided = self.guided if rows is None else self.guided[rows]
+        return replace(self, guided=guided, inner=narrow_bias(self.inner, rows, queries, keys))
 
-    nag: NAG
-    text: Tensor
-
-    def guide(self, attention, q: Tensor, z_pos: Tensor, project_kv) -> Tensor:
-        """z_pos (B, L, C) from the block's cross-attention; q (B, L, H, D) its query; project_kv(text) -> (k, v)
-        with the block's projections; attention(q, k, v) -> (B, L, C). Row 0 guided, the others unchanged."""
-        k, v = project_kv(self.text)
-        z_neg = attention(q[:1], k, v)
+    @property
+    def cache_key(self) -> tuple:
         n = self.nag
-        guided = normalized_attention_guidance(z_pos[:1], z_neg, n.scale, n.tau, n.alpha).to(z_pos.dtype)
-        return guided if z_pos.shape[0] == 1 else torch.cat([guided, z_pos[1:]])
+        return "nag", n.scale, n.tau, n.alpha, self.guided, bias_key(self.inner)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa") -> Tensor:
+        """q (B, Lq, H, D), k/v (B, split + Ln, H, D) -> (B, Lq, H*D)."""
+        z_pos = attention(q, k[:, :self.split], v[:, :self.split], backend, self.inner)
+        n = sum(self.guided)  # the guided rows lead the batch (row 0: the conditional row)
+        if not n or self.nag.off:
+            return z_pos
+        z_neg = attention(q[:n], k[:n, self.split:], v[:n, self.split:], backend)
+        guided = normalized_attention_guidance(z_pos[:n], z_neg, self.nag.scale, self.nag.tau, self.nag.alpha)
+        return torch.cat([guided.to(z_pos.dtype), z_pos[n:]])

@@ -6,15 +6,17 @@ sample in VACE Sampler, decode in Decode) and the command line can run them in o
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .denoiser import Layer, Step
 from .errors import VaceError
 from .experts import as_experts
-from .nag import NAG
+from .layer_skip import SkipLayers
+from .nag import NAG, text_with_negative
 from .sampling import (
     ContextStream,
     as_stream,
@@ -72,13 +74,40 @@ def _text_batch(positive: Tensor, negative: Tensor | None, dtype) -> Tensor:
     return torch.cat([F.pad(t, (0, 0, 0, length - t.shape[1])) for t in texts]).to(dtype)
 
 
-def _nag_text(nag: NAG | None, negative: Tensor | None, dtype, device):
-    """The NAG settings with the negative prompt's features for the model calls, or None when NAG is off."""
+def _nag_text(nag: NAG | None, negative: Tensor | None, dtype, device) -> Tensor | None:
+    """The negative prompt's features (1, L, D) for NAG, or None when NAG is off."""
     if nag is None or nag.off:
         return None
     if negative is None:
         raise VaceError("NAG steers away from the negative prompt: connect one (Wan's default negative prompt works)")
-    return nag.at(_text_batch(negative, None, dtype).to(device))
+    return _text_batch(negative, None, dtype).to(device)
+
+
+def _check_guidance(settings: SamplerSettings, guided: bool, experts) -> None:
+    """The CFG variants need the unconditional pass; SLG's blocks must exist."""
+    if settings.cfg_zero_star is not None and settings.apg is not None:
+        raise VaceError("CFG-Zero* and APG both replace the CFG combination: choose one")
+    needs_uncond = [name for name, on in (("CFG-Zero*", settings.cfg_zero_star), ("APG", settings.apg),
+                                          ("SLG mode 'uncond'", settings.slg and settings.slg.mode == "uncond")) if on]
+    if needs_uncond and not guided:
+        raise VaceError(f"{needs_uncond[0]} changes the unconditional (negative-prompt) pass, which guidance 1 does "
+                        "not run: raise cfg above 1 with a negative prompt, or use SLG mode 'third' / NAG at cfg 1")
+    if settings.slg is not None:
+        settings.slg.check_model(experts.config.num_layers)
+
+
+def _guide(call, settings: SamplerSettings, x: Tensor, sigma: float, step: int, rows: int, guidance: float) -> Tensor:
+    """The step's velocity: CFG (or CFG-Zero* / APG) over the two rows, SLG's blocks skipped in the unconditional
+    row or in a third pass; plain CFG, bit for bit, when every variant is off. x: what the model saw (float)."""
+    slg = settings.slg if settings.slg is not None and settings.slg.active(step, settings.steps) else None
+    v = call(rows, (False, True) if rows == 2 and slg is not None and slg.mode == "uncond" else ())
+    v_cond = v[:1]
+    if rows == 2:
+        v = combine(v_cond, v[1:], guidance, x, sigma, step, settings.cfg_zero_star, settings.apg)
+    if slg is not None and slg.mode == "third":
+        d = slg_third_pass(x - sigma * v, x - sigma * v_cond, x - sigma * call(1, (True,)), slg.scale, slg.rescale)
+        v = (x - d) / sigma
+    return v
 
 
 def _start(noise: Tensor, sigma: float, denoise: float, init: Tensor | None, context: Tensor) -> Tensor:
@@ -93,77 +122,37 @@ def _start(noise: Tensor, sigma: float, denoise: float, init: Tensor | None, con
     refs = context.shape[2] - init.shape[2]
     if init.shape[:2] != (1, 16) or init.shape[3:] != noise.shape[3:] or refs < 0:
         raise VaceError(f"the init latent is {tuple(init.shape)}; it must be (1, 16, frames, {noise.shape[3]}, "
-                        f"{noise.shape[4]}) for this VCU ({noise.shape[2]} latent frames with the references, "
-                        f"{noise.shape[2] - refs if refs >= 0 else '?'} without): encode the init video at the VCU's "
-                        "size and length")
+                        f"{noise.shape[4]}) for this VCU ({noise.shape[2]} latent frames with the references): "
+                        "encode the init video at the VCU's size and length")
     if refs:  # the reference latents (mask 0: the context's inactive channels are their encoding) go in front
         init = torch.cat([context[:, :16, :refs].to(noise), init], 2)
     return sigma * noise + (1 - sigma) * init
 
 
-def _check_guidance(settings: SamplerSettings, guided: bool, experts) -> None:
-    """The CFG variants need the unconditional pass; SLG's blocks must exist."""
-    if settings.cfg_zero_star is not None and settings.apg is not None:
-        raise VaceError("CFG-Zero* and APG both replace the CFG combination: choose one")
-    needs_uncond = [name for name, on in (("CFG-Zero*", settings.cfg_zero_star), ("APG", settings.apg),
-                                          ("SLG mode 'uncond'", settings.slg and settings.slg.mode == "uncond")) if on]
-    if needs_uncond and not guided:
-        raise VaceError(f"{needs_uncond[0]} changes the unconditional (negative-prompt) pass, which guidance 1 does "
-                        "not run: raise cfg above 1 with a negative prompt, or use SLG mode 'third' / NAG at cfg 1")
-    if settings.slg is not None:
-        for net in {id(e): e for e in (experts.high, experts.low)}.values():
-            config = getattr(net, "config", None)
-            if config is not None:
-                settings.slg.check_model(config.num_layers)
-
-
-def _row_options(regions, timestep, step, steps, rows, first, n) -> dict:
-    """The regional attention biases for batch rows first..first+n of the CFG batch (row 0 conditional)."""
-    if regions is None:
-        return {}
-    biases = regions.biases(timestep, step, steps, rows)
-    if n == rows:
-        return biases
-    return {k: replace(b, weight=b.weight[first:first + n] if len(b.weight) > 1 else b.weight)
-            for k, b in biases.items()}
-
-
-def _guide(call, settings: SamplerSettings, x, sigma, step, rows, guidance) -> Tensor:
-    """The step's velocity from the model calls: CFG (or CFG-Zero* / APG) over the branches, SLG's skipped blocks
-    in the unconditional pass or a third pass; plain CFG, bit for bit, when every variant is off."""
-    slg = settings.slg if settings.slg is not None and settings.slg.active(step, settings.steps) else None
-    if rows == 2 and slg is not None and slg.mode == "uncond":
-        v_cond, v_uncond = call("cond"), call("uncond", skip=slg.blocks)
-    else:
-        v = call("cfg")
-        v_cond, v_uncond = v[:1], v[1:]
-    v = v_cond if rows == 1 else combine(v_cond, v_uncond, guidance, x.float(), sigma, step,
-                                         settings.cfg_zero_star, settings.apg)
-    if slg is not None and slg.mode == "third":
-        x = x.float()
-        d = slg_third_pass(x - sigma * v, x - sigma * v_cond, x - sigma * call("cond", skip=slg.blocks),
-                           slg.scale, slg.rescale)
-        v = (x - d) / sigma
-    return v
-
-
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
-                  callback=None, device=None, model_input=None, regions=None, init_latent=None) -> Tensor:
+                  callback=None, device=None, regions=None, layers: Sequence[Layer] = (),
+                  init_latent: Tensor | None = None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
-    model: a VaceTransformer, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
+    model: a `denoiser.Denoiser`, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
     t >= boundary, then the low-noise one and its guidance). streams: (strength, start, end) per context, default
     full strength over every step. Guidance runs the negative prompt in the same batch (with the same contexts,
-    as the reference does); guidance 1 skips it. settings.step_cache (TeaCache) skips the blocks of steps it
-    deems redundant. settings.nag (Normalized Attention Guidance) steers row 0's cross-attention away from the
-    negative prompt, at any guidance (at 1 it is the only use of the negative prompt); it needs `negative`.
-    callback(step, total, x, x0_preview) may stop the run (see sampling.sample).
-    model_input(x, sigma) -> x is what the DiT sees at each step (the solver keeps its own x): long video
-    re-noises carried-over latents there. regions: a `regional.RegionalLayout` (`Regions.for_vcu`): regional
-    prompts, `positive` being their text. init_latent: video-to-video with settings.denoise < 1, the video's latent
-    (1, 16, T_lat, H/8, W/8), the references' latents in front or not (they are taken from the first VCU then);
-    sampling starts at the schedule's sigma for that fraction (`denoise_sigmas`) from it, noised with the seed.
+    as the reference does); guidance 1 skips it. callback(step, total, x, x0_preview) may stop the run (see
+    sampling.sample). device: where the inputs go (default: the model's).
+
+    Features reach the denoiser as layers (vace_core.denoiser): every step, the expert of the timestep gets
+    settings.step_cache (TeaCache: skips the blocks of steps it deems redundant), then `layers` in order (long
+    video's window blending, carry guidance, latent replacement), then `regions` (a `regional.RegionalLayout`
+    from `Regions.for_vcu`: regional prompts, `positive` being their text).
+
+    Guidance variants (each off by default: plain CFG): settings.nag (NAG: row 0's cross-attention steered away
+    from the negative prompt, at any guidance, as an attention hook), settings.slg (skip-layer guidance: blocks
+    skipped in the unconditional row, or a third pass), settings.cfg_zero_star / settings.apg (the combination
+    of the two rows). Streams may carry strength curves and per-frame weights (`sampling.curves`).
+    init_latent: video-to-video with settings.denoise < 1, the video's latent (1, 16, T_lat, H/8, W/8), the
+    references' latents in front or not (they are taken from the first VCU then); sampling starts at the
+    schedule's sigma for that fraction (`denoise_sigmas`) from it, noised with the seed.
     """
     streams = [as_stream(s) for s in streams] if streams is not None else [ContextStream()] * len(contexts)
     if len(streams) != len(contexts):
@@ -172,54 +161,55 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
         raise VaceError("VACE needs at least one VCU (use text_to_video() for plain text-to-video)")
     sigmas = denoise_sigmas(settings.steps, settings.shift, settings.schedule, settings.denoise)
     experts = as_experts(model)
-    first, _ = experts.at(sigma_to_timestep(float(sigmas[0]), settings.schedule), settings.guidance)
-    dtype = getattr(first, "compute_dtype", next(first.parameters()).dtype)
-    device = device or next(first.parameters()).device  # given when weights stream from the CPU (low VRAM)
+    dtype, device = experts.compute_dtype, device or experts.device
     guided = negative is not None and any(g != 1 for g in experts.guidances(settings.guidance))
     text = _text_batch(positive, negative if guided else None, dtype).to(device)
-    nag = _nag_text(settings.nag, negative, dtype, device)
     contexts = [c.to(device, dtype) for c in contexts]
     weights = [w if w is None else w.to(device) for w in frame_weights(streams, contexts[0].shape[2])]
+    nag = _nag_text(settings.nag, negative, dtype, device)
     if regions is not None:
         regions.regions.check_text(positive)
     _check_guidance(settings, guided, experts)
-    run_model = settings.step_cache or (lambda net, *args, step, key, strengths, branch, **options:
-                                        net(*args, **options))
-    if settings.step_cache is not None:
-        settings.step_cache.begin(settings.steps)
+    cache = settings.step_cache
+    stack = [*([cache.layer] if cache is not None else []), *layers, *([regions.layer] if regions is not None else [])]
+    if cache is not None:
+        cache.begin(settings.steps)
     if settings.apg is not None:
         settings.apg.begin()
 
-    def denoise(x, sigma, step):
-        if model_input is not None:
-            x = model_input(x, sigma)
+    def denoise(x, sigma, i):
         timestep = sigma_to_timestep(sigma, settings.schedule)
         net, guidance = experts.at(timestep, settings.guidance)
+        strengths = context_strengths(streams, i, settings.steps)
+        step = Step(i, settings.steps, sigma, timestep, tuple(strengths))
+        for layer in stack:
+            net = layer(net, step)
         rows = 2 if guided and guidance != 1 else 1  # a cfg-1 expert skips the negative pass
-        strengths = context_strengths(streams, step, settings.steps)
         active = [(c, s if w is None else s * w) for c, s, w in zip(contexts, strengths, weights, strict=True) if s]
         x = x.to(dtype)
-        t = torch.full((1,), timestep, device=device)
 
-        def call(branch: str, **options):
-            """One model call for `branch`: "cfg" (both rows batched), "cond" or "uncond" (one row each)."""
-            n, first = (rows, 0) if branch == "cfg" else (1, int(branch == "uncond"))
-            options |= _row_options(regions, timestep, step, settings.steps, rows, first, n)
-            if nag is not None and first == 0 and settings.nag.active(step, settings.steps):
-                options["nag"] = nag  # only when on: long-video wrappers take no keyword they do not need
+        def call(n: int, skip: tuple[bool, ...] = ()):
+            """The first n rows of the CFG batch through this step's denoiser, the rows marked in `skip` without
+            SLG's blocks."""
+            own = text[:n]
+            self_bias = SkipLayers(frozenset(settings.slg.blocks), skip) if any(skip) else None
+            cross_bias = None
+            if nag is not None and settings.nag.active(i, settings.steps):
+                own, split = text_with_negative(own, nag)
+                cross_bias = settings.nag.hook(split, n)
             with torch.no_grad():
-                return run_model(net, x.expand(n, -1, -1, -1, -1), t.expand(n), text[first:first + n],
-                                 [c for c, _ in active], [s for _, s in active], step=step,
-                                 key=tuple(sorted(options)), strengths=strengths, branch=branch, **options).float()
+                return net(x.expand(n, -1, -1, -1, -1), torch.full((n,), timestep, device=device), own,
+                           [c for c, _ in active], [s for _, s in active], self_bias=self_bias,
+                           cross_bias=cross_bias).float()
 
-        return _guide(call, settings, x, sigma, step, rows, guidance)
+        return _guide(call, settings, x.float(), sigma, i, rows, guidance)
 
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
     start = _start(noise, float(sigmas[0]), settings.denoise, init_latent, contexts[0])
     latent = sample(denoise, start, sigmas, settings.solver, callback, generator)
-    if settings.step_cache is not None:
-        log.info("%s", settings.step_cache.stats)
+    if cache is not None:
+        log.info("%s", cache.stats)
     return latent
 
 

@@ -26,13 +26,14 @@ encoded alone (as VideoGrain does); otherwise they are appended after the global
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor
 
+from .denoiser import Step, Wrapper, compose_bias
 from .errors import VaceError
 from .vcu.pixels import resize_masks, to_masks
 
@@ -188,6 +189,21 @@ class STLayoutAttention:
             return self if self.context_blocks else None
         return self if self.blocks is None or block in self.blocks else None
 
+    def narrow(self, rows=None, queries=None, keys=None) -> "STLayoutAttention":
+        """This modulation for batch `rows` (a slice), query tokens `queries` and key tokens `keys` (index
+        tensors; a query index of -1 is padding: no region, not modulated), as long-video windows and sequence
+        shards need it (`denoiser.narrow_bias`)."""
+        query_groups, weight, key_groups = self.query_groups, self.weight, self.key_groups
+        if rows is not None and len(weight) > 1:
+            weight = weight[rows]
+        if queries is not None:
+            real = (queries >= 0).to(weight)
+            query_groups = query_groups[queries.clamp(min=0)] * real[:, None]
+            weight = weight[:, queries.clamp(min=0)] * real
+        if keys is not None:
+            key_groups = key_groups[keys]
+        return replace(self, query_groups=query_groups, key_groups=key_groups, weight=weight)
+
     def _check(self, q, k):
         if (q.shape[1], k.shape[1]) != (len(self.query_groups), len(self.key_groups)):
             raise VaceError(f"the regional layout is for {len(self.query_groups)} queries and "
@@ -261,6 +277,18 @@ class Regions:
             raise VaceError("the positive conditioning is not the regional prompts' text: connect the Regional "
                             "Prompts node's `positive` output to the sampler's positive input")
 
+    def check_length(self, length: int):
+        """A video of `length` frames needs one mask for all frames, or one per frame."""
+        if self.masks.shape[1] != 1 and self.masks.shape[1] < length:
+            raise VaceError(f"the region masks have {self.masks.shape[1]} frames but the video has {length}: give "
+                            "one mask per frame, or a single mask for all frames")
+
+    def frames(self, positions: Sequence[int]) -> "Regions":
+        """The regions on the video frames `positions` (a long-video window): the same text, those frames of the
+        masks (a single mask stays)."""
+        masks = self.masks if self.masks.shape[1] == 1 else self.masks[:, list(positions)]
+        return replace(self, masks=masks)
+
     def for_vcu(self, vcu) -> "RegionalLayout":
         """The layout on the token grid of the latent `vcu` conditions (its references first)."""
         t, h, w = vcu.latent_shape
@@ -297,6 +325,10 @@ class RegionalLayout:
         has_prompt = self.text_groups.amax(0)  # (G,): the background counts only with a background prompt
         self.cross_weight = r.cross_strength * (a * (1 - per_frame[frame_of]) * has_prompt).sum(1)
 
+    def layer(self, net, step: Step) -> "Regional":
+        """The sampler's regional-prompt layer (see vace_core.denoiser): `net` with this step's biases."""
+        return Regional(net, self, step)
+
     def biases(self, t: float, step: int, steps: int, batch: int) -> dict:
         """The model's attention biases at `step` of `steps` with timestep t: self-attention modulated in every
         batch row, cross-attention in row 0 only (the positive prompt; row 1 is CFG's negative)."""
@@ -308,3 +340,21 @@ class RegionalLayout:
         a = self.membership
         return {"self_bias": STLayoutAttention(a, a, xi * self.self_weight[None], **options),
                 "cross_bias": STLayoutAttention(a, self.text_groups, xi * rows * self.cross_weight[None], **options)}
+
+
+class Regional(Wrapper):
+    """One step's denoiser with the regional prompts' attention biases (for the batch of each call)."""
+
+    staged = False
+
+    def __init__(self, inner, layout: RegionalLayout, step: Step):
+        super().__init__(inner)
+        self.layout, self.step = layout, step
+
+    def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
+        """Hooks given by the caller (NAG, skip-layer guidance) wrap the regions' modulation (`compose_bias`)."""
+        step = self.step
+        biases = self.layout.biases(step.timestep, step.index, step.total, x.shape[0])
+        return self.inner(x, t, text, contexts, strengths,
+                          self_bias=compose_bias(self_bias, biases.get("self_bias")),
+                          cross_bias=compose_bias(cross_bias, biases.get("cross_bias")))

@@ -10,9 +10,14 @@ saved work is the blocks (main and context), nearly all of a forward.
 VACE-aware: the residual includes the context blocks' hints scaled by each VCU stream's strength, so a cached
 evaluation never reuses a residual computed under other stream strengths: a stream's start/end window opening
 or closing forces a computed step, and so does a strength curve once any stream's strength has moved more than
-STRENGTH_TOLERANCE (0.05, absolute) from the strength the residual was computed under. Caches are per CFG branch (the residual keeps one row per branch of the
+STRENGTH_TOLERANCE (0.05, absolute) from the strength the residual was computed under. Attention hooks (NAG,
+skip-layer guidance, regional prompts) are part of the key: switching one on or off forces a computed step. Caches are per CFG branch (the residual keeps one row per branch of the
 batched forward; a change of branches forces a computed step) and per denoiser (Wan2.2's two experts each keep
-their own). A cache is reset at the start of every sampling run (so per long-video window too).
+their own), and per call of a step (`Cached`: the i-th call of every step shares a cache, so fused long-video
+windows keep one cache per window position, and carry guidance's window-free pass its own). A cache is reset at
+the start of every sampling run (so per long-video window too). On several processes the decision is agreed
+(`Denoiser.agree`): every rank skips or computes together (the decision input, the timestep embedding, is the
+same on every rank anyway), and each rank keeps the residual of its own shard of tokens.
 
 The decision rule is the published one (TeaCache4Wan2.1): the first `retention` steps always run, the last
 step too in the timestep-embedding mode; otherwise acc += poly(|inp - prev|_1 / |prev|_1) and the blocks are
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .denoiser import Step, Wrapper, bias_key, require_staged
 from .errors import VaceError
 
 # TeaCache4Wan2.1's rescaling polynomials (highest power first), fitted on Wan2.1 T2V; keyed by (mode, dim).
@@ -61,6 +67,9 @@ class CacheStats:
 
     computed: int = 0
     skipped: int = 0
+
+    def __add__(self, other: "CacheStats") -> "CacheStats":
+        return CacheStats(self.computed + other.computed, self.skipped + other.skipped)
 
     def __str__(self):
         total = self.computed + self.skipped
@@ -128,29 +137,55 @@ class TeaCache:
         state.prev = inp
         return compute
 
+    def layer(self, net, step: Step) -> "Cached":
+        """The sampler's step cache layer (see vace_core.denoiser): `net` with this cache, for one step."""
+        return Cached(net, self, step)
+
     def __call__(self, model, x, t, context, vace_context=(), vace_scale=(), *, step: int, key: tuple = (),
-                 strengths: tuple = (), branch: str = "cfg", **block_kwargs) -> torch.Tensor:
+                 strengths: tuple = (), slot: int = 0, self_bias=None, cross_bias=None) -> torch.Tensor:
         """The model's forward (same arguments and result) with the blocks skipped when the cache allows.
 
-        step: the step index in the run (from 0); key: what else the residual depends on besides x and t, compared
-        exactly (the sampler passes the attention options in use); strengths: every stream's strength at this step,
-        compared within STRENGTH_TOLERANCE; branch: which CFG branch this call computes
-        ("cfg": both rows batched; "cond" / "uncond" when guidance runs them apart): each keeps its own cache;
-        block_kwargs go to run_blocks."""
+        model: a staged denoiser; step: the step index in the run (from 0); key: what else the residual depends
+        on besides x and t, compared exactly (the attention hooks in use); strengths: every stream's strength at
+        this step, compared within STRENGTH_TOLERANCE; slot: which call of the step this is (each slot has its
+        own cache)."""
         if self.threshold == 0:
             self.stats.computed += x.shape[0]
-            return model(x, t, context, vace_context, vace_scale, **block_kwargs)
-        model._check(x, context, vace_context, vace_scale)
+            return model(x, t, context, vace_context, vace_scale, self_bias=self_bias, cross_bias=cross_bias)
+        require_staged(model, "TeaCache")
+        model.check(x, vace_context, vace_scale)
         tokens = model.embed(x, t, context, vace_context)
-        state = self._states.setdefault((id(model), branch), DenoiserCache())
+        state = self._states.setdefault((id(model), slot), DenoiserCache())
         key = (tuple(key), x.shape[0])
         inp = tokens.t_emb if self.mode == "t_emb" else tokens.e
         strengths = tuple(strengths)
-        if self.should_compute(state, inp, step, key, self._coefficients(model), strengths):
-            out = model.run_blocks(tokens, vace_scale, **block_kwargs)
+        if model.agree(self.should_compute(state, inp, step, key, self._coefficients(model), strengths)):
+            # another rank's decision to compute restarts the estimate here too
+            state.acc, state.key, state.strengths = 0.0, key, strengths
+            out = model.run_blocks(tokens, vace_scale, self_bias, cross_bias)
             state.residual = out - tokens.x
             self.stats.computed += x.shape[0]
         else:
             out = tokens.x + state.residual
             self.stats.skipped += x.shape[0]
         return model.unpatchify(out, tokens, x.dtype)
+
+
+class Cached(Wrapper):
+    """One step's denoiser with TeaCache: the blocks of `inner` (a staged denoiser) skipped when the cache allows.
+    The i-th call within the step uses cache slot i; the key is the attention hooks in use (`denoiser.bias_key`:
+    NAG, skip-layer guidance, regional prompts' first steps), and every stream's strength within a tolerance."""
+
+    staged = False
+
+    def __init__(self, inner, cache: TeaCache, step: Step):
+        if cache.threshold:
+            require_staged(inner, "TeaCache")
+        super().__init__(inner)
+        self.cache, self.step, self.calls = cache, step, 0
+
+    def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
+        slot, self.calls = self.calls, self.calls + 1
+        return self.cache(self.inner, x, t, text, contexts, strengths, step=self.step.index, slot=slot,
+                          key=(bias_key(self_bias), bias_key(cross_bias)), strengths=self.step.strengths,
+                          self_bias=self_bias, cross_bias=cross_bias)

@@ -16,8 +16,10 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .attention import attention, block_bias, resolve_backend
+from .denoiser import narrow_bias
 from .config import VaceConfig
 from .errors import VaceError
+from .layer_skip import SkipRows
 from .rope import apply_rope, rope_angles, rope_cos_sin, upcast
 
 
@@ -67,24 +69,14 @@ class Attention(nn.Module):
     def _rms(self, norm, x):  # norm in fp32, back to the compute dtype
         return norm(upcast(x)).to(x.dtype)
 
-    def _heads(self, t):
-        return rearrange(t, "b l (h d) -> b l h d", h=self.num_heads)
-
-    def _kv(self, kv):
-        """Keys and values (B, Lk, H, D) of kv (B, Lk, dim), keys RMS-normalised."""
-        return self._heads(self._rms(self.norm_k, self.k(kv))), self._heads(self.v(kv))
-
-    def forward(self, x, context=None, rope=None, bias=None, nag=None):
-        """x (B, L, dim) in compute dtype; context (B, Lc, dim) for cross-attention; rope = (cos, sin);
-        nag: `nag.BoundNag` (cross-attention only): Normalized Attention Guidance against its negative text."""
-        q = self._heads(self._rms(self.norm_q, self.q(x)))
-        k, v = self._kv(x if context is None else context)
+    def forward(self, x, context=None, rope=None, bias=None):
+        """x (B, L, dim) in compute dtype; context (B, Lc, dim) for cross-attention; rope = (cos, sin)."""
+        kv = x if context is None else context
+        q, k = self._rms(self.norm_q, self.q(x)), self._rms(self.norm_k, self.k(kv))
+        q, k, v = (rearrange(t, "b l (h d) -> b l h d", h=self.num_heads) for t in (q, k, self.v(kv)))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = self.attend(q, k, v, self.backend, bias)
-        if nag is not None:  # the negative prompt is global: its attention takes no regional bias
-            out = nag.guide(lambda *qkv: self.attend(*qkv, self.backend), q, out, self._kv)
-        return self.o(out)
+        return self.o(self.attend(q, k, v, self.backend, bias))
 
 
 class WanBlock(nn.Module):
@@ -110,17 +102,16 @@ class WanBlock(nn.Module):
                                  ops.Linear(cfg.ffn_dim, dim, **factory))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim, **factory) / dim**0.5)
 
-    def forward(self, x, e, text, rope, self_bias=None, cross_bias=None, nag=None):
-        """x (B, L, dim) fp32 residual stream; e (B, 6, dim) fp32; text (B, 512, dim) in compute dtype;
-        nag: `nag.BoundNag` for the cross-attention, or None."""
+    def forward(self, x, e, text, rope, self_bias=None, cross_bias=None):
+        """x (B, L, dim) fp32 residual stream; e (B, 6, dim) fp32; text (B, 512, dim) in compute dtype."""
         cd = text.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = rearrange(
             self.modulation.to(e) + e, "b six d -> six b 1 d")
         y = self.self_attn(self._modulate(self.norm1, x, shift1, scale1).to(cd), rope=rope, bias=self_bias)
         if self.lean:  # out of place: x may be x0, which the context blocks read later
-            return self._lean_rest(torch.addcmul(x, y, gate1), text, cross_bias, nag, shift2, scale2, gate2)
+            return self._lean_rest(torch.addcmul(x, y, gate1), text, cross_bias, shift2, scale2, gate2)
         x = x + y.to(x.dtype) * gate1
-        x = x + self.cross_attn(self.norm3(x).to(cd), context=text, bias=cross_bias, nag=nag).to(x.dtype)
+        x = x + self.cross_attn(self.norm3(x).to(cd), context=text, bias=cross_bias).to(x.dtype)
         y = self.ffn(self._modulate(self.norm2, x, shift2, scale2).to(cd))
         return x + y.to(x.dtype) * gate2
 
@@ -129,9 +120,9 @@ class WanBlock(nn.Module):
         y = norm(x)
         return y.mul_(1 + scale).add_(shift) if self.lean else y * (1 + scale) + shift
 
-    def _lean_rest(self, x, text, cross_bias, nag, shift, scale, gate):
+    def _lean_rest(self, x, text, cross_bias, shift, scale, gate):
         """Cross-attention and FFN written into x (B, L, dim), which this block owns."""
-        x.add_(self.cross_attn(self.norm3(x).to(text.dtype), context=text, bias=cross_bias, nag=nag))
+        x.add_(self.cross_attn(self.norm3(x).to(text.dtype), context=text, bias=cross_bias))
         for part in x.split(self.ffn_chunk or x.shape[1], dim=1):  # views of x: the FFN is per token
             part.addcmul_(self.ffn(self._modulate(self.norm2, part, shift, scale).to(text.dtype)), gate)
         return x
@@ -149,11 +140,11 @@ class ContextBlock(WanBlock):
             self.before_proj = ops.Linear(cfg.dim, cfg.dim, **factory)
         self.after_proj = ops.Linear(cfg.dim, cfg.dim, **factory)
 
-    def forward(self, c, x0, e, text, rope, self_bias=None, cross_bias=None, nag=None):
+    def forward(self, c, x0, e, text, rope, self_bias=None, cross_bias=None):
         """c (B, L, dim) fp32 context stream -> (next c, hint (B, L, dim) fp32)."""
         if hasattr(self, "before_proj"):
             c = self.before_proj(c.to(text.dtype)).to(x0.dtype) + x0
-        c = super().forward(c, e, text, rope, self_bias, cross_bias, nag)
+        c = super().forward(c, e, text, rope, self_bias, cross_bias)
         return c, self.after_proj(c.to(text.dtype)).to(c.dtype)
 
 
@@ -170,8 +161,19 @@ class Head(nn.Module):
         return self.head(self.norm(x) * (1 + scale) + shift)
 
 
+def _rows(x: torch.Tensor, rows: slice, part: torch.Tensor) -> torch.Tensor:
+    """x (B, ...) with its batch rows `rows` replaced by `part`."""
+    return torch.cat([x[:rows.start], part, x[rows.stop:]])
+
+
 class VaceTransformer(nn.Module):
-    """Wan2.1 DiT + VACE context blocks. One or more VCU context streams, each with its own strength."""
+    """Wan2.1 DiT + VACE context blocks. One or more VCU context streams, each with its own strength.
+
+    A `denoiser.Denoiser` (staged): `compute_dtype` is the activations' dtype (set by the loader; by default the
+    weights' dtype), `device` where its inputs go (by default where its weights are; a caller streaming the
+    weights from the CPU sets it)."""
+
+    staged = True
 
     def __init__(self, config: VaceConfig, operations=nn, device=None, dtype=None, attention_backend="auto"):
         super().__init__()
@@ -193,6 +195,31 @@ class VaceTransformer(nn.Module):
                                          for i in range(len(cfg.vace_layers)))
         self.context_block_after = {layer: i for i, layer in enumerate(cfg.vace_layers)}
         self._rope_cache = {}
+        self._compute_dtype = None
+        self._device = None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The loader's choice, else the dtype of the weights (float32 for fp8 storage)."""
+        if self._compute_dtype is not None:
+            return self._compute_dtype
+        dtype = self.patch_embedding.weight.dtype
+        return dtype if dtype.itemsize > 1 else torch.float32
+
+    @compute_dtype.setter
+    def compute_dtype(self, dtype: torch.dtype):
+        self._compute_dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device or self.patch_embedding.weight.device
+
+    @device.setter
+    def device(self, device):
+        self._device = None if device is None else torch.device(device)
+
+    def agree(self, flag: bool) -> bool:
+        return flag
 
     def _rope(self, grid, device, dtype) -> tuple:
         """RoPE (cos, sin) for a token grid: computed once per (grid, device, dtype), reused every step."""
@@ -206,10 +233,8 @@ class VaceTransformer(nn.Module):
         """(B, C, T, H, W) -> (B, L, dim) tokens, embedded in float32 (or wider) like the reference."""
         return rearrange(embed(video.to(dtype)), "b d t h w -> b (t h w) d")
 
-    def _check(self, x, context, vace_context, vace_scale, nag=None):
-        if nag is not None and (nag.negative.ndim != 3 or nag.negative.shape[-1] != self.config.text_dim):
-            raise VaceError(f"the NAG negative prompt is {tuple(nag.negative.shape)}: it must be text features "
-                            f"(1, tokens, {self.config.text_dim}) from this model's text encoder")
+    def check(self, x, vace_context, vace_scale):
+        """The call's input checks: one strength per stream, each stream shaped like the latent."""
         if len(vace_context) != len(vace_scale):
             raise VaceError(f"{len(vace_context)} VACE context streams but {len(vace_scale)} strengths: "
                             "give one strength per stream.")
@@ -233,42 +258,43 @@ class VaceTransformer(nn.Module):
 
         t_emb = self.time_embedding(sinusoid(t, cfg.freq_dim).to(hp))  # (B, dim)
         e = rearrange(self.time_projection(t_emb), "b (six d) -> b six d", six=6)
-        text = self.embed_text(context, cd)
+        # zero-padded to 512 as the reference; longer prompts (ComfyUI's tokenizer does not truncate) are
+        # attended whole, as ComfyUI's native Wan model does
+        text = nn.functional.pad(context, (0, 0, 0, max(0, cfg.text_len - context.shape[1])))
+        text = self.text_embedding(text.to(cd))
+
         x = self._patchify(self.patch_embedding, x, hp)
         streams = [self._patchify(self.vace_patch_embedding, c, hp).expand_as(x) for c in vace_context]
         return Tokens(x, x, streams, e, t_emb, text, rope, grid)
 
-    def embed_text(self, context, dtype) -> torch.Tensor:
-        """Text features (B, L, text_dim) -> (B, max(L, 512), dim) in `dtype`."""
-        # zero-padded to 512 as the reference; longer prompts (ComfyUI's tokenizer does not truncate) are
-        # attended whole, as ComfyUI's native Wan model does
-        text = nn.functional.pad(context, (0, 0, 0, max(0, self.config.text_len - context.shape[1])))
-        return self.text_embedding(text.to(dtype))
-
-    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None, nag=None,
-                   skip=()) -> torch.Tensor:
-        """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim). nag: a
-        `nag.NagText` (Normalized Attention Guidance in every cross-attention, main and context blocks) or None.
-        skip: main block indices left out (skip-layer guidance): x passes them unchanged and gets no hint there;
-        the context blocks still run, so the later hints are those of the full forward."""
+    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None) -> torch.Tensor:
+        """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim). A stream's
+        strength is a number, or per token (1, L, 1) (`token_scale` of per-frame strengths). A block whose
+        self-attention bias is a `layer_skip.SkipRows` runs on the rows that keep it only, and only they get its
+        hint (skip-layer guidance)."""
         x, streams = tokens.x, list(tokens.streams)
         e, text, rope = tokens.e, tokens.text, tokens.rope
-        if nag is not None and nag.nag.off:
-            nag = None
-        if nag is not None:
-            nag = nag.bind(self.embed_text(nag.negative.to(text.device), text.dtype))
         context_bias = block_bias(self_bias, "context"), block_bias(cross_bias, "context")
-        vace_scale = [token_scale(scale, tokens.grid) for scale in vace_scale]
+        scales = [token_scale(scale, tokens.grid) for scale in vace_scale]
         for i, block in enumerate(self.blocks):
-            if i not in skip:
-                x = block(x, e, text, rope, block_bias(self_bias, i), block_bias(cross_bias, i), nag)
+            bias, cross, kept = block_bias(self_bias, i), block_bias(cross_bias, i), slice(None)
+            if isinstance(bias, SkipRows):  # skip-layer guidance: only the rows that keep this block run it
+                kept = bias.kept(x.shape[0])
+                bias, cross = narrow_bias(bias.inner, rows=kept), narrow_bias(cross, rows=kept)
+            if kept == slice(None):
+                x = block(x, e, text, rope, bias, cross)
+            elif kept is not None:
+                x = _rows(x, kept, block(x[kept], e[kept], text[kept], rope, bias, cross))
             j = self.context_block_after.get(i)
             if j is None:
                 continue
-            for s, scale in enumerate(vace_scale):  # interleaved: one hint alive at a time
-                streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope, *context_bias, nag)
-                if i not in skip:
-                    x = x + hint * (scale.to(hint) if isinstance(scale, torch.Tensor) else scale)
+            for s, scale in enumerate(scales):  # interleaved: one hint alive at a time
+                streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope, *context_bias)
+                hint = hint * (scale.to(hint) if isinstance(scale, torch.Tensor) else scale)
+                if kept == slice(None):
+                    x = x + hint
+                elif kept is not None:
+                    x = _rows(x, kept, x[kept] + hint[kept])
         return x
 
     def unpatchify(self, x, tokens: Tokens, dtype) -> torch.Tensor:
@@ -282,8 +308,7 @@ class VaceTransformer(nn.Module):
         return rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
                          t=t, h=h, w=w, pt=pt, ph=ph, pw=pw).to(dtype)
 
-    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None, nag=None,
-                skip=()):
+    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None):
         """Predicts the flow velocity.
 
         x (B, in_dim, T, H, W) noisy latent (reference latents first along T), its dtype is the compute dtype;
@@ -293,12 +318,10 @@ class VaceTransformer(nn.Module):
         Returns (B, out_dim, T, H, W) in x's dtype.
         self_bias / cross_bias: `attention.attention`'s bias for the main blocks' self-/cross-attention, or a
         modulation object that also chooses its blocks (regional prompts: `regional.STLayoutAttention`).
-        nag: `nag.NagText` (the NAG settings and the negative prompt's features) guides row 0's cross-attention.
-        skip: main blocks to leave out (skip-layer guidance; see run_blocks).
 
         The three stages (embed, run_blocks, unpatchify) are public so wrappers (step caching, sequence
         parallelism) can work between them.
         """
-        self._check(x, context, vace_context, vace_scale, nag)
+        self.check(x, vace_context, vace_scale)
         tokens = self.embed(x, t, context, vace_context)
-        return self.unpatchify(self.run_blocks(tokens, vace_scale, self_bias, cross_bias, nag, skip), tokens, x.dtype)
+        return self.unpatchify(self.run_blocks(tokens, vace_scale, self_bias, cross_bias), tokens, x.dtype)

@@ -11,14 +11,15 @@ CFG groups and are gathered at the end, so every rank returns the whole batch an
 import logging
 import math
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import VaceError
+from ..denoiser import narrow_bias, refuse
+from ..layer_skip import SkipLayers
 from ..transformer import Tokens, VaceTransformer, token_scale
 from .attention import sequence_parallel_attention
 from .layout import ParallelLayout
@@ -71,9 +72,22 @@ def parallel_self_attention(model: VaceTransformer, attend):
             layer.attend = fn
 
 
+@dataclass
+class ShardTokens(Tokens):
+    """This rank's tokens (a shard of this CFG group's half of the batch), and what gathering needs: the
+    unpadded sequence length and whether the CFG halves are gathered at the end."""
+
+    length: int = 0
+    split: bool = False
+
+
 class ParallelVace(nn.Module):
-    """A VaceTransformer run on the processes of `layout`; same call and result as the model itself,
-    so `pipeline.generate` / `sample_latent` take it in place of the model."""
+    """A VaceTransformer run on the processes of `layout`: a staged `denoiser.Denoiser` with the model's call and
+    result, so `pipeline.generate` / `sample_latent` take it in place of the model. Its stages work on this
+    rank's shard of tokens (a step cache keeps the residual of its shard), and `agree` makes a decision on
+    every rank at once."""
+
+    staged = True
 
     def __init__(self, model: VaceTransformer, layout: ParallelLayout):
         super().__init__()
@@ -81,57 +95,90 @@ class ParallelVace(nn.Module):
 
     @property
     def compute_dtype(self):
-        return getattr(self.model, "compute_dtype", next(self.model.parameters()).dtype)
+        return self.model.compute_dtype
+
+    @property
+    def device(self):
+        return self.layout.device
 
     @property
     def config(self):
         return self.model.config
 
-    def _cfg_half(self, batch: int, inputs: list, biases: list):
-        """This CFG group's half of the batch: inputs are batch-first (x, t, text, context streams of batch B
-        or 1); biases have a batch dim when 4-D. -> (inputs, biases, whether the halves must be gathered)."""
+    def check(self, x, contexts, strengths) -> None:
+        self.model.check(x, contexts, strengths)
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when it is True on any (one all-reduce of one number)."""
+        flag_t = torch.tensor([float(flag)], device=self.layout.device)
+        dist.all_reduce(flag_t, op=dist.ReduceOp.MAX)
+        return bool(flag_t.item())
+
+    def _cfg_half(self, batch: int) -> slice | None:
+        """This CFG group's rows of a batch of `batch`, or None when every group computes the whole batch."""
         if self.layout.degrees.cfg == 1:
-            return inputs, biases, False
+            return None
         if batch % 2:  # guidance 1, or long video's guidance-free pass: said once, not every step
             if not self.warned:
                 log.warning("VACE: --cfg-parallel needs the conditional and unconditional passes in one batch "
                             "(guidance != 1); both CFG groups compute the whole batch")
                 self.warned = True
-            return inputs, biases, False
+            return None
         rank = self.layout.rank("cfg")
-        half = slice(rank * batch // 2, (rank + 1) * batch // 2)
+        return slice(rank * batch // 2, (rank + 1) * batch // 2)
 
-        def cut(t, batched=True):
-            if isinstance(t, (list, tuple)):
-                return [cut(u) for u in t]
-            return t[half] if isinstance(t, torch.Tensor) and batched and t.shape[0] == batch else t
-        return cut(inputs), [cut(b, isinstance(b, torch.Tensor) and b.ndim == 4) for b in biases], True
+    def embed(self, x, t, context, vace_context=()) -> ShardTokens:
+        """This rank's shard of the tokens of its CFG half (embedding runs on every rank: it is cheap)."""
+        half = self._cfg_half(x.shape[0])
+        if half is not None:
+            x, t, context = x[half], t[half], context[half]
+            vace_context = [c[half] if c.shape[0] > 1 else c for c in vace_context]
+        tokens = self.model.embed(x, t, context, vace_context)
+        local = shard_tokens(tokens, self.layout.shard, self.layout.degrees.sequence)
+        return ShardTokens(**vars(local), length=tokens.x.shape[1], split=half is not None)
 
-    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None, nag=None,
-                skip=()):
-        """As VaceTransformer.forward. self_bias / cross_bias are whole-sequence (unpadded) biases; nag guides the
-        conditional row, so a CFG group holding the unconditional half runs without it."""
-        model, layout = self.model, self.layout
-        model._check(x, context, vace_context, vace_scale)
-        (x_, t, context, vace_context), (self_bias, cross_bias), split = self._cfg_half(
-            x.shape[0], [x, t, context, vace_context], [self_bias, cross_bias])
-        if split and self.layout.rank("cfg"):
-            nag = None
-        tokens = model.embed(x_, t, context, vace_context)
-        length, parts = tokens.x.shape[1], layout.degrees.sequence
-        local = shard_tokens(tokens, layout.shard, parts)
-        tokens = replace(tokens, x=None, x0=None, streams=[])  # only the grid and t_emb are needed after this
+    def _biases(self, tokens: ShardTokens, self_bias, cross_bias) -> tuple:
+        """The biases for this rank: its CFG half's rows; cross-attention's query rows of its shard (self-attention
+        takes the whole sequence's bias: the parallel attention cuts it)."""
+        layout, parts = self.layout, self.layout.degrees.sequence
+        hook = self_bias.inner if isinstance(self_bias, SkipLayers) else self_bias  # skipping blocks needs no keys
+        if hook is not None and not isinstance(hook, torch.Tensor) and layout.degrees.ring > 1:
+            refuse("regional prompts", "ring attention", "the modulation needs each query's whole row of keys; use "
+                   "--parallel ulysses (the heads must divide by the processes)")
+        rows = self._cfg_half(2 * tokens.x.shape[0]) if tokens.split else None
+
+        def cut(b):  # 4-D tensors have a batch dim; bias objects cut their rows themselves
+            return narrow_bias(b, rows=rows) if not isinstance(b, torch.Tensor) or b.ndim == 4 else b
+        self_bias, cross_bias = cut(self_bias), cut(cross_bias)
         if cross_bias is not None and parts > 1:
-            if not isinstance(cross_bias, torch.Tensor):
-                raise VaceError("sequence parallelism splits the cross-attention bias by query rows and takes "
-                                f"only tensors (got {type(cross_bias).__name__})")
-            cross_bias = shard(cross_bias, cross_bias.ndim - 2, layout.shard, parts)
+            if isinstance(cross_bias, torch.Tensor):
+                cross_bias = shard(cross_bias, cross_bias.ndim - 2, layout.shard, parts)
+            else:
+                size = tokens.x.shape[1]
+                queries = torch.arange(layout.shard * size, (layout.shard + 1) * size)
+                cross_bias = narrow_bias(cross_bias, queries=torch.where(queries < tokens.length, queries, -1))
+        return self_bias, cross_bias
+
+    def run_blocks(self, tokens: ShardTokens, vace_scale=(), self_bias=None, cross_bias=None) -> torch.Tensor:
+        """The blocks on this rank's shard, self-attention across the processes -> the shard's residual stream."""
+        self_bias, cross_bias = self._biases(tokens, self_bias, cross_bias)
         # per-frame strengths as per-token scales, cut like the tokens
-        vace_scale = [shard(token_scale(s, tokens.grid), 1, layout.shard, parts) for s in vace_scale]
-        attend = partial(sequence_parallel_attention, layout=layout, length=length)
-        with parallel_self_attention(model, attend):
-            out = model.head(model.run_blocks(local, vace_scale, self_bias, cross_bias, nag, skip), tokens.t_emb)
+        vace_scale = [shard(token_scale(s, tokens.grid), 1, self.layout.shard, self.layout.degrees.sequence)
+                      for s in vace_scale]
+        attend = partial(sequence_parallel_attention, layout=self.layout, length=tokens.length)
+        with parallel_self_attention(self.model, attend):
+            return self.model.run_blocks(tokens, vace_scale, self_bias, cross_bias)
+
+    def unpatchify(self, x, tokens: ShardTokens, dtype) -> torch.Tensor:
+        """The head on this rank's shard; its narrow output gathered (tokens, then CFG halves) -> the video."""
+        out = self.model.head(x, tokens.t_emb)
         for dim in ("ulysses", "ring"):  # shard index = ring * ulysses_degree + ulysses
-            out = all_gather(out, layout.group(dim), dim=1)
-        video = model.to_video(out[:, :length], tokens.grid, x.dtype)
-        return all_gather(video, layout.group("cfg"), dim=0) if split else video
+            out = all_gather(out, self.layout.group(dim), dim=1)
+        video = self.model.to_video(out[:, :tokens.length], tokens.grid, dtype)
+        return all_gather(video, self.layout.group("cfg"), dim=0) if tokens.split else video
+
+    def forward(self, x, t, context, vace_context=(), vace_scale=(), self_bias=None, cross_bias=None):
+        """As VaceTransformer.forward. self_bias / cross_bias are whole-sequence (unpadded) biases."""
+        self.check(x, vace_context, vace_scale)
+        tokens = self.embed(x, t, context, vace_context)
+        return self.unpatchify(self.run_blocks(tokens, vace_scale, self_bias, cross_bias), tokens, x.dtype)
