@@ -12,12 +12,13 @@ from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
 from ..vace_core.colour import METHODS, ColourAnchor, match_colours
+from ..vace_core.errors import VaceError
 from ..vace_core.long_video import FUSED_WEIGHTS, MODES, LongVideoSettings, generate_long, plan_windows
 from ..vace_core.pipeline import SamplerSettings
-from ..vace_core.vcu import to_images
+from ..vace_core.vcu import fit_to, to_images
 from . import memory
 from .experts import two_experts
-from .sampler import SOLVERS, VaceSampler, context_streams, text_features
+from .sampler import SOLVERS, VaceSampler, context_streams, guidance_settings, text_features
 from .types import CATEGORY
 
 log = logging.getLogger("vace")
@@ -102,7 +103,10 @@ class VaceLongVideoSampler(io.ComfyNode):
             description="Any VCU longer than one window (e.g. 241 frames) as windows that carry the video "
                         "forward, keyframes + interpolation, or fused windows; decodes each window (windows need "
                         "decoded frames) and outputs the whole video as IMAGE. Cancel returns the finished windows.",
-            inputs=[*VaceSampler.define_schema().inputs, *LONG_INPUTS],
+            inputs=[*(i for i in VaceSampler.define_schema().inputs if i.id != "latent"), *LONG_INPUTS,
+                    io.Image.Input("init_images", optional=True,
+                                   tooltip="Video-to-video: the video to refine (the VCU's size and length), used "
+                                           "when denoise is below 1; each window refines its own frames of it.")],
             outputs=[io.Image.Output(display_name="images")],
         )
 
@@ -110,7 +114,8 @@ class VaceLongVideoSampler(io.ComfyNode):
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 mode, window, overlap, discard, perturbation, replace_latents, carry_guidance, keyframes,
                 fused_weights, colour_method, colour_strength, colour_masked, paste_kept, feather,
-                colour_anchor=None, regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
+                colour_anchor=None, regions=None, step_cache=None, low_noise_expert=None, guidance=None, denoise=1.0,
+                init_images=None, **streams) -> io.NodeOutput:
         units, stream_settings = context_streams(streams)
         long = LongVideoSettings(window=window, overlap=overlap, discard=discard, mode=mode, perturbation=perturbation,
                                  replace_latents=replace_latents, carry_guidance=carry_guidance, keyframes=keyframes,
@@ -130,14 +135,18 @@ class VaceLongVideoSampler(io.ComfyNode):
             if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
         settings = SamplerSettings(steps=steps, guidance=cfg, shift=shift, solver=SOLVERS[sampler], seed=seed,
-                                   step_cache=step_cache)
+                                   step_cache=step_cache, **guidance_settings(guidance, denoise))
+        if denoise <= 0.9999 and init_images is None:
+            raise VaceError(f"denoise {denoise} refines a video: connect init_images (the video at the VCU's size "
+                            "and length), or set denoise to 1")
+        init = None if init_images is None or denoise > 0.9999 else fit_to(init_images, units[0])
         width = patcher.model.config.text_dim
         try:
             result = generate_long(
                 model, memory.ManagedVAE(vace_vae), units, text_features(positive, "positive", width),
                 text_features(negative, "negative", width), stream_settings, settings, long,
                 progress(windows, steps, device, len(units[0].references)), "auto",
-                feather if paste_kept else None, device=device, regions=regions)
+                feather if paste_kept else None, device=device, regions=regions, init_video=init)
         finally:
             if offload_after:
                 for loaded in [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else []):

@@ -11,12 +11,12 @@ from comfy_api.latest import io
 
 from ..vace_core.errors import VaceError
 from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
-from ..vace_core.sampling import ContextStream
-from ..vace_core.vae import to_comfy_latent
+from ..vace_core.sampling import ContextStream, parse_curve
+from ..vace_core.vae import from_comfy_latent, to_comfy_latent
 from . import memory
 from .experts import two_experts
 from .preview import vcu_ui
-from .types import CATEGORY, VCU, LowNoiseExpert, RegionsType, StepCache, VaceModel, VaceVAE
+from .types import CATEGORY, VCU, Guidance, LowNoiseExpert, RegionsType, StepCache, VaceModel, VaceVAE
 
 STREAMS = 3
 SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m", "lcm": "lcm"}
@@ -34,6 +34,14 @@ def stream_inputs(i: int):
                        tooltip="Fraction of the steps where this VCU starts to apply."),
         io.Float.Input(f"end{suffix}", default=1.0, min=0.0, max=1.0, step=0.01, optional=optional,
                        tooltip="Fraction of the steps where this VCU stops applying."),
+        io.String.Input(f"curve{suffix}", default="", optional=True,
+                        tooltip="Optional strength schedule over the steps, multiplying strength: keyframes "
+                                "'0:1.0, 0.3:0.6, 1:0.2' (step fraction:value, interpolated) or one value per step "
+                                "'1, 0.8, 0.6'. Empty: flat."),
+        io.String.Input(f"frame_weights{suffix}", default="", optional=True,
+                        tooltip="Optional weights per latent frame (reference latents first): keyframes over the "
+                                "frames ('0:1, 0.2:0' fades a reference after the first frames) or one value per "
+                                "latent frame. Empty: every frame 1."),
     ]
 
 
@@ -46,7 +54,9 @@ def context_streams(streams: dict) -> tuple[list, list[ContextStream]]:
             units.append(streams[f"vcu{suffix}"])
             # streams 2 and 3 are optional (API prompts may leave their settings out): ContextStream's defaults
             given = {k: streams[f"{k}{suffix}"] for k in ("strength", "start", "end") if f"{k}{suffix}" in streams}
-            settings_per_stream.append(ContextStream(**given))
+            curves = {k: parse_curve(streams.get(f"{name}{suffix}")) for k, name in (("curve", "curve"),
+                                                                                    ("frames", "frame_weights"))}
+            settings_per_stream.append(ContextStream(**given, **curves))
     return units, settings_per_stream
 
 
@@ -60,6 +70,30 @@ def text_features(conditioning, what: str, width: int) -> torch.Tensor:
                         f"(1, tokens, {width}). Load the text encoder with Load CLIP, type wan "
                         "(umt5_xxl_fp8_e4m3fn_scaled.safetensors), not another model's CLIP.")
     return features
+
+
+GUIDANCE_INPUTS = [
+    Guidance.Input("guidance", optional=True,
+                   tooltip="From VACE Guidance: NAG (negative prompt at cfg 1), skip-layer guidance, CFG-Zero*, APG."),
+    io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                   tooltip="Video-to-video: the fraction of the schedule to run from the init video noised to it "
+                           "(as KSampler's denoise). 1: from pure noise (the init is ignored); 0.6: keeps much of it."),
+]
+
+
+def guidance_settings(guidance, denoise: float) -> dict:
+    """SamplerSettings fields from the VACE Guidance node's options and the denoise input."""
+    return {**(guidance.settings() if guidance is not None else {}), "denoise": denoise}
+
+
+def init_latent(latent, denoise: float, unit):
+    """The LATENT to refine (ComfyUI's Wan 2.1 convention) -> ours, or None for a whole run."""
+    if denoise > 0.9999:
+        return None
+    if latent is None:
+        raise VaceError(f"denoise {denoise} refines a video: connect its latent (VAE Encode of the video at "
+                        f"{unit.size[1]}x{unit.size[0]}, {unit.length} frames), or set denoise to 1")
+    return from_comfy_latent(latent["samples"].float())
 
 
 def interrupt_hooks(model):
@@ -113,13 +147,18 @@ class VaceSampler(io.ComfyNode):
                 LowNoiseExpert.Input("low_noise_expert", optional=True,
                                      tooltip="Wan2.2-VACE-Fun: the low-noise expert (vace_model is then the "
                                              "high-noise one, and cfg its guidance)."),
+                *GUIDANCE_INPUTS,
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Video-to-video: the latent to refine (VAE Encode of a video at the VCU's "
+                                        "size and length). Used when denoise is below 1."),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
-                regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
+                regions=None, step_cache=None, low_noise_expert=None, guidance=None, denoise=1.0, latent=None,
+                **streams) -> io.NodeOutput:
         units, settings_per_stream = context_streams(streams)
         patcher = vace_model.patcher
         texts = [text_features(c, what, patcher.model.config.text_dim)
@@ -132,7 +171,9 @@ class VaceSampler(io.ComfyNode):
         vae = memory.load(vace_vae)
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
-        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, step_cache)
+        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, step_cache,
+                                   **guidance_settings(guidance, denoise))
+        init = init_latent(latent, denoise, units[0])
 
         experts = [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else [])
         model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
@@ -141,7 +182,8 @@ class VaceSampler(io.ComfyNode):
         try:
             latent = sample_latent(model, contexts, *texts, settings_per_stream, settings,
                                    progress(steps, device, len(units[0].references)), device,
-                                   regions=regions.for_vcu(units[0]) if regions is not None else None)
+                                   regions=regions.for_vcu(units[0]) if regions is not None else None,
+                                   init_latent=init)
         finally:
             for hook in hooks:
                 hook.remove()

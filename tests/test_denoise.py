@@ -13,8 +13,8 @@ from vace_core.errors import VaceError
 from vace_core.pipeline import SamplerSettings, generate, sample_latent
 from vace_core.sampling import denoise_sigmas, flow_sigmas, make_noise, sample
 from vace_core.transformer import VaceTransformer
-from vace_core.vcu.pixels import to_video
 from vace_core.vae import WanVAE
+from vace_core.vcu.pixels import to_video
 
 # steps 10, shift 5, the official grid: KSampler builds int(10 / denoise) steps and runs the last 10; the first
 # sigma is shift(0.999 * 10 / total), by hand: 5u / (1 + 4u)

@@ -125,7 +125,7 @@ def test_slg_uncond_mode_on_recorded_velocities(model, monkeypatch):
     run(model, slg=slg)
     windowed = [step for _, _, step, _, _ in record.steps if slg.active(step, STEPS)]
     assert windowed == [2, 3, 4]
-    for x, sigma, step, v, calls in record.steps:
+    for _, _, step, v, calls in record.steps:
         v_cond, v_uncond, _ = branches(calls)  # one call of both rows, the unconditional one without the blocks
         assert [(s, b) for s, b, _ in calls] == [((False, True) if step in windowed else (), 2)]
         assert rel(v, v_uncond + 4.0 * (v_cond - v_uncond)) < TOL
@@ -186,7 +186,7 @@ def test_cfg_zero_star_on_recorded_velocities(model, monkeypatch, zero_init_step
     record = Recording(model, monkeypatch)
     run(model, cfg_zero_star=CFGZeroStar(zero_init_steps))
     reference_zero_steps = zero_init_steps - 1  # the reference zeroes the steps i <= zero_steps
-    for x, sigma, i, v, calls in record.steps:
+    for _, _, i, v, calls in record.steps:
         noise_pred_text, noise_pred_uncond, _ = branches(calls)
         alpha = reference_optimized_scale(noise_pred_text.view(1, -1), noise_pred_uncond.view(1, -1))
         alpha = alpha.view(1, 1, 1, 1, 1)

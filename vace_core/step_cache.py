@@ -11,9 +11,9 @@ VACE-aware: the residual includes the context blocks' hints scaled by each VCU s
 evaluation never reuses a residual computed under other stream strengths: a stream's start/end window opening
 or closing forces a computed step, and so does a strength curve once any stream's strength has moved more than
 STRENGTH_TOLERANCE (0.05, absolute) from the strength the residual was computed under. Attention hooks (NAG,
-skip-layer guidance, regional prompts) are part of the key: switching one on or off forces a computed step. Caches are per CFG branch (the residual keeps one row per branch of the
-batched forward; a change of branches forces a computed step) and per denoiser (Wan2.2's two experts each keep
-their own), and per call of a step (`Cached`: the i-th call of every step shares a cache, so fused long-video
+skip-layer guidance, regional prompts) are part of the key: switching one on or off forces a computed step.
+Caches are per CFG branch (the residual keeps one row per branch of the batched forward; a change of branches
+forces a computed step) and per denoiser (Wan2.2's two experts each keep their own), and per call of a step (`Cached`: the i-th call of every step shares a cache, so fused long-video
 windows keep one cache per window position, and carry guidance's window-free pass its own). A cache is reset at
 the start of every sampling run (so per long-video window too). On several processes the decision is agreed
 (`Denoiser.agree`): every rank skips or computes together (the decision input, the timestep embedding, is the

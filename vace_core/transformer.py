@@ -16,8 +16,8 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .attention import attention, block_bias, resolve_backend
-from .denoiser import narrow_bias
 from .config import VaceConfig
+from .denoiser import narrow_bias
 from .errors import VaceError
 from .layer_skip import SkipRows
 from .rope import apply_rope, rope_angles, rope_cos_sin, upcast
