@@ -21,7 +21,11 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m vace_core demo
 
+# the real-ComfyUI and browser tests need a ComfyUI runtime: with COMFYUI_PATH / COMFYUI_PYTHON unset and none in
+# ~/.cache/vace-comfyui, the first line builds it there (../shared/tools/comfyui-runtime.sh, 1-3 minutes) or says
+# how to get one
 test: venv
+	$(PY) -m tests.integration.comfy_server --provision
 	$(PY) -m pytest
 
 bench: venv

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main():
-    from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime
+    from tests.integration.comfy_server import ComfyServer, find_runtime, runtime_hint
     from tests.integration.fixtures import FULL_VAE, write_inputs, write_models
     from tests.integration.native_graphs import CFG, FRAMES, H, W, native, ours, run_latent
 
@@ -30,7 +30,7 @@ def main():
     args = p.parse_args()
     runtime = find_runtime()
     if runtime is None:
-        sys.exit(RUNTIME_HINT)
+        sys.exit(runtime_hint())
     per_step = {}
     with tempfile.TemporaryDirectory() as tmp:
         write_models(Path(tmp), vae_shape=FULL_VAE)

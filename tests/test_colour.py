@@ -81,8 +81,7 @@ def test_bad_input_is_a_clear_error(footage):
 
 
 def test_mkl_map_gives_the_anchor_covariance_with_a_symmetric_map():
-    """The Monge-Kantorovich linear map (Pitie and Kokaram 2007): symmetric, and T S T = R. (It equals the
-    color-matcher package's 'mkl' to 3e-8 on random images; that package is not a dependency, see colour.py.)"""
+    """The Monge-Kantorovich linear map (Pitie and Kokaram 2007): symmetric, and T S T = R."""
     from vace_core.colour import mkl_map
 
     rng = np.random.default_rng(0)
@@ -91,3 +90,19 @@ def test_mkl_map_gives_the_anchor_covariance_with_a_symmetric_map():
     t = mkl_map(source, target)
     assert np.allclose(t, t.T, atol=1e-10) and (np.linalg.eigvalsh(t) > 0).all()
     assert np.allclose(t @ source @ t, target, atol=1e-8)
+
+
+def test_mkl_equals_the_color_matcher_package():
+    """Our 'mkl' on a frame equals color-matcher's (ColorMatcher.transfer method='mkl'; a test-only dependency),
+    clipped to 0..1 as ours is: float32 images, so to 1e-6."""
+    from color_matcher import ColorMatcher
+
+    rng = np.random.default_rng(3)
+    source = rng.uniform(0.3, 0.6, (32, 32, 3)).astype(np.float32)
+    anchor = (rng.uniform(0.2, 0.9, (24, 24, 3)) * [1.0, 0.8, 0.6]).astype(np.float32)
+    theirs = np.clip(ColorMatcher().transfer(src=source.astype(np.float64), ref=anchor.astype(np.float64),
+                                             method="mkl"), 0, 1)
+    ours = match_colours(torch.from_numpy(source)[None], ColourAnchor.from_images(torch.from_numpy(anchor)[None]),
+                         "mkl", 1.0)[0].numpy()
+    assert 0.05 < np.abs(ours - source).mean()  # a real change of colours
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)

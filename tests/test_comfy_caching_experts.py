@@ -13,18 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
+from tests.integration.comfy_server import ComfyServer, messages, output_files
 from tests.integration.examples import build
 from tests.integration.fixtures import EXPERT_NAMES, TINY_DIT, write_inputs, write_models
+from tests.integration.graphs import FRAMES, H, W, assert_success, runnable, t2v_prompt
 from tests.integration.native_graphs import run_latent
-from tests.test_comfy_integration import FRAMES, H, W, assert_success, runnable, t2v_prompt
 from vace_core.checkpoints import save_checkpoint
 from vace_core.config import VaceConfig
 from vace_core.transformer import VaceTransformer
-
-RUNTIME = find_runtime()
-if RUNTIME is None:
-    pytest.skip(RUNTIME_HINT, allow_module_level=True)
 
 STEPS = 6
 OTHER_SHAPE = "other_shape_vace.safetensors"  # one 128-wide head, 2 blocks: not the experts' shape
@@ -35,7 +31,7 @@ SLOW_TEMB = "vace_slow_timestep_embedding.safetensors"
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+def comfy(comfy_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_speed")
     write_models(base)
     torch.manual_seed(0)
@@ -46,8 +42,7 @@ def comfy(tmp_path_factory):
     save_checkpoint(VaceTransformer(other).state_dict(), base / "models" / "diffusion_models" / OTHER_SHAPE,
                     "official", torch.float16)
     write_inputs(base, H, W + 32, FRAMES)
-    with ComfyServer(RUNTIME, base) as server:
-        server.info = server.object_info()
+    with comfy_server.serving(base) as server:
         yield server
 
 
@@ -80,7 +75,7 @@ def with_low_noise_expert(prompt: dict, boundary: float) -> dict:
 def cache_report(comfy: ComfyServer, prompt: dict) -> tuple[torch.Tensor, int, int]:
     """(latent, skipped, total evaluations) as the sampler reports them in its UI output."""
     entry = comfy.run(prompt, timeout=600)
-    assert_success(comfy, entry)
+    assert_success(entry)
     [path] = output_files(comfy.base_dir, entry)
     latent = load_file(path)["latent_tensor"]
     [text] = entry["outputs"]["sample"]["text"]
@@ -104,7 +99,7 @@ def test_wan22_example_workflow_runs_with_one_expert_resident(comfy):
         if node["class_type"] == "VACESampler":
             node["inputs"].update(steps=4, shift=12.0)
     entry = comfy.run(workflow, timeout=600)
-    assert_success(comfy, entry)
+    assert_success(entry)
     loads = re.findall(r"VACE Wan2.2: (\w+)-noise expert loaded; experts resident: (\d)", comfy.log_tail(200_000))
     assert loads[-2:] == [("high", "1"), ("low", "1")]
 
@@ -126,4 +121,4 @@ def test_experts_of_different_shapes_give_a_clear_error_and_the_server_goes_on(c
     error = messages(entry)["execution_error"]
     assert error["node_type"] == "VACESampler" and "differ in shape" in error["exception_message"]
     assert "Traceback" not in error["exception_message"]
-    assert_success(comfy, comfy.run(latent_graph(EXPERT_NAMES[1]), timeout=600))
+    assert_success(comfy.run(latent_graph(EXPERT_NAMES[1]), timeout=600))

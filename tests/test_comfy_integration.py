@@ -1,17 +1,11 @@
 """The pack inside a real ComfyUI server, driven over HTTP as the frontend and API users drive it.
 
-One server per module: a temporary base directory with this pack (and a test-only node) linked into
-custom_nodes/, tiny random checkpoints written under the real file names (wan2.1_vace_1.3B_fp16.safetensors,
-wan_2.1_vae.safetensors), and small inputs made from skimage photos.
-
-Text: no real umt5-xxl text encoder exists here, so when an example workflow is converted to the API format
-its CLIPLoader + CLIPTextEncode pair is replaced by the test-only node VACETestTextEncode
-(tests/integration/test_text_node), which returns CONDITIONING shaped as ComfyUI's Wan encoder does
-((1, 512, 4096) umt5 features, zero after the prompt's tokens). Sizes and steps are shrunk for the CPU
-(64x64, 9 frames, 2 steps), the VAE runs in fp32 (bf16 convolutions crawl on a CPU), the depth annotator
-uses its MiDaS backend with a tiny random DPT-hybrid folder (no tiny Depth-Anything-V2 file exists), and the
-layout boxes / SAM2 clicks move inside the small frame; everything else runs as shipped. Workflows whose
-annotator needs a package the runtime lacks (MediaPipe for pose, sam2 for SAM2) are skipped, saying so.
+The session's one server (tests/conftest.py) serves this module's base directory: tiny random checkpoints under
+the real file names (wan2.1_vace_1.3B_fp16.safetensors, wan_2.1_vae.safetensors), tiny annotator weights and
+small inputs made from skimage photos. The example workflows run as tests/integration/graphs.py makes them
+runnable here (the test text node for umt5; 64x64, 9 frames, 2 steps). Workflows whose annotator needs a package
+the runtime lacks (onnxruntime for pose, sam2 for SAM2) skip, saying so, after the pack's requirements were
+installed into the runtime (an error under CI=true).
 """
 
 import json
@@ -21,105 +15,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.comfy_server import (
-    RUNTIME_HINT,
-    ComfyServer,
-    PromptRejected,
-    find_runtime,
-    messages,
-    output_files,
-    runtime_has,
-)
+from tests.integration.comfy_server import PromptRejected, messages, output_files, runtime_has
 from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, build, example_path, file_name
-from tests.integration.fixtures import (
-    DIT_NAME,
-    EXPERT_NAMES,
-    MODULE_NAME,
-    SAM2_NAME,
-    VAE_NAME,
-    write_base,
-)
-from tests.integration.workflow_api import to_api
+from tests.integration.fixtures import DIT_NAME, EXPERT_NAMES, MODULE_NAME, VAE_NAME, write_base
+from tests.integration.graphs import FRAMES, H, W, assert_success, runnable, t2v_prompt
 from vace_core.video_io import read_video
 
-RUNTIME = find_runtime()
-if RUNTIME is None:
-    pytest.skip(RUNTIME_HINT, allow_module_level=True)
-
-H, W, FRAMES, STEPS = 64, 64, 9, 2
 PACK = Path(__file__).resolve().parents[1]
-SHRINK = {"width": W, "height": H, "length": FRAMES}  # on VACE nodes (0 = "keep the input's" stays 0)
-# bf16 (the VAE loader's default, right for GPUs) runs convolutions ~6x slower than fp32 on a CPU
-PER_CLASS = {"VACESampler": {"steps": STEPS}, "VACEVAELoader": {"dtype": "fp32"}, "ImageFromBatch": {"length": 5},
-             "VACELongVideoSampler": {"steps": STEPS},  # window 81 > 9 frames: one window (multi-window: its own test)
-             "VACEDepthAnnotator": {"model": "dpt-hybrid-midas"},
-             "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
-             "VACELayoutAnnotator": {"start_box": "4,16,28,40", "end_box": "36,16,60,40"}}
 NEEDS = {"vace_pose": "onnxruntime", "vace_animate_anything": "onnxruntime", "vace_inpaint_sam2": "sam2",
          "vace_long_pose": "onnxruntime", "vace_regional_boxing_cats": "sam2", "vace_regional_pose": "onnxruntime"}
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+def comfy(comfy_server, tmp_path_factory):
     base = write_base(tmp_path_factory.mktemp("comfy_base"), H, W + 32, FRAMES)  # wider: Build VCU centre-crops
-    with ComfyServer(RUNTIME, base) as server:
-        server.info = server.object_info()
+    with comfy_server.serving(base) as server:
         yield server
-
-
-def with_test_text(api: dict) -> dict:
-    """CLIPLoader + CLIPTextEncode -> VACETestTextEncode; a CLIPLoader other nodes take -> VACETestCLIPLoader
-    (see the module docstring)."""
-    for node in api.values():
-        if node["class_type"] == "CLIPLoader":
-            node["class_type"], node["inputs"] = "VACETestCLIPLoader", {}
-    for node in api.values():
-        if node["class_type"] == "CLIPTextEncode":
-            node["class_type"] = "VACETestTextEncode"
-            node["inputs"] = {"text": node["inputs"]["text"]}
-    return api
-
-
-def shrink(api: dict) -> dict:
-    for node in api.values():
-        sizes = SHRINK if node["class_type"].startswith("VACE") else {}
-        for name, value in {**sizes, **PER_CLASS.get(node["class_type"], {})}.items():
-            if isinstance(node["inputs"].get(name), int | float | str) and node["inputs"][name]:
-                node["inputs"][name] = value
-    return api
-
-
-def runnable(workflow: dict, info: dict) -> dict:
-    return shrink(with_test_text(to_api(workflow, info)))
-
-
-def t2v_prompt(seed: int = 0, steps: int = 1) -> dict:
-    """A small T2V graph in API format, written the way API users write them (unused streams left out)."""
-    return {
-        "model": {"class_type": "VACEModelLoader", "inputs": {
-            "model_name": DIT_NAME, "base_model": "none (the file is a full VACE model)", "weight_dtype": "default",
-            "compute_dtype": "auto", "attention": "auto", "block_swap": 0}},
-        "vae": {"class_type": "VACEVAELoader", "inputs": {"vae_name": VAE_NAME, "dtype": "fp32"}},
-        "pos": {"class_type": "VACETestTextEncode", "inputs": {"text": "a fox in the snow"}},
-        "neg": {"class_type": "VACETestTextEncode", "inputs": {"text": "blurry"}},
-        "vcu": {"class_type": "VACEBuildVCU", "inputs": {"width": W, "height": H, "length": FRAMES,
-                                                          "reference_mode": "letterbox"}},
-        "sample": {"class_type": "VACESampler", "inputs": {
-            "vace_model": ["model", 0], "vace_vae": ["vae", 0], "positive": ["pos", 0], "negative": ["neg", 0],
-            "vcu": ["vcu", 0], "strength": 1.0, "start": 0.0, "end": 1.0, "steps": steps, "cfg": 5.0, "shift": 16.0,
-            "sampler": "unipc", "seed": seed, "offload_after": False}},
-        "decode": {"class_type": "VACEDecode", "inputs": {
-            "vace_vae": ["vae", 0], "samples": ["sample", 0], "tiling": "auto", "tile_size": 272, "tile_overlap": 64,
-            "trim_latent": 0, "feather": 8}},
-        "save": {"class_type": "SaveAnimatedWEBP", "inputs": {
-            "images": ["decode", 0], "filename_prefix": f"t2v_{seed}", "fps": 16.0, "lossless": False,
-            "quality": 80, "method": "fastest"}},
-    }
-
-
-def assert_success(server: ComfyServer, entry: dict):
-    events = messages(entry)
-    assert entry["status"]["status_str"] == "success", json.dumps(events.get("execution_error", events))[:3000]
 
 
 def pack_node_ids() -> set[str]:
@@ -177,7 +88,7 @@ def test_example_workflow_runs(comfy, name):
                     f"{NEEDS[name]}); it is not installed there")
     workflow = json.loads(example_path(name).read_text())
     entry = comfy.run(runnable(workflow, comfy.info), timeout=300)
-    assert_success(comfy, entry)
+    assert_success(entry)
     [video] = output_files(comfy.base_dir, entry)
     frames, fps = read_video(video)
     assert frames.shape[0] == FRAMES and fps == 16
@@ -242,7 +153,7 @@ def regional(wire_positive: bool = True, **inputs):
 
 
 def test_regional_prompts_run_through_the_api(comfy):
-    assert_success(comfy, comfy.run(regional()(t2v_prompt(seed=11)), timeout=120))
+    assert_success(comfy.run(regional()(t2v_prompt(seed=11)), timeout=120))
 
 
 EMPTY_MASK = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": W, "height": H}}
@@ -283,7 +194,7 @@ def test_bad_input_gives_a_clear_error_and_the_server_goes_on(comfy, case):
         text = error["exception_message"]
     assert phrase in text, f"{case}: {text}"
     assert comfy.alive()
-    assert_success(comfy, comfy.run(t2v_prompt(seed=len(case)), timeout=120))  # the next prompt runs
+    assert_success(comfy.run(t2v_prompt(seed=len(case)), timeout=120))  # the next prompt runs
 
 
 def test_interrupt_stops_a_long_run(comfy):
@@ -301,7 +212,7 @@ def test_interrupt_stops_a_long_run(comfy):
     assert "execution_interrupted" in events, entry["status"]
     assert events["execution_interrupted"]["node_type"] == "VACESampler"
     assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
-    assert_success(comfy, comfy.run(t2v_prompt(seed=8), timeout=120))
+    assert_success(comfy.run(t2v_prompt(seed=8), timeout=120))
 
 
 def test_saved_job_samples_outside_the_server_like_the_sampler(comfy):
@@ -321,7 +232,7 @@ def test_saved_job_samples_outside_the_server_like_the_sampler(comfy):
         **{k: v for k, v in sample.items() if k not in ("vace_model", "vace_vae", "offload_after")},
         "filename_prefix": "vace_jobs/t2v"}}
     entry = comfy.run(prompt, timeout=180)
-    assert_success(comfy, entry)
+    assert_success(entry)
     files = output_files(comfy.base_dir, entry)
     [job_file] = [f for f in files if f.suffix == ".safetensors"]
     [webp] = [f for f in files if f.suffix == ".webp"]

@@ -1,38 +1,31 @@
 """VACE Long Video Sampler and Color Match inside a real ComfyUI server (one server for the module): every
 mode end to end over the API queue, colour anchoring to an image, bad settings as clear errors, and Cancel
-returning the finished windows while the graph goes on. Tiny checkpoints (tests/integration/fixtures.py),
-32x32 frames, 17-frame VCUs in 9-frame windows, one step."""
+returning the finished windows while the graph goes on, the extension example at its full length (241 frames, 4
+windows). Tiny checkpoints (tests/integration/fixtures.py), 32x32 frames, 17-frame VCUs in 9-frame windows, one
+step."""
 
 import json
 import time
 
 import pytest
 
-from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
+from tests.integration.comfy_server import messages, output_files
 from tests.integration.examples import example_path
 from tests.integration.fixtures import write_inputs, write_models
-from tests.test_comfy_integration import assert_success, runnable, t2v_prompt
+from tests.integration.graphs import assert_success, runnable, t2v_prompt
 from vace_core.example_media import FILES
 from vace_core.video_io import read_video
-
-RUNTIME = find_runtime()
-if RUNTIME is None:
-    pytest.skip(RUNTIME_HINT, allow_module_level=True)
 
 SIZE, FRAMES, WINDOW = 32, 17, 9
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+def comfy(comfy_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_long")
     write_models(base)
     write_inputs(base, SIZE, SIZE, FRAMES)
-    server = ComfyServer(RUNTIME, base)
-    server.start(timeout=600)  # a machine busy with other test servers can take minutes to import ComfyUI
-    try:
+    with comfy_server.serving(base) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def long_prompt(mode: str = "autoregressive", steps: int = 1, seed: int = 0, **options) -> dict:
@@ -64,7 +57,7 @@ def long_prompt(mode: str = "autoregressive", steps: int = 1, seed: int = 0, **o
 ])
 def test_each_mode_makes_the_whole_video(comfy, mode, options):
     entry = comfy.run(long_prompt(mode, **options), timeout=600)
-    assert_success(comfy, entry)
+    assert_success(entry)
     [video] = output_files(comfy.base_dir, entry)
     frames, _ = read_video(video)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and frames.std() > 0.01
@@ -89,18 +82,29 @@ def test_cancel_returns_the_finished_windows(comfy):
     assert time.monotonic() < deadline, comfy.log_tail()
     comfy.interrupt()
     entry = comfy.wait(prompt_id, timeout=300)
-    assert_success(comfy, entry)
+    assert_success(entry)
     assert "execution_interrupted" not in messages(entry)
     [video] = output_files(comfy.base_dir, entry)
     assert read_video(video)[0].shape[0] == WINDOW  # window 1's frames, nothing half-made
     assert "cancelled; returning 9 frames (1 of 3 windows)" in comfy.log_tail()
 
 
-@pytest.mark.parametrize("name", ["vace_long_extension", "vace_long_hierarchical"])
-def test_long_example_workflows_run(comfy, name):
-    """The shipped long-video examples, shrunk as the example suite shrinks them (9 frames: one window)."""
-    workflow = json.loads(example_path(name).read_text())
-    entry = comfy.run(runnable(workflow, comfy.object_info()), timeout=900)
-    assert_success(comfy, entry)
+def test_long_extension_example_runs_at_its_full_length(comfy):
+    """The shipped extension example shrunk in size (32x32, 2 steps, a 5-frame clip kept) but not in length: 241
+    frames in 4 windows of 81, each continuing from the one before, all written."""
+    workflow = json.loads(example_path("vace_long_extension").read_text())
+    seen = comfy.log_tail(10**7).count("window 4 of 4")
+    entry = comfy.run(runnable(workflow, comfy.info, sizes={"width": SIZE, "height": SIZE}), timeout=900)
+    assert_success(entry)
+    [video] = output_files(comfy.base_dir, entry)
+    assert read_video(video)[0].shape == (241, SIZE, SIZE, 3)
+    assert comfy.log_tail(10**7).count("window 4 of 4") > seen  # the sampler went through 4 windows
+
+
+def test_long_hierarchical_example_runs(comfy):
+    """The shipped keyframe example, shrunk as the example suite shrinks them (9 frames: one window)."""
+    workflow = json.loads(example_path("vace_long_hierarchical").read_text())
+    entry = comfy.run(runnable(workflow, comfy.info), timeout=900)
+    assert_success(entry)
     [video] = output_files(comfy.base_dir, entry)
     assert read_video(video)[0].shape[0] == 9

@@ -16,17 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
+from tests.integration.comfy_server import messages, output_files
 from tests.integration.fixtures import FULL_VAE, TINY_DIT, VAE_NAME, write_inputs, write_models
 from tests.integration.native_graphs import CFG, FRAMES, H, W, native_same_sigmas, ours, run_latent, shared
 from tests.lora_files import LAYERS, comfy_lora, diffusers, kohya, lycoris
 from vace_core.checkpoints import load_vace_model, save_checkpoint
 from vace_core.lora import apply_lora
 from vace_core.transformer import VaceTransformer
-
-RUNTIME = find_runtime()
-if RUNTIME is None:
-    pytest.skip(RUNTIME_HINT, allow_module_level=True)
 
 FP32_DIT = "wan2.1_vace_1.3B_fp32.safetensors"
 LORAS = {"comfy": "wan_lora.safetensors", "kohya": "wan_lora_kohya.safetensors",
@@ -41,7 +37,7 @@ def shapes():
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+def comfy(comfy_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_interop")
     paths = write_models(base, vae_shape=FULL_VAE)
     save_checkpoint(load_vace_model(paths["dit"], device="cpu").state_dict(),
@@ -57,7 +53,7 @@ def comfy(tmp_path_factory):
     (base / "models" / "loras").mkdir(parents=True, exist_ok=True)
     for kind, tensors in files.items():
         save_file(tensors, base / "models" / "loras" / LORAS[kind])
-    with ComfyServer(RUNTIME, base) as server:
+    with comfy_server.serving(base) as server:
         server.files = files
         yield server
 

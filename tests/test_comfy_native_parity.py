@@ -19,21 +19,17 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, find_runtime, messages, output_files
+from tests.integration.comfy_server import messages, output_files
 from tests.integration.fixtures import FULL_VAE, VAE_NAME, write_inputs, write_models
 from tests.integration.native_graphs import FRAMES, H, W, native, native_same_sigmas, ours, run_latent
 
-RUNTIME = find_runtime()
-if RUNTIME is None:
-    pytest.skip(RUNTIME_HINT, allow_module_level=True)
-
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+def comfy(comfy_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_parity")
     write_models(base, vae_shape=FULL_VAE)
     write_inputs(base, H, W, FRAMES)
-    with ComfyServer(RUNTIME, base) as server:
+    with comfy_server.serving(base) as server:
         yield server
 
 

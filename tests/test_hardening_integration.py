@@ -16,14 +16,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.integration.comfy_server import RUNTIME_HINT, ComfyServer, PromptRejected, find_runtime, messages
+from tests.integration.comfy_server import PromptRejected, messages
 from tests.integration.fixtures import DIT_NAME, TINY_DIT, VAE_NAME, write_models
 from vace_core.checkpoints import save_checkpoint
 from vace_core.transformer import VaceTransformer
-
-RUNTIME = find_runtime()
-if RUNTIME is None:
-    pytest.skip(RUNTIME_HINT, allow_module_level=True)
 
 H = W = 32
 FRAMES = 5
@@ -33,7 +29,7 @@ SAM2_FILE = "sam2.1_hiera_tiny.pt"  # never loaded here: the checks run before t
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
+def comfy(comfy_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")
     write_models(base)
     state = VaceTransformer(TINY_DIT).state_dict()
@@ -45,8 +41,7 @@ def comfy(tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.pt").write_bytes(b"a file outside the model folders")
     (base / "models" / "sam2" / "escape.pt").symlink_to(outside / "secret.pt")  # a link leading out
-    with ComfyServer(RUNTIME, base) as server:
-        server.info = server.object_info()
+    with comfy_server.serving(base) as server:
         server.outside = outside
         yield server
 

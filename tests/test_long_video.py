@@ -106,6 +106,15 @@ def test_kept_latents_are_the_fully_carried_ones():
 def test_fused_spans_and_weights():
     assert L.fused_spans(21, 21, 2) == [(0, 21)]
     assert L.fused_spans(61, 21, 2) == [(0, 21), (13, 34), (27, 48), (40, 61)]
+    spans = L.fused_spans(12, 5, 2)
+    assert spans == [(0, 5), (2, 7), (5, 10), (7, 12)]
+    # by hand: linear ramps (k / (ramp + 1)) across each overlap (3, 2, 3 latents), flat at the video's ends;
+    # pyramid min(k, size + 1 - k) whatever the neighbours
+    linear = [[1, 1, 3 / 4, 2 / 4, 1 / 4], [1 / 4, 2 / 4, 3 / 4, 2 / 3, 1 / 3], [1 / 3, 2 / 3, 3 / 4, 2 / 4, 1 / 4],
+              [1 / 4, 2 / 4, 3 / 4, 1, 1]]
+    for kind, expected in (("linear", linear), ("pyramid", [[1, 2, 3, 2, 1]] * 4)):
+        got = L.fused_weights(spans, kind)
+        assert all(torch.allclose(w, torch.tensor(e, dtype=torch.float64)) for w, e in zip(got, expected, strict=True))
     for kind in L.FUSED_WEIGHTS:
         spans = L.fused_spans(30, 9, 3)
         total = torch.zeros(30, dtype=torch.float64)
@@ -200,10 +209,11 @@ def test_perturbation_noises_only_the_carried_inactive_latents():
 def test_latent_replacement_renoises_to_the_current_level():
     clean, noise = torch.randn(1, 16, 2, 2, 2), torch.randn(1, 16, 2, 2, 2)
     x = torch.randn(1, 16, 5, 2, 2)
+    before = x.clone()
     seen = lambda x, *args, **biases: x  # noqa: E731  (a DiT that answers what it was shown)
     out = L.LatentReplacement(seen, clean, noise, [0, 1], 0.3)(x, None, None, [], [])
-    assert torch.allclose(out[:, :, :2], 0.7 * clean + 0.3 * noise) and torch.equal(out[:, :, 2:], x[:, :, 2:])
-    assert torch.equal(x, x.clone())  # the solver's x is left alone
+    assert torch.allclose(out[:, :, :2], 0.7 * clean + 0.3 * noise) and torch.equal(out[:, :, 2:], before[:, :, 2:])
+    assert torch.equal(x, before)  # the solver's x is left alone (the model sees a copy)
 
 
 class Linear(torch.nn.Module):
@@ -241,11 +251,55 @@ def test_fused_windows_blend_to_the_whole_for_a_local_model():
     assert torch.allclose(fused(x, t, text, [ctx], [1.0]), model(x, t, text, [ctx], [1.0]), atol=1e-6)
 
 
-def test_fused_mode_runs_a_long_vcu(models, texts):
+class WindowMean(torch.nn.Module):
+    """A stand-in DiT that sees its whole input: its velocity is the mean of x over the frames it is given (in
+    fused mode: the reference and the window's frames)."""
+
+    compute_dtype = torch.float32
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x, t, text, contexts, strengths):
+        return self.w * x.mean(2, keepdim=True).expand_as(x)
+
+
+@pytest.mark.parametrize("kind", L.FUSED_WEIGHTS)
+def test_fused_windows_blend_each_windows_velocity_by_its_weights(kind):
+    """v(frame f) = sum_i w_i(f) v_i(f) / sum_i w_i(f) over the windows i holding f (the reference frame: the plain
+    mean of every window's), for a model whose answer depends on the window it sees."""
+    x = torch.randn(1, 16, 1 + 12, 2, 2)
+    # overlaps over half the window: there the normalised weights differ between the kinds (with smaller overlaps
+    # both are proportional to a frame's distance from the window's edge, so they blend alike)
+    spans = L.fused_spans(12, 5, 4)
+    assert spans == [(0, 5), (1, 6), (2, 7), (3, 8), (4, 9), (5, 10), (6, 11), (7, 12)]
+    weights = L.fused_weights(spans, kind)
+    v = L.FusedWindows(WindowMean(), spans, weights, references=1)(x, torch.tensor([300.0]), None, [], [])
+    means = [torch.cat([x[:, :, :1], x[:, :, 1 + a:1 + b]], 2).mean(2) for a, b in spans]  # (1, 16, 2, 2) each
+    for f in range(12):
+        holding = [i for i, (a, b) in enumerate(spans) if a <= f < b]
+        w = [float(weights[i][f - spans[i][0]]) for i in holding]
+        expected = sum(wi * means[i] for wi, i in zip(w, holding, strict=True)) / sum(w)
+        torch.testing.assert_close(v[:, :, 1 + f], expected)
+    torch.testing.assert_close(v[:, :, 0], sum(means) / len(spans))
+
+
+def test_fused_mode_is_one_run_over_the_whole_latent_for_a_local_model(models, texts):
+    """Fused mode end to end (spans from the window settings, each window's slice of the latent and of the context
+    with the reference in front, blended, decoded): for a model acting per latent frame it gives the video of one
+    sampling run over the whole latent; with the real DiT, linear and pyramid weights give different videos."""
     model, vae = models
-    result = L.generate_long(model, vae, V.text_to_video(17, 16, 16), *texts, settings=FAST,
-                             long=L.LongVideoSettings(window=9, overlap=5, mode="fused"))
-    assert result.video.shape == (3, 17, 16, 16) and result.video.isfinite().all()
+    unit = V.with_references(V.text_to_video(25, 16, 16), [clip(1)[0]])
+    # 7 latents in windows of 5 overlapping by 4 (over half the window: the kinds differ, see above): 3 windows
+    fused = L.LongVideoSettings(window=17, overlap=13, mode="fused")
+    local = L.generate_long(Linear(), vae, unit, *texts, settings=FAST, long=fused)
+    torch.testing.assert_close(local.video, generate(Linear(), vae, unit, *texts, settings=FAST), atol=1e-5, rtol=0)
+    linear, pyramid = (L.generate_long(model, vae, unit, *texts, settings=FAST,
+                                       long=L.LongVideoSettings(window=17, overlap=13, mode="fused", fused_weights=k))
+                       for k in ("linear", "pyramid"))
+    assert linear.video.shape == (3, 25, 16, 16) and linear.windows == 1
+    assert (linear.video - pyramid.video).abs().max() > 1e-3
 
 
 def test_interrupt_returns_the_finished_windows(models, texts):

@@ -1,5 +1,5 @@
 """LoRA in vace_core: every key layout gives the same model, merged equals unmerged, fp8 bases, clear refusals.
-(ComfyUI's own LoRA math on the same files is compared in tests/test_comfy_lora.py, on a real server.)"""
+(ComfyUI's own LoRA math on the same files is compared in tests/test_comfy_native_interop.py, on a real server.)"""
 
 import pytest
 import torch
@@ -179,23 +179,36 @@ def test_wrong_family_size_or_broken_lora_is_refused(keys, message):
 @pytest.mark.parametrize("dtype, scaled", [(torch.float8_e4m3fn, False), (torch.float8_e4m3fn, True),
                                            (torch.bfloat16, False)])
 def test_low_precision_base_with_lora(tmp_path, lora, dtype, scaled):
-    """fp8 (plain and ComfyUI scaled) and bf16 bases take LoRAs, merged and unmerged. Unmerged keeps the change
-    in float32, so it is closer to the fp32 result than merging into fp8 (which rounds the sum)."""
+    """fp8 (plain and ComfyUI scaled) and bf16 bases take LoRAs, merged and unmerged, at their strength.
+
+    Compared is the LoRA's effect (output with it - output without it, on the same base) with its effect on the
+    fp32 model. Unmerged keeps the change in float32: the effects agree up to the base's rounding (measured: 4 %
+    on fp8, 0.7 % on bf16; the effect is 30 % of the output, so a strength 20 % off is 20 % here). Merging into
+    fp8 rounds the sum (measured: 11 % plain, 27 % scaled), so there the merged weights are checked instead: each
+    is the fp8 rounding of the base's value plus strength * delta (in the file's scale)."""
     path = tmp_path / "vace.safetensors"
     save_checkpoint(fresh_model().state_dict(), path, "official", dtype, scaled=scaled)
-    fp32 = run(with_lora(lora)[0])
-    errors = {}
+    fp32_effect = run(with_lora(lora, strength=0.7)[0]) - run(fresh_model())
+    effects = {}
     for merge in (True, False):
         model = load_vace_model(path, device="cpu", num_heads=2, vace_layers=(0, 2))
+        before = {k: v.clone() for k, v in model.state_dict().items()}
         base = run(model)
-        apply_lora(model, lora, merge=merge)
+        apply_lora(model, lora, strength=0.7, merge=merge)
         out = run(model)
         assert torch.isfinite(out).all()
-        assert rel(out, base) > 1e-3  # the LoRA reaches the low-precision weights
-        errors[merge] = rel(out, fp32)
-    assert errors[False] < 0.1 and errors[True] < 0.1
-    if dtype != torch.bfloat16:
-        assert errors[False] <= errors[True]
+        effects[merge] = rel(out - base, fp32_effect)
+        if merge and dtype != torch.bfloat16:
+            merged = model.state_dict()
+            for param, parts in plan_lora(lora, shapes(model)).patches().items():
+                scale = before.get(param.removesuffix("weight") + "scale_weight") if param.endswith("weight") \
+                    else None
+                change = 0.7 * delta(parts, before[param].shape) / (1 if scale is None else scale.float())
+                expected = (before[param].float() + change).to(before[param].dtype)
+                assert torch.equal(merged[param].float(), expected.float()), param  # fp8 compares as float
+    assert effects[False] < 0.06, effects
+    if dtype == torch.bfloat16:
+        assert effects[True] < 0.02, effects
 
 
 def test_lora_file_is_read_from_disk(tmp_path, lora):

@@ -2,6 +2,8 @@
 and TeaCache4Wan2.1's own loop on a recorded sequence), VACE stream windows and CFG branches force computed
 steps, evaluations counted."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -81,22 +83,48 @@ def test_decisions_by_hand():
     assert decisions(TeaCache(0.1, mode="e"), inputs, 8) == list("CCCCCCSS")
 
 
-def test_wan_polynomial_by_hand():
-    # 2396.76752 x^4 - 1311.10545 x^3 + 201.331979 x^2 - 8.29855975 x + 0.137887774 at x = 0.02, by hand:
-    # 0.000383483 - 0.010488844 + 0.080532792 - 0.165971195 + 0.137887774 = 0.04234401
-    assert np.polyval(COEFFICIENTS["t_emb", 1536], 0.02) == pytest.approx(0.04234401, abs=1e-7)
+# TeaCache4Wan2.1's polynomials as teacache_generate.py sets them: by its use_ret_steps flag (our "e" mode) and the
+# checkpoint's size (1.3B: width 1536; 14B: 5120), highest power first
+PUBLISHED = {("t_emb", 1536): (2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01),
+             ("t_emb", 5120): (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
+             ("e", 1536): (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02),
+             ("e", 5120): (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01)}
+# each at x = 0.02, term by term (x^4 ... x^0), by hand
+BY_HAND = {("t_emb", 1536): 0.000383483 - 0.010488844 + 0.080532792 - 0.165971195 + 0.137887774,  # 0.042344010
+           ("t_emb", 5120): -0.000925528 + 0.043596073 - 0.724466367 + 5.125435686 - 13.022524040,  # -8.578884176
+           ("e", 1536): -0.008349799 + 0.073843312 - 0.211310379 + 0.273975232 - 0.049987566,  # 0.078170800
+           ("e", 5120): -0.048530996 + 0.392429623 - 1.062122224 + 1.174730230 - 0.315583525}  # 0.140923108
+
+
+def width(dim: int):
+    """What TeaCache reads of a model to pick its polynomial."""
+    return SimpleNamespace(config=SimpleNamespace(dim=dim))
+
+
+@pytest.mark.parametrize("mode, dim", list(PUBLISHED))
+def test_wan_polynomials_by_hand(mode, dim):
+    """The polynomial TeaCache picks for a mode and model width is the published one for that pair, and it
+    evaluates to the hand-computed value."""
+    coefficients = TeaCache(0.1, mode=mode)._coefficients(width(dim))
+    assert coefficients == PUBLISHED[mode, dim]
+    assert np.polyval(coefficients, 0.02) == pytest.approx(BY_HAND[mode, dim], abs=2e-9)
+
+
+def test_wan_threshold_decisions_by_hand():
     # 1.3B at threshold 0.08: relative changes of 0.02 each accumulate 0.0423 then 0.0847 >= 0.08 -> C S C ...
     inputs = [1.0 * 0.98**k for k in range(6)]
     assert decisions(TeaCache(0.08), inputs, 6, COEFFICIENTS["t_emb", 1536]) == list("CSCSCC")
 
 
-def published_teacache(inputs, steps, threshold, coefficients, use_ret_steps):
+def published_teacache(cond, uncond, steps, threshold, coefficients, use_ret_steps):
     """TeaCache4Wan2.1's loop (teacache_generate.py), written out: one call per CFG branch (cond even, uncond
-    odd) with a counter over 2 * steps calls; returns each call's should_calc."""
+    odd), each with its own modulated input, accumulated estimate and previous input, and a counter over
+    2 * steps calls; returns each call's should_calc."""
     ret_steps, cutoff = (5 * 2, steps * 2) if use_ret_steps else (1 * 2, steps * 2 - 2)
     acc, prev, out = {0: 0.0, 1: 0.0}, {0: None, 1: None}, []
     for cnt in range(2 * steps):
-        branch, inp = cnt % 2, inputs[cnt // 2]
+        branch = cnt % 2
+        inp = (cond, uncond)[branch][cnt // 2]
         if cnt < ret_steps or cnt >= cutoff:
             calc = True
             acc[branch] = 0
@@ -111,25 +139,37 @@ def published_teacache(inputs, steps, threshold, coefficients, use_ret_steps):
     return out
 
 
+# the 1.3B model's width (its published polynomials apply), tiny otherwise: only the embedding runs here
+WIDE = VaceConfig(dim=1536, ffn_dim=64, num_heads=12, num_layers=1, vace_layers=(0,), text_dim=32)
+
+
 @pytest.mark.parametrize("mode", ["t_emb", "e"])
-def test_decisions_equal_the_published_loop_on_a_recorded_sequence(model, mode):
+def test_decisions_equal_the_published_loop_on_a_recorded_sequence(mode):
+    """The modulated inputs of a CFG-batched run (cond and uncond text, 20 steps), decided by our cache with the
+    polynomial it picks for the mode and width, and by the published per-branch loop on each branch's own rows
+    with the published polynomial: the same decisions, for both branches."""
+    torch.manual_seed(0)
+    model = VaceTransformer(WIDE).eval().requires_grad_(False)
+    model.time_embedding[2].bias += 5  # the inputs then change 1.6-2.8 % per step, as a real Wan's (random: ~80 %)
     steps = 20
     sigmas = flow_sigmas(steps, 5.0)[:-1].tolist()
-    x, text = torch.randn(2, 16, *LATENT), torch.randn(2, 5, 32)
+    x, text = torch.randn(2, 16, *LATENT), torch.randn(2, 5, 32)  # row 0: cond, row 1: uncond
     ctx = [torch.randn(1, 96, *LATENT)]
     recorded = []
     for sigma in sigmas:  # the modulated inputs a CFG-batched run sees (both rows share the timestep)
         tokens = model.embed(x, torch.full((2,), sigma_to_timestep(sigma)), text, ctx)
         recorded.append(tokens.t_emb if mode == "t_emb" else tokens.e)
-    changes = [((b - a).abs().mean() / a.abs().mean()).item() for a, b in zip(recorded, recorded[1:], strict=False)]
+    poly = np.poly1d(PUBLISHED[mode, 1536])
+    changes = [poly(((b - a).abs().mean() / a.abs().mean()).item()) for a, b in zip(recorded, recorded[1:],
+                                                                                    strict=False)]
     threshold = 2.5 * float(np.median(changes))  # skips some steps, not all
-    cache = TeaCache(threshold, mode=mode)
+    cache = TeaCache(threshold, mode=mode)  # no coefficients given: it picks them by mode and width
     cache.begin(steps)
     state = DenoiserCache(residual=torch.zeros(1))
-    ours = [cache.should_compute(state, inp, i, (), IDENTITY) for i, inp in enumerate(recorded)]
-    reference = published_teacache(recorded, steps, threshold, IDENTITY, use_ret_steps=mode == "e")
-    assert reference[0::2] == reference[1::2]  # the timestep-only rule decides the same for both branches
-    assert ours == reference[0::2]
+    ours = [cache.should_compute(state, inp, i, (), cache._coefficients(model)) for i, inp in enumerate(recorded)]
+    reference = published_teacache([r[:1] for r in recorded], [r[1:] for r in recorded], steps, threshold,
+                                   PUBLISHED[mode, 1536], use_ret_steps=mode == "e")
+    assert ours == reference[0::2] == reference[1::2]
     assert 0 < ours.count(False) < steps - RETENTION[mode]
 
 

@@ -1,13 +1,18 @@
 """A real ComfyUI server for tests: found on disk, started on a free loopback port with a temporary base
 directory (this pack and the test-only node linked into its custom_nodes/), driven over HTTP (stdlib only).
 
-The runtime comes from COMFYUI_PATH / COMFYUI_PYTHON, else ~/.cache/vace-comfyui/{ComfyUI,venv/bin/python}.
+The runtime comes from COMFYUI_PATH / COMFYUI_PYTHON, else ~/.cache/vace-comfyui/{ComfyUI,venv/bin/python}. In the
+project's layout `make test` builds the latter when neither exists (`python -m tests.integration.comfy_server
+--provision`, which runs ../shared/tools/comfyui-runtime.sh).
 """
 
+import contextlib
+import functools
 import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,8 +22,28 @@ from pathlib import Path
 PACK_ROOT = Path(__file__).resolve().parents[2]
 TEST_NODE = Path(__file__).resolve().parent / "test_text_node"
 CACHE = Path.home() / ".cache" / "vace-comfyui"
-RUNTIME_HINT = ("no ComfyUI runtime found: build one with `../shared/tools/comfyui-runtime.sh <ComfyUI git dir>` "
-                "(a snapshot of Comfy-Org/ComfyUI), or set COMFYUI_PATH and COMFYUI_PYTHON")
+# the runtime builder (ComfyUI 0.3.64 from a vendored tarball + a CPU venv), where the project's layout has it
+RUNTIME_SCRIPTS = (PACK_ROOT.parent / "shared" / "tools" / "comfyui-runtime.sh",
+                   PACK_ROOT / "shared" / "tools" / "comfyui-runtime.sh")
+
+
+def runtime_script() -> Path | None:
+    return next((p for p in RUNTIME_SCRIPTS if p.is_file()), None)
+
+
+def runtime_hint() -> str:
+    """What is missing and how to get it."""
+    if "COMFYUI_PATH" in os.environ or "COMFYUI_PYTHON" in os.environ:
+        where = (f"COMFYUI_PATH={os.environ.get('COMFYUI_PATH', '(unset)')} has no main.py or COMFYUI_PYTHON="
+                 f"{os.environ.get('COMFYUI_PYTHON', '(unset)')} is not a file")
+    else:
+        where = f"COMFYUI_PATH / COMFYUI_PYTHON are unset and {CACHE} holds no ComfyUI/main.py + venv/bin/python"
+    script = runtime_script()
+    build = (f"build one with `{script}` (or `make test`, which runs it)" if script else
+             f"the runtime builder ({RUNTIME_SCRIPTS[0]}) is not here either: clone ComfyUI 0.3.64, install its "
+             "requirements.txt into a Python environment (torch 2.13 CPU), and set COMFYUI_PATH (the folder with "
+             "main.py) and COMFYUI_PYTHON (that environment's python)")
+    return f"no ComfyUI runtime: {where}; {build}"
 
 
 @dataclass(frozen=True)
@@ -35,19 +60,22 @@ def find_runtime() -> Runtime | None:
     return None
 
 
+@functools.cache
 def runtime_has(runtime: Runtime, module: str) -> bool:
-    """Whether the runtime's Python can import `module` (optional annotator dependencies)."""
+    """Whether the runtime's Python can import `module` (optional annotator dependencies). Ask after
+    install_pack (the `comfy_runtime` fixture runs it): the answer is cached."""
     return subprocess.run([str(runtime.python), "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
 PACK_IMPORTS = ("cv2", "einops", "av", "mediapipe", "sam2", "hydra")
 
 
+@functools.cache
 def install_pack(runtime: Runtime) -> None:
     """Installs the pack's requirements into the runtime as a user would (requirements.txt, the annotator
     extras and, opted in for the pose tests, the MediaPipe file; torch held by the constraint); nothing to do
     when they import. Tests needing an extra that could not be installed skip, saying so."""
-    if runtime_has(runtime, ", ".join(PACK_IMPORTS)):
+    if runtime_has.__wrapped__(runtime, ", ".join(PACK_IMPORTS)):
         return
     pip = [str(runtime.python), "-m", "pip", "install", "-q", "-c", str(PACK_ROOT / "constraints.txt")]
     requirements = [arg for name in ("requirements.txt", "requirements-annotators.txt", "requirements-mediapipe.txt")
@@ -55,6 +83,25 @@ def install_pack(runtime: Runtime) -> None:
     subprocess.run([*pip, *requirements], check=False)
     subprocess.run([*pip, "--no-build-isolation", "--no-deps", "sam2==1.1.0"], check=False,
                    env={**os.environ, "SAM2_BUILD_CUDA": "0"})
+    runtime_has.cache_clear()
+
+
+def provision() -> int:
+    """`make test`'s first step: when no runtime is configured (COMFYUI_PATH / COMFYUI_PYTHON unset) and the cache
+    holds none, build it with the project's runtime script (the script reuses what a broken build left). Says
+    what is missing otherwise; the tests needing the runtime then skip (fail under CI=true) with that message."""
+    if find_runtime() is not None:
+        return 0
+    script = runtime_script()
+    if "COMFYUI_PATH" in os.environ or "COMFYUI_PYTHON" in os.environ or script is None:
+        print(f"warning: {runtime_hint()}", file=sys.stderr)
+        return 0
+    print(f"building the ComfyUI runtime in {CACHE} with {script} (1-3 minutes)", flush=True)
+    code = subprocess.run(["bash", str(script)]).returncode  # its default destination is CACHE
+    if code or find_runtime() is None:
+        print(f"error: {script} failed (exit {code}); {runtime_hint()}", file=sys.stderr)
+        return code or 1
+    return 0
 
 
 def free_port() -> int:
@@ -72,10 +119,12 @@ class PromptRejected(Exception):
 
 
 class ComfyServer:
-    """One ComfyUI process. Use as a context manager; `run(prompt)` queues a graph and waits for its result."""
+    """One ComfyUI process. Use as a context manager; `run(prompt)` queues a graph and waits for its result.
+    `serving(base)` points the running server at another base directory (models/, input/, output/)."""
 
     def __init__(self, runtime: Runtime, base_dir: Path, extra_args: tuple[str, ...] = ()):
         self.runtime, self.base_dir, self.extra_args = runtime, Path(base_dir), extra_args
+        self.start_base = self.base_dir  # custom_nodes/, user/ (settings) and the log stay here
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base_dir / "server.log"
@@ -107,9 +156,11 @@ class ComfyServer:
                 raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 self.get("/system_stats")
-                return
             except OSError:
                 time.sleep(0.5)
+                continue
+            self.info = self.object_info()
+            return
         self.stop()
         raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 
@@ -123,6 +174,24 @@ class ComfyServer:
                 self.process.wait()
         if self.process is not None:
             self._log.close()
+
+    @contextlib.contextmanager
+    def serving(self, base: Path):
+        """The server reads models from base/models and inputs from base/input, and writes base/output, with
+        ComfyUI's caches emptied (outputs and loaded models: files of the same name differ between bases) and
+        `info` (/object_info) read anew; back at the start base, caches emptied again, on exit. Through the test
+        node's route /vace_test/base (tests/integration/test_text_node)."""
+        self._use(Path(base))
+        try:
+            yield self
+        finally:
+            if self.alive():
+                self._use(self.start_base)
+
+    def _use(self, base: Path):
+        self.post("/vace_test/base", {"base": str(base)})
+        self.base_dir = base
+        self.info = self.object_info()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -194,3 +263,9 @@ def output_files(base_dir: Path, entry: dict) -> list[Path]:
                 if isinstance(item, dict) and "filename" in item and item.get("type") == "output":
                     files.append(Path(base_dir) / "output" / item.get("subfolder", "") / item["filename"])
     return files
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--provision"]:
+        sys.exit("usage: python -m tests.integration.comfy_server --provision")
+    sys.exit(provision())

@@ -389,13 +389,13 @@ def write_all(object_info: dict) -> list[Path]:
 
 
 def main() -> None:
-    from .comfy_server import RUNTIME_HINT, ComfyServer, find_runtime
+    from .comfy_server import ComfyServer, find_runtime, runtime_hint
     from .fixtures import write_inputs, write_models
     from .thumbnails import write_thumbnails
 
     runtime = find_runtime()
     if runtime is None:
-        sys.exit(RUNTIME_HINT)
+        sys.exit(runtime_hint())
     with tempfile.TemporaryDirectory() as tmp:
         write_models(Path(tmp))
         write_inputs(Path(tmp), 64, 64, 9)

@@ -167,3 +167,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {"VACETestTextEncode": "VACE Test Text Encode (test
                               "VACETestCLIPLoader": "VACE Test CLIP Loader (tests only)",
                               "VACETestSaveWeights": "VACE Test Save Weights (tests only)",
                               "VACETestSaveConditioning": "VACE Test Save Conditioning (tests only)"}
+
+from . import base_route  # noqa: E402, F401 (registers POST /vace_test/base)
