@@ -110,7 +110,7 @@ def test_teacache_strength_tolerance():
     cache = TeaCache(10.0, coefficients=(1.0, 0.0))
     cache.begin(8)
     state = DenoiserCache(residual=torch.zeros(1))
-    decisions = ["C" if cache.should_compute(state, torch.full((4,), 1.0), i, (), (1.0,), (s,)) else "S"
+    decisions = ["C" if cache.decide(state, torch.full((4,), 1.0), i, (), (1.0,), (s,)) else "S"
                  for i, s in enumerate([1.0, 0.98, 0.96, 0.94, 0.92, 0.97, 0.9, 0.9])]
     # computed at 1.0; .98 .96 within .05 of it; .94 is .06 away: computed; .92 .97 within .05 of .94; .9: .04
     # away from .94, but the last step is always computed

@@ -194,8 +194,8 @@ def test_a_stream_window_boundary_forces_a_computed_step(model, monkeypatch):
 
 
 def _recording(should_compute, log):
-    def wrapped(state, inp, step, key, coefficients, strengths=()):
-        computed = should_compute(state, inp, step, key, coefficients, strengths)
+    def wrapped(state, inp, step, key, coefficients):
+        computed = should_compute(state, inp, step, key, coefficients)
         log.append((step, computed))
         return computed
     return wrapped

@@ -3,10 +3,12 @@
 import argparse
 import logging
 import sys
+from dataclasses import fields
 
 import torch
 
 from .errors import VaceError
+from .guidance_options import COMBINATIONS, HELP, GuidanceOptions
 from .outputs import check_writable
 from .video_io import WRITE_EXTS
 
@@ -123,6 +125,8 @@ def _settings(args):
     from .sampling.presets import lora_strength, preset
     from .step_cache import TeaCache
 
+    if args.denoise < 1 and not args.init_video and not args.job:
+        raise VaceError(f"--denoise {args.denoise} refines a video: give it with --init-video FILE")
     chosen = preset(args.preset or "official")
     values = {k: getattr(args, k) if getattr(args, k) is not None else getattr(chosen, v)
               for k, v in (("steps", "steps"), ("cfg", "guidance"), ("shift", "shift"), ("sampler", "solver"))}
@@ -130,7 +134,9 @@ def _settings(args):
         print(f"preset {args.preset}: {values['steps']} steps, cfg {values['cfg']}, shift {values['shift']}, "
               f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
     cache = TeaCache(args.teacache, args.teacache_mode) if args.teacache else None
-    return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed, cache)
+    guidance = GuidanceOptions(**{f.name: getattr(args, f.name) for f in fields(GuidanceOptions)}).settings()
+    return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed, cache,
+                           denoise=args.denoise, **guidance)
 
 
 def _parallel(args, model):
@@ -161,7 +167,8 @@ def _run(args):
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
                         length=args.length, regions=[tuple(r) for r in args.region],
                         background_prompt=args.background_prompt, region_strength=tuple(args.region_strength),
-                        region_end=args.region_end)
+                        region_end=args.region_end, init_video=args.init_video, strength_curve=args.strength_curve,
+                        frame_weights=args.frame_weights)
     settings = _settings(args)
     check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
     _check_model_files(args)
@@ -239,6 +246,24 @@ def _long_video_flags(run):
     g.add_argument("--colour-anchor", help="image whose colours every window matches (default: the first window)")
 
 
+def _guidance_flags(run):
+    """NAG, skip-layer guidance, CFG-Zero* / APG (vace_core/guidance_options.py: one help text per knob)."""
+    g = run.add_argument_group("guidance add-ons (all off by default: plain CFG)")
+    for f in fields(GuidanceOptions):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "combination":
+            g.add_argument(flag, choices=COMBINATIONS, default=f.default, help=HELP[f.name])
+        else:
+            g.add_argument(flag, type=type(f.default), default=f.default, help=HELP[f.name])
+    g.add_argument("--strength-curve", default="", help="the VCU's strength per step: keyframes '0:1.0, 0.3:0.6, "
+                   "1:0.2' (step fraction:value) or one value per step")
+    g.add_argument("--frame-weights", default="", help="the VCU's weight per latent frame (references first): "
+                   "keyframes '0:1, 0.2:0' or one value per latent frame")
+    g.add_argument("--init-video", help="video-to-video: the video to refine (fitted to --width/--height/--length)")
+    g.add_argument("--denoise", type=float, default=1.0, help="with --init-video: the fraction of the schedule "
+                   "run from it noised (as KSampler's denoise; 1 = from pure noise)")
+
+
 def _run_parser(sub):
     run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
     run.add_argument("--job", help="a VACE job file (ComfyUI's Save VACE Job node): its VCUs, encoded prompts, "
@@ -275,6 +300,7 @@ def _run_parser(sub):
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--composite", type=int, metavar="FEATHER", help="paste kept pixels back (feather in px)")
     _long_video_flags(run)
+    _guidance_flags(run)
     run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
     run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
     run.add_argument("--weight-dtype", choices=list(DTYPES), help="storage dtype (default: the file's)")

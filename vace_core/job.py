@@ -9,7 +9,7 @@ negative (1, L, D) text features; the metadata "vace_job" holds JSON: version, k
 """
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import VaceError
+from .nag import NAG
 from .pipeline import SamplerSettings
+from .sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
 from .sampling import ContextStream
 from .vcu import VCU
 
@@ -33,6 +35,28 @@ class Job:
     settings: SamplerSettings
 
 
+GUIDES = {"nag": NAG, "slg": SkipLayerGuidance, "cfg_zero_star": CFGZeroStar, "apg": AdaptiveProjectedGuidance}
+
+
+def _spec(curve) -> str | None:
+    """A stream's curve as the text it was written in (None: flat)."""
+    return None if curve is None else getattr(curve, "spec", curve)
+
+
+def _settings_record(settings: SamplerSettings) -> dict:
+    """The settings as JSON: the guidance add-ons by their constructor fields (APG's running average is per run)."""
+    record = asdict(replace(settings, **dict.fromkeys(GUIDES)))
+    for name, cls in GUIDES.items():
+        value = getattr(settings, name)
+        record[name] = None if value is None else {f.name: getattr(value, f.name) for f in fields(cls) if f.init}
+    return record
+
+
+def _settings_from(record: dict) -> SamplerSettings:
+    guides = {name: None if record.get(name) is None else cls(**record[name]) for name, cls in GUIDES.items()}
+    return SamplerSettings(**{**record, **guides})
+
+
 def save_job(path, job: Job) -> Path:
     """Writes the job (float32 pixels and features); returns the path."""
     if len(job.vcus) != len(job.streams) or not job.vcus:
@@ -44,8 +68,9 @@ def save_job(path, job: Job) -> Path:
     for i, unit in enumerate(job.vcus):
         tensors |= {f"vcu.{i}.frames": unit.frames, f"vcu.{i}.masks": unit.masks}
         tensors |= {f"vcu.{i}.ref.{j}": ref for j, ref in enumerate(unit.references)}
-    meta = {"version": VERSION, "kinds": [u.kind for u in job.vcus], "streams": [list(s) for s in job.streams],
-            "settings": asdict(job.settings)}
+    meta = {"version": VERSION, "kinds": [u.kind for u in job.vcus],
+            "streams": [[*s[:3], _spec(s.curve), _spec(s.frames)] for s in map(ContextStream._make, job.streams)],
+            "settings": _settings_record(job.settings)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.float().contiguous().cpu() for k, v in tensors.items()}, path,
@@ -72,7 +97,7 @@ def load_job(path) -> Job:
         refs = sorted((k for k in names if k.startswith(f"vcu.{i}.ref.")), key=lambda k: int(k.rsplit(".", 1)[1]))
         vcus.append(VCU(tensors[f"vcu.{i}.frames"], tensors[f"vcu.{i}.masks"], [tensors[k] for k in refs], kind))
     return Job(vcus, tensors["positive"], tensors.get("negative"), [ContextStream(*s) for s in meta["streams"]],
-               SamplerSettings(**meta["settings"]))
+               _settings_from(meta["settings"]))
 
 
 def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, tiling=None) -> torch.Tensor:

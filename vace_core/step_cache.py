@@ -13,9 +13,10 @@ or closing forces a computed step, and so does a strength curve once any stream'
 STRENGTH_TOLERANCE (0.05, absolute) from the strength the residual was computed under. Attention hooks (NAG,
 skip-layer guidance, regional prompts) are part of the key: switching one on or off forces a computed step.
 Caches are per CFG branch (the residual keeps one row per branch of the batched forward; a change of branches
-forces a computed step) and per denoiser (Wan2.2's two experts each keep their own), and per call of a step (`Cached`: the i-th call of every step shares a cache, so fused long-video
-windows keep one cache per window position, and carry guidance's window-free pass its own). A cache is reset at
-the start of every sampling run (so per long-video window too). On several processes the decision is agreed
+forces a computed step), per denoiser (Wan2.2's two experts each keep their own), and per call of a step
+(`Cached`: the i-th call of every step shares a cache, so fused long-video windows keep one cache per window
+position, carry guidance's window-free pass its own, and SLG's third pass its own). A cache is reset at the
+start of every sampling run (so per long-video window too). On several processes the decision is agreed
 (`Denoiser.agree`): every rank skips or computes together (the decision input, the timestep embedding, is the
 same on every rank anyway), and each rank keeps the residual of its own shard of tokens.
 
@@ -122,19 +123,29 @@ class TeaCache:
         return COEFFICIENTS[self.mode, dim]
 
     def should_compute(self, state: DenoiserCache, inp: torch.Tensor, step: int, key: tuple,
-                       coefficients: tuple[float, ...], strengths: tuple = ()) -> bool:
+                       coefficients: tuple[float, ...]) -> bool:
         """The published decision for this step (0 <= step < the run's steps); updates the accumulated estimate
         and the previous input in `state`."""
         forced = (step < RETENTION[self.mode] or (LAST_STEP_COMPUTED[self.mode] and step >= self._steps - 1)
-                  or state.residual is None or key != state.key or strengths_moved(strengths, state.strengths))
+                  or state.residual is None or key != state.key)
         if forced:
             compute = True
         else:
             state.acc += float(np.polyval(coefficients, relative_l1(inp, state.prev)))
             compute = state.acc >= self.threshold
         if compute:
-            state.acc, state.key, state.strengths = 0.0, key, strengths
+            state.acc = 0.0
         state.prev = inp
+        return compute
+
+    def decide(self, state: DenoiserCache, inp: torch.Tensor, step: int, key: tuple, coefficients: tuple[float, ...],
+               strengths: tuple = ()) -> bool:
+        """`should_compute`, and a computed step whenever a stream's strength moved beyond STRENGTH_TOLERANCE from
+        the strengths of the cached residual (recorded here when the step computes)."""
+        moved = state.residual is not None and strengths_moved(strengths, state.strengths)
+        compute = self.should_compute(state, inp, step, key, coefficients) or moved
+        if compute:
+            state.acc, state.strengths = 0.0, strengths
         return compute
 
     def layer(self, net, step: Step) -> "Cached":
@@ -159,7 +170,7 @@ class TeaCache:
         key = (tuple(key), x.shape[0])
         inp = tokens.t_emb if self.mode == "t_emb" else tokens.e
         strengths = tuple(strengths)
-        if model.agree(self.should_compute(state, inp, step, key, self._coefficients(model), strengths)):
+        if model.agree(self.decide(state, inp, step, key, self._coefficients(model), strengths)):
             # another rank's decision to compute restarts the estimate here too
             state.acc, state.key, state.strengths = 0.0, key, strengths
             out = model.run_blocks(tokens, vace_scale, self_bias, cross_bias)
@@ -173,8 +184,9 @@ class TeaCache:
 
 class Cached(Wrapper):
     """One step's denoiser with TeaCache: the blocks of `inner` (a staged denoiser) skipped when the cache allows.
-    The i-th call within the step uses cache slot i; the key is the attention hooks in use (`denoiser.bias_key`:
-    NAG, skip-layer guidance, regional prompts' first steps), and every stream's strength within a tolerance."""
+    The i-th call within the step uses cache slot i; the key is which streams are on and the attention hooks in use
+    (`denoiser.bias_key`: NAG, skip-layer guidance, regional prompts' first steps); the strengths themselves are
+    compared within STRENGTH_TOLERANCE."""
 
     staged = False
 
@@ -187,5 +199,6 @@ class Cached(Wrapper):
     def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
         slot, self.calls = self.calls, self.calls + 1
         return self.cache(self.inner, x, t, text, contexts, strengths, step=self.step.index, slot=slot,
-                          key=(bias_key(self_bias), bias_key(cross_bias)), strengths=self.step.strengths,
+                          key=(tuple(s != 0 for s in self.step.strengths), bias_key(self_bias), bias_key(cross_bias)),
+                          strengths=self.step.strengths,
                           self_bias=self_bias, cross_bias=cross_bias)

@@ -19,6 +19,7 @@ from .errors import VaceError
 from .long_video import LongVideoSettings, generate_long
 from .pipeline import SamplerSettings, composite, generate
 from .regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, encode_text
+from .sampling import ContextStream
 from .video_io import VideoStream, read_image, read_video, write_video
 
 log = logging.getLogger("vace")
@@ -42,6 +43,9 @@ class TaskInputs:
     background_prompt: str = ""
     region_strength: tuple[float, float] = (SELF_STRENGTH, CROSS_STRENGTH)  # self, cross
     region_end: float = END
+    init_video: str | None = None  # video-to-video: the video refined with the settings' denoise < 1
+    strength_curve: str = ""  # the VCU's strength per step (sampling.curves); "" flat
+    frame_weights: str = ""  # the VCU's weight per latent frame; "" flat
 
 
 def _masks(path: str) -> torch.Tensor:
@@ -105,12 +109,16 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     negative = text_encoder.encode_negative(inputs.negative)
     log.info("VACE: %s VCU, %d frames at %dx%d, %d reference(s)", unit.kind, unit.length, *unit.size,
              len(unit.references))
+    streams = [ContextStream(curve=inputs.strength_curve or None, frames=inputs.frame_weights or None)]
+    init = V.fit_to(read_video(inputs.init_video)[0], unit) if inputs.init_video else None
     if long is not None and (unit.length > long.window or long.mode == "fused"):
         if regions is not None:
             raise VaceError("--region works within one window: drop --window/--mode, or generate at most "
                             f"{long.window} frames (regional prompts over long-video windows are not supported yet)")
-        return unit, _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long)
-    video = generate(model, vae, unit, positive, negative, settings=settings, tiling=tiling, regions=regions)
+        return unit, _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long,
+                               streams, init)
+    video = generate(model, vae, unit, positive, negative, streams, settings=settings, tiling=tiling, regions=regions,
+                     init_video=init)
     if feather is not None:
         video = composite(video, unit, feather)
     if out is not None:
@@ -118,14 +126,16 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     return unit, video
 
 
-def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long) -> torch.Tensor:
+def _run_long(unit, model, vae, positive, negative, out, fps, settings, feather, tiling, long, streams,
+              init) -> torch.Tensor:
     if out is None:
-        return generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
-                             composite_feather=feather).video
+        return generate_long(model, vae, unit, positive, negative, streams, settings=settings, long=long,
+                             tiling=tiling, composite_feather=feather, init_video=init).video
     stream = VideoStream(out, fps)
     try:
-        result = generate_long(model, vae, unit, positive, negative, settings=settings, long=long, tiling=tiling,
-                               composite_feather=feather, on_frames=lambda frames: stream.write(V.to_images(frames)))
+        result = generate_long(model, vae, unit, positive, negative, streams, settings=settings, long=long,
+                               tiling=tiling, composite_feather=feather, init_video=init,
+                               on_frames=lambda frames: stream.write(V.to_images(frames)))
     finally:
         stream.close()
     return result.video

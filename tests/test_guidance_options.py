@@ -1,0 +1,58 @@
+"""The guidance add-ons' knobs: all off by default (plain CFG), the command line's flags built from the one
+declaration, and a job file keeping them (and the streams' curves) exactly."""
+
+import argparse
+from dataclasses import fields
+
+import pytest
+import torch
+
+from vace_core import vcu as V
+from vace_core.__main__ import _run_parser, _settings
+from vace_core.errors import VaceError
+from vace_core.guidance_options import HELP, GuidanceOptions, parse_blocks
+from vace_core.job import Job, load_job, save_job
+from vace_core.nag import NAG
+from vace_core.pipeline import SamplerSettings
+from vace_core.sampling import ContextStream
+from vace_core.sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
+
+
+def test_defaults_are_all_off():
+    assert GuidanceOptions().settings() == {"nag": None, "slg": None, "cfg_zero_star": None, "apg": None}
+    assert set(HELP) == {f.name for f in fields(GuidanceOptions)}  # one help text per knob
+
+
+def test_knobs_build_the_published_defaults():
+    on = GuidanceOptions(nag_scale=10, slg_blocks="9, 10", combination="cfg-zero*").settings()
+    assert on["nag"] == NAG(10.0, 2.5, 0.25) and on["slg"] == SkipLayerGuidance((9, 10), 0.1, 0.9)
+    assert on["cfg_zero_star"] == CFGZeroStar(2) and on["apg"] is None
+    assert GuidanceOptions(combination="apg").settings()["apg"] == AdaptiveProjectedGuidance(0.0, 0.0, -0.5)
+    with pytest.raises(VaceError, match="SLG blocks"):
+        parse_blocks("9; x")
+
+
+def parse(*flags):
+    parser = argparse.ArgumentParser()
+    _run_parser(parser.add_subparsers())
+    return parser.parse_args(["run", *flags])
+
+
+def test_command_line_flags():
+    plain = _settings(parse())
+    assert (plain.nag, plain.slg, plain.cfg_zero_star, plain.apg, plain.denoise) == (None, None, None, None, 1.0)
+    s = _settings(parse("--nag-scale", "8", "--nag-tau", "3", "--slg-blocks", "9", "--slg-mode", "third",
+                        "--combination", "apg", "--apg-eta", "0.5", "--init-video", "x.mp4", "--denoise", "0.6"))
+    assert s.nag == NAG(8.0, 3.0, 0.25) and s.slg.mode == "third" and s.apg.eta == 0.5 and s.denoise == 0.6
+    with pytest.raises(VaceError, match="--init-video"):
+        _settings(parse("--denoise", "0.5"))
+
+
+def test_job_files_keep_guidance_and_curves(tmp_path):
+    settings = SamplerSettings(steps=3, denoise=0.5, **GuidanceOptions(nag_scale=10, slg_blocks="1, 2",
+                                                                        combination="apg").settings())
+    streams = [ContextStream(0.8, 0.0, 1.0, "0:1, 1:0.5", [1.0, 0.5])]
+    job = Job([V.text_to_video(5, 16, 16)], torch.randn(1, 3, 8), None, streams, settings)
+    loaded = load_job(save_job(tmp_path / "job.safetensors", job))
+    assert loaded.settings == settings
+    assert [tuple(s) for s in loaded.streams] == [(0.8, 0.0, 1.0, "0:1, 1:0.5", [1.0, 0.5])]
