@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from .errors import VaceError
 from .nag import NAG
 from .pipeline import SamplerSettings
-from .sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
 from .sampling import ContextStream
+from .sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
 from .vcu import VCU
 
 VERSION = 1
