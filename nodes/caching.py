@@ -1,7 +1,9 @@
-"""VACE Step Cache: TeaCache settings for the VACE Sampler (see vace_core/step_cache.py)."""
+"""VACE Step Cache nodes: TeaCache and MagCache settings for the VACE samplers (vace_core/step_cache.py,
+vace_core/magcache.py)."""
 
 from comfy_api.latest import io
 
+from ..vace_core.magcache import MagCache
 from ..vace_core.step_cache import COEFFICIENTS, TeaCache
 from .types import CATEGORY, StepCache
 
@@ -41,4 +43,30 @@ class VaceStepCache(io.ComfyNode):
         return io.NodeOutput(TeaCache(threshold, mode, None if dim is None else COEFFICIENTS[mode, dim]))
 
 
-NODES = [VaceStepCache]
+
+class VaceMagCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VACEMagCache", display_name="VACE Step Cache (MagCache)", category=CATEGORY,
+            description="Skips the DiT blocks of steps whose residual magnitude barely changes, by MagCache's "
+                        "published Wan2.1 magnitude ratios. VACE-aware like TeaCache: a VCU stream switching or "
+                        "its strength moving forces a computed step; one cache per CFG call and per Wan2.2 expert.",
+            inputs=[
+                io.Float.Input("threshold", default=0.12, min=0.0, max=1.0, step=0.005,
+                               tooltip="How much accumulated magnitude error a skipped run may build up (published "
+                                       "default 0.12; lower is safer). 0 turns caching off."),
+                io.Float.Input("retention", default=0.2, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the first steps always computed (published default 0.2)."),
+                io.Int.Input("k", default=2, min=1, max=10,
+                             tooltip="At most this many steps in a row reuse the cache (published default 2)."),
+            ],
+            outputs=[StepCache.Output(display_name="step_cache")],
+        )
+
+    @classmethod
+    def execute(cls, threshold, retention, k) -> io.NodeOutput:
+        return io.NodeOutput(MagCache(threshold, retention, k))
+
+
+NODES = [VaceStepCache, VaceMagCache]

@@ -121,6 +121,7 @@ def _apply_loras(model, specs):
 
 def _settings(args):
     """The sampler settings: explicit flags, else the preset's, else the official VACE ones."""
+    from .magcache import MagCache
     from .pipeline import SamplerSettings
     from .sampling.presets import lora_strength, preset
     from .step_cache import TeaCache
@@ -133,7 +134,10 @@ def _settings(args):
     if args.preset and args.preset != "official":
         print(f"preset {args.preset}: {values['steps']} steps, cfg {values['cfg']}, shift {values['shift']}, "
               f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
-    cache = TeaCache(args.teacache, args.teacache_mode) if args.teacache else None
+    if args.teacache and args.magcache:
+        raise VaceError("--teacache and --magcache are two step caches: choose one")
+    cache = TeaCache(args.teacache, args.teacache_mode) if args.teacache else \
+        MagCache(args.magcache, args.magcache_retention, args.magcache_k) if args.magcache else None
     guidance = GuidanceOptions(**{f.name: getattr(args, f.name) for f in fields(GuidanceOptions)}).settings()
     return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed, cache,
                            denoise=args.denoise, **guidance)
@@ -311,6 +315,10 @@ def _run_parser(sub):
     run.add_argument("--cfg-low", type=float, help="Wan2.2: the low-noise expert's cfg (default: --cfg)")
     run.add_argument("--teacache", type=float, default=0.0, metavar="THRESHOLD",
                      help="step caching (TeaCache): 1.3B 0.05-0.08, 14B 0.14-0.2; 0 = off")
+    run.add_argument("--magcache", type=float, default=0.0, metavar="THRESHOLD",
+                     help="step caching (MagCache, published Wan2.1 ratios): 0.12 published default; 0 = off")
+    run.add_argument("--magcache-retention", type=float, default=0.2, help="MagCache: first steps always computed")
+    run.add_argument("--magcache-k", type=int, default=2, help="MagCache: most steps in a row from the cache")
     run.add_argument("--teacache-mode", choices=["t_emb", "e"], default="t_emb",
                      help="t_emb: timestep embedding (published default); e: modulation, first 5 steps kept")
     run.add_argument("--vae", help="Wan2.1 VAE file; default: the embedded tiny VAE")

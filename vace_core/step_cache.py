@@ -74,7 +74,7 @@ class CacheStats:
 
     def __str__(self):
         total = self.computed + self.skipped
-        return f"TeaCache skipped the blocks of {self.skipped} of {total} model evaluations"
+        return f"the step cache skipped the blocks of {self.skipped} of {total} model evaluations"
 
 
 @dataclass
@@ -87,10 +87,67 @@ class DenoiserCache:
     residual: torch.Tensor | None = None
     key: tuple = ()
     strengths: tuple = ()
+    branches: list = field(default_factory=list)  # MagCache: per CFG branch [ratio, error, steps] since computed
+
+
+class ResidualCache:
+    """What every step cache shares: one cache per denoiser and call slot, the residual (blocks' output - input)
+    reused while `_decide` allows, the VACE-aware forced steps, the decision agreed across processes, the counts.
+    Subclasses are dataclasses with `threshold` (0: off, the plain forward) and `stats` fields, and `_decide`."""
+
+    label = "step cache"
+
+    def _check_threshold(self, hint: str):
+        if not np.isfinite(self.threshold) or self.threshold < 0:
+            raise VaceError(f"the {self.label} threshold must be 0 (off) or more, got {self.threshold!r} ({hint})")
+        self._states: dict[tuple, DenoiserCache] = {}
+        self._steps = 0
+
+    def begin(self, steps: int) -> None:
+        """Starts a run of `steps` steps: empty caches, zero counts."""
+        self._states, self._steps, self.stats = {}, steps, CacheStats()
+
+    def layer(self, net, step: Step) -> "Cached":
+        """The sampler's step cache layer (see vace_core.denoiser): `net` with this cache, for one step."""
+        return Cached(net, self, step)
+
+    def _forced(self, state: DenoiserCache, key: tuple, strengths: tuple) -> bool:
+        """VACE-aware: no residual yet, other streams / hooks / batch, or strengths moved beyond the tolerance."""
+        return state.residual is None or key != state.key or strengths_moved(strengths, state.strengths)
+
+    def _decide(self, state: DenoiserCache, tokens, step: int, key: tuple, model, strengths: tuple) -> bool:
+        raise NotImplementedError
+
+    def __call__(self, model, x, t, context, vace_context=(), vace_scale=(), *, step: int, key: tuple = (),
+                 strengths: tuple = (), slot: int = 0, self_bias=None, cross_bias=None) -> torch.Tensor:
+        """The model's forward (same arguments and result) with the blocks skipped when the cache allows.
+
+        model: a staged denoiser; step: the step index in the run (from 0); key: what else the residual depends
+        on besides x and t, compared exactly (the attention hooks in use); strengths: every stream's strength at
+        this step, compared within STRENGTH_TOLERANCE; slot: which call of the step this is (each slot has its
+        own cache)."""
+        if self.threshold == 0:
+            self.stats.computed += x.shape[0]
+            return model(x, t, context, vace_context, vace_scale, self_bias=self_bias, cross_bias=cross_bias)
+        require_staged(model, self.label)
+        model.check(x, vace_context, vace_scale)
+        tokens = model.embed(x, t, context, vace_context)
+        state = self._states.setdefault((id(model), slot), DenoiserCache())
+        key, strengths = (tuple(key), x.shape[0]), tuple(strengths)
+        if model.agree(self._decide(state, tokens, step, key, model, strengths)):
+            # another rank's decision to compute restarts the estimate here too
+            state.acc, state.key, state.strengths, state.branches = 0.0, key, strengths, []
+            out = model.run_blocks(tokens, vace_scale, self_bias, cross_bias)
+            state.residual = out - tokens.x
+            self.stats.computed += x.shape[0]
+        else:
+            out = tokens.x + state.residual
+            self.stats.skipped += x.shape[0]
+        return model.unpatchify(out, tokens, x.dtype)
 
 
 @dataclass
-class TeaCache:
+class TeaCache(ResidualCache):
     """TeaCache settings, and the cache of the run in progress. threshold 0 turns caching off (the plain
     forward runs). coefficients: None picks TeaCache's Wan2.1 polynomial for the model's size (1.3B or 14B,
     from its width; Wan2.2 A14B experts use the 14B one, as no Wan2.2 fit is published)."""
@@ -100,18 +157,12 @@ class TeaCache:
     coefficients: tuple[float, ...] | None = None
     stats: CacheStats = field(default_factory=CacheStats)
 
+    label = "TeaCache"
+
     def __post_init__(self):
         if self.mode not in MODES:
             raise VaceError(f"unknown TeaCache mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if not np.isfinite(self.threshold) or self.threshold < 0:
-            raise VaceError(f"the TeaCache threshold must be 0 (off) or more, got {self.threshold!r} "
-                            "(Wan2.1 1.3B: 0.05-0.08; 14B: 0.14-0.2)")
-        self._states: dict[int, DenoiserCache] = {}
-        self._steps = 0
-
-    def begin(self, steps: int) -> None:
-        """Starts a run of `steps` steps: empty caches, zero counts."""
-        self._states, self._steps, self.stats = {}, steps, CacheStats()
+        self._check_threshold("Wan2.1 1.3B: 0.05-0.08; 14B: 0.14-0.2")
 
     def _coefficients(self, model) -> tuple[float, ...]:
         if self.coefficients is not None:
@@ -148,51 +199,22 @@ class TeaCache:
             state.acc, state.strengths = 0.0, strengths
         return compute
 
-    def layer(self, net, step: Step) -> "Cached":
-        """The sampler's step cache layer (see vace_core.denoiser): `net` with this cache, for one step."""
-        return Cached(net, self, step)
-
-    def __call__(self, model, x, t, context, vace_context=(), vace_scale=(), *, step: int, key: tuple = (),
-                 strengths: tuple = (), slot: int = 0, self_bias=None, cross_bias=None) -> torch.Tensor:
-        """The model's forward (same arguments and result) with the blocks skipped when the cache allows.
-
-        model: a staged denoiser; step: the step index in the run (from 0); key: what else the residual depends
-        on besides x and t, compared exactly (the attention hooks in use); strengths: every stream's strength at
-        this step, compared within STRENGTH_TOLERANCE; slot: which call of the step this is (each slot has its
-        own cache)."""
-        if self.threshold == 0:
-            self.stats.computed += x.shape[0]
-            return model(x, t, context, vace_context, vace_scale, self_bias=self_bias, cross_bias=cross_bias)
-        require_staged(model, "TeaCache")
-        model.check(x, vace_context, vace_scale)
-        tokens = model.embed(x, t, context, vace_context)
-        state = self._states.setdefault((id(model), slot), DenoiserCache())
-        key = (tuple(key), x.shape[0])
+    def _decide(self, state, tokens, step, key, model, strengths) -> bool:
         inp = tokens.t_emb if self.mode == "t_emb" else tokens.e
-        strengths = tuple(strengths)
-        if model.agree(self.decide(state, inp, step, key, self._coefficients(model), strengths)):
-            # another rank's decision to compute restarts the estimate here too
-            state.acc, state.key, state.strengths = 0.0, key, strengths
-            out = model.run_blocks(tokens, vace_scale, self_bias, cross_bias)
-            state.residual = out - tokens.x
-            self.stats.computed += x.shape[0]
-        else:
-            out = tokens.x + state.residual
-            self.stats.skipped += x.shape[0]
-        return model.unpatchify(out, tokens, x.dtype)
+        return self.decide(state, inp, step, key, self._coefficients(model), strengths)
 
 
 class Cached(Wrapper):
-    """One step's denoiser with TeaCache: the blocks of `inner` (a staged denoiser) skipped when the cache allows.
+    """One step's denoiser with a step cache (TeaCache, MagCache): the blocks of `inner` (a staged denoiser) skipped when the cache allows.
     The i-th call within the step uses cache slot i; the key is which streams are on and the attention hooks in use
     (`denoiser.bias_key`: NAG, skip-layer guidance, regional prompts' first steps); the strengths themselves are
     compared within STRENGTH_TOLERANCE."""
 
     staged = False
 
-    def __init__(self, inner, cache: TeaCache, step: Step):
+    def __init__(self, inner, cache: ResidualCache, step: Step):
         if cache.threshold:
-            require_staged(inner, "TeaCache")
+            require_staged(inner, cache.label)
         super().__init__(inner)
         self.cache, self.step, self.calls = cache, step, 0
 
