@@ -75,7 +75,7 @@ def text_features(conditioning, what: str, width: int) -> torch.Tensor:
 GUIDANCE_INPUTS = [
     Guidance.Input("guidance", optional=True,
                    tooltip="From VACE Guidance: NAG (negative prompt at cfg 1), skip-layer guidance, CFG-Zero*, APG."),
-    io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+    io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01, optional=True,
                    tooltip="Video-to-video: the fraction of the schedule to run from the init video noised to it "
                            "(as KSampler's denoise). 1: from pure noise (the init is ignored); 0.6: keeps much of it."),
 ]
