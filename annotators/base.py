@@ -113,6 +113,29 @@ class Annotator:
         raise NotImplementedError
 
 
+class TorchAnnotator(Annotator):
+    """An annotator whose weights are one torch module, `self.model`, run on `self.device` (inputs go there).
+
+    Whoever manages memory moves the module between devices and says where it now is with `to` (ComfyUI's nodes
+    hand it to model management: loaded on the GPU when it runs, offloaded when another model needs the room);
+    a script calls `release` after its job, so the weights stop holding device memory."""
+
+    model: torch.nn.Module
+    device: torch.device
+
+    def to(self, device: str | torch.device) -> TorchAnnotator:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def release(self) -> None:
+        """Moves the weights to the CPU and returns the device's cached memory."""
+        on_cuda = self.device.type == "cuda"
+        self.to("cpu")
+        if on_cuda:
+            torch.cuda.empty_cache()
+
+
 class FrameAnnotator(Annotator):
     """An annotator that works on one uint8 RGB frame at a time (OpenCV, ONNX, MediaPipe)."""
 

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 # part -> seconds allowed on a GPU: upper bounds (13.5 min in all); estimated typical total under 8 min (unmeasured)
 LIMITS = {"env": 30, "precision": 60, "noise": 20, "attention": 30, "syncs": 40, "speed": 90, "switches": 180,
-          "estimate": 30, "vram": 120, "vae": 120, "e2e": 90}
+          "estimate": 30, "vram": 120, "vae": 120, "e2e": 90, "load": 120}
 DRY_LIMIT = 600  # per part on a CPU (a busy 2-core machine: the dry run checks the script, not the speed)
-COMFY_PARTS = ("vram", "e2e")  # run with ComfyUI's Python when one is found (its memory manager, node API)
+COMFY_PARTS = ("vram", "e2e", "load")  # run with ComfyUI's Python when one is found (its memory manager, node API)
 
 
 def child_command(part: str, args) -> list[str]:

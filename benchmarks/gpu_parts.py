@@ -654,9 +654,114 @@ def part_e2e() -> dict:
     return {"status": status if cuda or not ok else "ok on CPU (lowvram skipped: no CUDA)", **result}
 
 
+def host_status() -> dict:
+    """This process's resident memory (bytes): now, peak since the last reset, anonymous."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon")}
+
+
+def mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's memory maps of `path`."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            ranges.append(tuple(int(a, 16) for a in fields[0].split("-")))
+    return ranges
+
+
+def all_mapped(model, path: Path) -> bool:
+    ranges = mapped_ranges(path)
+    return all(any(a <= t.data_ptr() and t.data_ptr() + t.nbytes <= b for a, b in ranges)
+               for t in model.state_dict().values())
+
+
+HOST_SLACK = 128 * 2**20  # interpreter, meta model, the driver's staging buffers
+
+
+def part_load() -> dict:
+    """A 1.3B-shaped fp16 checkpoint file loaded with load_vace_model: to CUDA, the host's peak resident memory
+    above the start is at most the largest tensor plus HOST_SLACK (each tensor read from the map, moved, its pages
+    dropped); on the CPU (dry run) the weights are the file's map (peak about the file, no anonymous copy). The
+    weights equal safetensors' load_file bit for bit. With ComfyUI: the Load VACE Model node's ModelPatcher holds
+    the mapped file, and on CUDA one step streamed in low-VRAM mode (half the model) equals the fully loaded one."""
+    import tempfile
+
+    from safetensors import safe_open
+
+    from vace_core.checkpoints import load_vace_model, save_checkpoint
+
+    cfg, dev = SHAPE.small, device()
+    if cfg.head_dim != 128:  # the node has no head-count input: the weights tell it with Wan's head size
+        cfg = VaceConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=4, vace_layers=(0, 2), text_dim=64)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_checkpoint({k: v.cpu() for k, v in random_weights(cfg, torch.float16, dev).items()},
+                               Path(tmp) / "diffusion_models" / "vace_fp16.safetensors", "official")
+        free()
+        size = path.stat().st_size
+        if dev.type == "cuda":
+            torch.zeros(1, device=dev)  # the CUDA context's host memory is not the loader's
+        Path("/proc/self/clear_refs").write_text("5")
+        before = host_status()
+        start = time.perf_counter()
+        model = load_vace_model(path, device=dev, compute_dtype=fast_dtype())
+        sync()
+        seconds = time.perf_counter() - start
+        after = host_status()
+        largest = max(t.nbytes for t in model.state_dict().values())
+        with safe_open(str(path), "pt") as f:
+            exact = all(torch.equal(t.cpu(), f.get_tensor(k)) for k, t in model.state_dict().items())
+        result = {"file_mib": size / 2**20, "seconds": seconds, "largest_tensor_mib": largest / 2**20,
+                  "host_peak_mib": (after["VmHWM"] - before["VmRSS"]) / 2**20,
+                  "host_anon_after_mib": (after["RssAnon"] - before["RssAnon"]) / 2**20, "bit_exact": exact}
+        if dev.type == "cuda":
+            ok = result["host_peak_mib"] * 2**20 <= largest + HOST_SLACK
+        else:
+            result["mapped"] = all_mapped(model, path)
+            ok = result["mapped"] and result["host_anon_after_mib"] * 2**20 <= 0.1 * size + HOST_SLACK
+        free(model)
+        result["comfyui_node"] = node_load(Path(tmp), path, cfg)
+    node_ok = result["comfyui_node"].get("ok", True)
+    status = "ok" if ok and exact and node_ok else "fail"
+    return {"status": status + ("" if dev.type == "cuda" else " on CPU (host peak bound needs CUDA)"), **result}
+
+
+def node_load(models: Path, path: Path, cfg) -> dict:
+    """The Load VACE Model node on `path` (in ComfyUI's models folder `models`): its patcher holds the file's map;
+    on CUDA, low-VRAM streaming (ComfyUI told half the model fits) gives the fully loaded model's step."""
+    comfy = comfy_modules(memory_manager=True)
+    if comfy is None or not installed("comfy_api"):
+        return {"status": "skipped: ComfyUI's node API not importable (run with ComfyUI's Python)"}
+    import folder_paths
+
+    folder_paths.add_model_folder_path("diffusion_models", str(models / "diffusion_models"))
+    loaders, memory = import_pack("nodes.loaders"), import_pack("nodes.memory")
+    mm = comfy.model_management
+    vace = loaders.LoadVaceModel.execute(path.name, loaders.NO_BASE, "default", "auto", "sdpa", 0).result[0]
+    model = vace.patcher.model
+    out = {"mapped_on_offload_device": all_mapped(model, path)}
+    if device().type == "cuda":
+        dtype = model.compute_dtype
+        args = inputs(cfg, SHAPE.check_latent, 2, dtype)
+        full = step(memory.load(vace.patcher), args)
+        memory.offload(vace.patcher)
+        mm.EXTRA_RESERVED_VRAM = mm.get_free_memory(device()) - vace.patcher.model_size() // 2
+        try:
+            streamed = step(memory.load(vace.patcher), args)
+            out |= {"lowvram_applied": bool(getattr(model, "model_lowvram", False)),
+                    "lowvram_vs_full": rel_err(streamed, full)}
+        finally:
+            mm.EXTRA_RESERVED_VRAM = 0
+            memory.offload(vace.patcher)
+        out["ok"] = out["mapped_on_offload_device"] and out["lowvram_applied"] and out["lowvram_vs_full"] < 1e-3
+    else:
+        out["ok"] = out["mapped_on_offload_device"]
+    return out
+
+
 PARTS = {"env": part_env, "precision": part_precision, "noise": part_noise, "attention": part_attention,
          "syncs": part_syncs, "speed": part_speed, "switches": part_switches, "estimate": part_estimate,
-         "vram": part_vram, "vae": part_vae, "e2e": part_e2e}
+         "vram": part_vram, "vae": part_vae, "e2e": part_e2e, "load": part_load}
 SHAPE = SHAPES["full"]
 
 

@@ -3,11 +3,13 @@ plus Composite Mask. Weights come from ComfyUI's models/annotators and models/sa
 
 from functools import lru_cache
 
+import comfy.model_management as mm
 import comfy.utils
 import torch
 from comfy_api.latest import io
 
 from ..annotators.base import AnnotatorError, Progress
+from . import memory
 from .files import FileInput, list_files, resolve, resolve_weight
 from .guard import BinaryMaskInput
 from .preview import masks_ui, video_ui
@@ -20,30 +22,48 @@ from .vcu_nodes import length_input
 ANNOTATE = f"{CATEGORY}/annotators"
 
 
-@lru_cache(maxsize=4)
-def _model(kind: str, *args):
-    """Heavy annotator models stay loaded between runs (ComfyUI caches outputs, not models). Weights are
-    resolved among the names ComfyUI lists in models/annotators and models/sam2 (nodes/files.py), and the
-    annotators get full paths, so they never search the disk themselves."""
-    if kind == "dwpose":
-        from ..annotators.pose import DWPose
-
-        return DWPose(resolve_weight(args[3]), resolve_weight(args[4]), body=args[0], face=args[1], hands=args[2])
+def _build(kind: str, *args):
+    """Weights are resolved among the names ComfyUI lists in models/annotators and models/sam2 (nodes/files.py),
+    and the annotators get full paths, so they never search the disk themselves."""
     if kind == "depth":
         from ..annotators.depth import Depth
 
-        return Depth(args[0], resolve_weight(Depth.DEFAULT_WEIGHTS[args[0]]))
+        return Depth(args[0], resolve_weight(Depth.DEFAULT_WEIGHTS[args[0]]), device="cpu")
     if kind == "raft":
         from ..annotators.flow import RAFTFlow
 
-        return RAFTFlow(resolve_weight(RAFTFlow.WEIGHT))
+        return RAFTFlow(resolve_weight(RAFTFlow.WEIGHT), device="cpu")
     if kind == "lines":
         from ..annotators.scribble import InformativeDrawings
 
-        return InformativeDrawings(resolve_weight("netG_A_latest.pth"))
+        return InformativeDrawings(resolve_weight("netG_A_latest.pth"), device="cpu")
     from ..annotators.masks.sam2 import SAM2Video
 
-    return SAM2Video(resolve("sam2", args[0]))
+    return SAM2Video(resolve("sam2", args[0]), device="cpu")
+
+
+@lru_cache(maxsize=4)
+def _cached(kind: str, *args):
+    """Annotator objects stay between runs (ComfyUI caches outputs, not models), each with a ModelPatcher over
+    its weights: the cache keeps the objects, model management decides where their weights are."""
+    annotator = _build(kind, *args)
+    return annotator, memory.annotator_patcher(annotator)
+
+
+def _model(kind: str, *args):
+    """The annotator, its weights loaded on ComfyUI's device for this run."""
+    annotator, patcher = _cached(kind, *args)
+    memory.load_annotator(annotator, patcher)
+    return annotator
+
+
+def _dwpose(body, face, hands, detector, estimator):
+    """DWPose runs ONNX sessions, which model management cannot move: they are built on ComfyUI's device for the
+    run and dropped with it, so they hold no GPU memory between runs."""
+    from ..annotators.pose import DWPose
+
+    return DWPose(resolve_weight(detector), resolve_weight(estimator), device=mm.get_torch_device(), body=body,
+                  face=face, hands=hands)
 
 
 def progress_bar() -> Progress:
@@ -98,7 +118,7 @@ class PoseAnnotator(io.ComfyNode):
     def execute(cls, frames, backend, body, face, hands, detector="yolox_l.onnx",
                 estimator="dw-ll_ucoco_384.onnx") -> io.NodeOutput:
         if backend == "dwpose":
-            annotator = _model("dwpose", body, face, hands, detector, estimator)
+            annotator = _dwpose(body, face, hands, detector, estimator)
         else:
             from ..annotators.pose import MediaPipePose
 

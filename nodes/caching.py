@@ -4,11 +4,15 @@ vace_core/magcache.py)."""
 from comfy_api.latest import io
 
 from ..vace_core.magcache import MagCache
-from ..vace_core.step_cache import COEFFICIENTS, TeaCache
+from ..vace_core.settings import knobs
+from ..vace_core.step_cache import COEFFICIENTS, SIZES, SIZES_HELP, TeaCache
+from .inputs import widget
 from .types import CATEGORY, StepCache
 
+# the node's words (saved workflows hold them) -> TeaCache's mode and SIZES' names
 MODES = {"timestep embedding": "t_emb", "modulation (first 5 steps kept)": "e"}
-SIZES = {"auto (from the model)": None, "wan2.1 1.3B": 1536, "wan2.1 14B": 5120}
+SIZE_LABELS = {"auto (from the model)": "auto", "wan2.1 1.3B": "1.3B", "wan2.1 14B": "14B"}
+CACHE = knobs(TeaCache)
 
 
 class VaceStepCache(io.ComfyNode):
@@ -21,27 +25,19 @@ class VaceStepCache(io.ComfyNode):
                         "start/end switching forces a computed step; one cache per CFG branch and per Wan2.2 "
                         "expert. The sampler shows how many model evaluations it saved.",
             inputs=[
-                io.Float.Input("threshold", default=0.08, min=0.0, max=1.0, step=0.005,
-                               tooltip="How much estimated change may pile up before the blocks run again. 0 turns "
-                                       "caching off. Published: 1.3B 0.05 (safe) to 0.08 (about 2x); 14B 0.14 "
-                                       "to 0.2."),
-                io.Combo.Input("mode", options=list(MODES), default="timestep embedding",
-                               tooltip="What TeaCache watches. timestep embedding: the published default (first "
-                                       "and last steps always computed). modulation: TeaCache's 'retention "
-                                       "steps' variant (first 5 steps always computed; allows higher thresholds)."),
-                io.Combo.Input("coefficients", options=list(SIZES), default="auto (from the model)",
-                               tooltip="Which fitted polynomial rescales the change. auto: the model's size (1.3B "
-                                       "or 14B, read from its weights; Wan2.2 A14B experts use the 14B one)."),
+                widget(CACHE["threshold"]),
+                widget(CACHE["mode"], labels=MODES),
+                io.Combo.Input("coefficients", options=list(SIZE_LABELS), default="auto (from the model)",
+                               tooltip=SIZES_HELP),
             ],
             outputs=[StepCache.Output(display_name="step_cache")],
         )
 
     @classmethod
     def execute(cls, threshold, mode, coefficients) -> io.NodeOutput:
-        mode = MODES[mode]
-        dim = SIZES[coefficients]
-        return io.NodeOutput(TeaCache(threshold, mode, None if dim is None else COEFFICIENTS[mode, dim]))
-
+        mode, dim = MODES[mode], SIZES[SIZE_LABELS[coefficients]]
+        return io.NodeOutput(TeaCache(threshold=threshold, mode=mode,
+                                      coefficients=None if dim is None else COEFFICIENTS[mode, dim]))
 
 
 class VaceMagCache(io.ComfyNode):

@@ -5,10 +5,11 @@ import torch
 from comfy_api.latest import io
 
 from ..vace_core.errors import VaceError
-from ..vace_core.pipeline import composite
+from ..vace_core.pipeline import FEATHER, composite
 from ..vace_core.vae import Tiling, from_comfy_latent
 from ..vace_core.vcu import to_images
 from . import memory
+from .inputs import widget
 from .types import CATEGORY, VCU, VaceVAE
 
 
@@ -57,8 +58,7 @@ class VaceDecode(io.ComfyNode):
                              tooltip="Latent frames to drop from the start first: reference frames of a LATENT "
                                      "from native WanVaceToVideo (VACE Sampler already removes them)."),
                 VCU.Input("vcu", optional=True, tooltip="Paste this VCU's kept pixels (mask 0) back over the output."),
-                io.Int.Input("feather", default=8, min=0, max=256,
-                             tooltip="Soft edge in pixels where pasted pixels blend into generated ones."),
+                widget(FEATHER),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )

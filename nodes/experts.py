@@ -7,12 +7,15 @@ from dataclasses import dataclass
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..vace_core.experts import WAN22_BOUNDARY, Experts, check_pair
+from ..vace_core.experts import Experts, check_pair
+from ..vace_core.settings import knobs
 from . import memory
+from .inputs import widget
 from .loaders import LoadedVace
 from .types import CATEGORY, LowNoiseExpert, VaceModel
 
 log = logging.getLogger("vace")
+EXPERTS = knobs(Experts)
 
 
 @dataclass
@@ -36,12 +39,8 @@ class VaceLowNoiseExpert(io.ComfyNode):
             inputs=[
                 VaceModel.Input("low_noise_model", tooltip="Load VACE Model with the low-noise file, e.g. "
                                                            "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors."),
-                io.Float.Input("cfg", default=3.0, min=1.0, max=30.0, step=0.1,
-                               tooltip="Guidance of the low-noise expert (official Wan2.2 A14B: 3; the sampler's "
-                                       "cfg is the high-noise expert's, officially 4). 1 skips its negative pass."),
-                io.Float.Input("boundary", default=WAN22_BOUNDARY, min=0.0, max=1.0, step=0.005,
-                               tooltip="Switch to the low-noise expert below this fraction of the 1000 timesteps "
-                                       "(Wan2.2 A14B: 0.875)."),
+                widget(EXPERTS["guidance_low"], "cfg"),
+                widget(EXPERTS["boundary"]),
             ],
             outputs=[LowNoiseExpert.Output(display_name="low_noise_expert")],
         )
@@ -49,6 +48,11 @@ class VaceLowNoiseExpert(io.ComfyNode):
     @classmethod
     def execute(cls, low_noise_model, cfg, boundary) -> io.NodeOutput:
         return io.NodeOutput(LowNoise(low_noise_model, cfg, boundary))
+
+
+def loaded_models(vace_model: LoadedVace, low_noise_expert: LowNoise | None) -> list[LoadedVace]:
+    """The model, and the low-noise expert's when one is connected."""
+    return [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else [])
 
 
 def two_experts(high: LoadedVace, low: LowNoise, reserve_bytes: int) -> Experts:
@@ -68,7 +72,7 @@ def two_experts(high: LoadedVace, low: LowNoise, reserve_bytes: int) -> Experts:
                  "high" if expert is experts["high"] else "low", resident)
         return expert
 
-    return Experts(experts["high"], experts["low"], low.boundary, low.cfg, load_alone)
+    return Experts(experts["high"], experts["low"], boundary=low.boundary, guidance_low=low.cfg, load=load_alone)
 
 
 NODES = [VaceLowNoiseExpert]

@@ -16,6 +16,20 @@ from comfy_api.latest import io
 from ..annotators.weights import relative_candidates, source_hint
 from ..vace_core.errors import VaceError
 
+# ComfyUI lists a folder's files by extension. GGUF transformers live in diffusion_models (and its legacy name
+# unet) but are listed under their own kind, as ComfyUI-GGUF registers it, so ComfyUI's own loaders never offer
+# them; the pack's transformer loaders read both.
+GGUF_KIND = "unet_gguf"
+ALSO_LISTED = {"diffusion_models": (GGUF_KIND,)}
+
+
+def register_gguf_folder() -> None:
+    """`unet_gguf`: the diffusion_models folders (the same list, so extra_model_paths.yaml entries count), .gguf
+    files only. ComfyUI-GGUF registers the same, either of us first."""
+    if GGUF_KIND not in folder_paths.folder_names_and_paths:
+        folders = folder_paths.folder_names_and_paths["diffusion_models"][0]
+        folder_paths.folder_names_and_paths[GGUF_KIND] = (folders, {".gguf"})
+
 
 def _inside_folder(kind: str, path: str) -> bool:
     real = os.path.realpath(path)
@@ -23,13 +37,20 @@ def _inside_folder(kind: str, path: str) -> bool:
     return any(real.startswith(os.path.join(os.path.realpath(root), "")) for root in roots)
 
 
+def _listed_as(kind: str) -> dict[str, str]:
+    """name -> the kind ComfyUI lists it under: folder `kind` and the kinds listing more of its files."""
+    kinds = [k for k in (*ALSO_LISTED.get(kind, ()), kind) if k in folder_paths.folder_names_and_paths]
+    return {name: k for k in kinds for name in folder_paths.get_filename_list(k)}
+
+
 def _listed(kind: str) -> list[str]:
-    return folder_paths.get_filename_list(kind) if kind in folder_paths.folder_names_and_paths else []
+    return sorted(_listed_as(kind))
 
 
 def list_files(kind: str) -> list[str]:
     """The names a node may offer and open: ComfyUI's listing of folder `kind`, less links leading outside."""
-    return [name for name in _listed(kind) if _inside_folder(kind, folder_paths.get_full_path(kind, name) or "")]
+    return [name for name, k in sorted(_listed_as(kind).items())
+            if _inside_folder(k, folder_paths.get_full_path(k, name) or "")]
 
 
 def not_found(kind: str, name) -> VaceError:
@@ -42,10 +63,11 @@ def not_found(kind: str, name) -> VaceError:
 
 def resolve(kind: str, name) -> str:
     """The full path of file `name` from model folder `kind`, or a VaceError (the same for every bad name)."""
+    listed = _listed_as(kind)
     if (isinstance(name, str) and name and not os.path.isabs(name) and ".." not in PurePath(name).parts
-            and name in _listed(kind)):
-        path = folder_paths.get_full_path_or_raise(kind, name)
-        if _inside_folder(kind, path):
+            and name in listed):
+        path = folder_paths.get_full_path_or_raise(listed[name], name)
+        if _inside_folder(listed[name], path):
             return path
     raise not_found(kind, name)
 

@@ -6,7 +6,8 @@ a success. `guard(node_class)` adds:
 - at validation (/prompt refuses the graph, the node untouched): combo values must be among the options
   (model-file dropdowns: the file must be openable, see files.py), float widgets finite and within their
   min/max (ComfyUI skips its own min/max for inputs a validate_inputs takes, so they are checked here);
-- at execution: the same widget checks (values may arrive through links), IMAGE and MASK tensors finite and
+- at execution: inputs the request gave that the node does not have (ComfyUI drops them silently), the same
+  widget checks (values may arrive through links), IMAGE and MASK tensors finite and
   in 0..1, binary masks where the input means one (`BinaryMaskInput`), LATENT samples finite.
 Cost at execution: one sum and one min/max pass per IMAGE/MASK (a fraction of a second for 81 frames at
 832x480 on a CPU).
@@ -132,10 +133,38 @@ def _add_validation(node_cls) -> None:
     node_cls.validate_inputs = classmethod(validate_inputs)
 
 
+def _with_prompt(node_cls) -> None:
+    """The node's schema asks ComfyUI for the prompt and its own id (hidden inputs), so `undeclared` can see what
+    the request sent it."""
+    define = node_cls.define_schema.__func__
+
+    @wraps(define)
+    def define_schema(cls):
+        schema = define(cls)
+        schema.hidden = list(dict.fromkeys([*(schema.hidden or []), io.Hidden.prompt, io.Hidden.unique_id]))
+        return schema
+    node_cls.define_schema = classmethod(define_schema)
+
+
+def undeclared(node_cls) -> list[str]:
+    """Inputs the request gave this node that it does not have (an API prompt's `prompt_5` on a four-region node):
+    ComfyUI drops them without a word, so the user's intent would be lost."""
+    hidden = getattr(node_cls, "hidden", None)
+    prompt, node = (hidden.prompt, hidden.unique_id) if hidden is not None else (None, None)
+    if not isinstance(prompt, dict) or node not in prompt:
+        return []
+    return sorted(set(prompt[node].get("inputs", {})) - set(_inputs(node_cls)))
+
+
 def _guard_execute(node_cls) -> None:
     execute = node_cls.execute.__func__
 
     def check(cls, values):
+        if extra := undeclared(cls):
+            one = len(extra) == 1
+            raise VaceError(f"{', '.join(extra)}: {'is not an input' if one else 'are not inputs'} of "
+                            f"{cls.define_schema().display_name or cls.__name__}, so {'it' if one else 'they'} would "
+                            f"be ignored. Its inputs: {', '.join(_inputs(cls))}")
         if found := problems(cls, values):
             raise VaceError("; ".join(found))
 
@@ -156,6 +185,7 @@ def _guard_execute(node_cls) -> None:
 def guard(node_cls: type[io.ComfyNode]) -> type[io.ComfyNode]:
     """Adds the checks above to a node class (once) and returns it."""
     if not node_cls.__dict__.get("_vace_guarded", False):
+        _with_prompt(node_cls)
         _add_validation(node_cls)
         _guard_execute(node_cls)
         node_cls._vace_guarded = True

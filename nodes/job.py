@@ -7,14 +7,16 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..vace_core.config import VACE_14B
+from ..vace_core.errors import VaceError
 from ..vace_core.job import Job, save_job
-from ..vace_core.pipeline import SamplerSettings
-from .sampler import SOLVERS, VaceSampler, context_streams, text_features
+from .regional import REGIONAL
+from .sampler import VaceSampler, context_streams, reference_settings, sampler_settings, text_features
 from .types import CATEGORY
 
 # the sampler's own inputs (same names, defaults and tooltips), less the models and what only a live run needs
 SAMPLER_INPUTS = ["positive", "negative", "vcu", "strength", "start", "end", "vcu_2", "strength_2", "start_2",
-                  "end_2", "vcu_3", "strength_3", "start_3", "end_3", "steps", "cfg", "shift", "sampler", "seed"]
+                  "end_2", "vcu_3", "strength_3", "start_3", "end_3", "steps", "cfg", "shift", "sampler", "seed",
+                  "reference_weight", "reference_decay"]
 
 
 class SaveVaceJob(io.ComfyNode):
@@ -33,11 +35,16 @@ class SaveVaceJob(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, steps, cfg, shift, sampler, seed, filename_prefix, **streams):
+        if positive and positive[0][1].get(REGIONAL):
+            raise VaceError("the positive prompt comes from Regional Prompts, but a job file does not carry regions: "
+                            "`run --job` would sample it without them. Sample it here with the VACE Sampler (its "
+                            "regions input), or save the job with a plain CLIP Text Encode prompt.")
+        options = reference_settings(streams)
         units, stream_settings = context_streams(streams)
         width = VACE_14B.text_dim  # umt5-xxl, the text encoder of every VACE model
         job = Job(units, text_features(positive, "positive", width).cpu(),
                   text_features(negative, "negative", width).cpu(), stream_settings,
-                  SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed))
+                  sampler_settings(steps, cfg, shift, sampler, seed, **options))
         root = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
         filename = f"{name}_{counter:05}.safetensors"

@@ -7,17 +7,18 @@ layout and refuses LoRAs of another family or size; ComfyUI's own weight adapter
 do the math, as its native LoRA loaders do.
 """
 
+import dataclasses
 import logging
 
 import comfy.lora
-import comfy.utils
 from comfy.patcher_extension import CallbacksMP
 from comfy_api.latest import io
 
+from ..vace_core.errors import VaceError
 from ..vace_core.lora import CONTEXT_PREFIXES, plan_lora
-from ..vace_core.lora.apply import param_shapes
+from ..vace_core.lora.apply import param_shapes, read_lora
+from ..vace_core.lora.region import region_lora
 from .files import FileInput, resolve
-from .loaders import LoadedVace
 from .types import CATEGORY, VaceModel
 
 log = logging.getLogger("vace")
@@ -53,6 +54,20 @@ def with_lora(patcher, lora: dict, name: str, strength: float, context_strength:
     return patched, plan.report()
 
 
+def with_region_lora(patcher, lora: dict, name: str, strength: float, context_strength: float, region):
+    """A clone of a VACE ModelPatcher whose sampling applies the LoRA only to the tokens of `region` (a MASK or a
+    Regional Prompts index): an object patch `region_loras` (ComfyUI sets it on the model when it loads this
+    clone and restores it after), applied per token by the sampler (vace_core.lora.region); no weight changes."""
+    scoped = region_lora(patcher.model, lora, strength, context_strength, region, name)
+    patched = patcher.clone()
+    patched.add_object_patch("region_loras", (*patched.get_model_object("region_loras"), scoped))
+    return patched, scoped.plan.report() + f"; confined to {describe(region)}"
+
+
+def describe(region) -> str:
+    return f"Regional Prompts region {region}" if isinstance(region, int) else "a mask"
+
+
 class VaceLora(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -72,18 +87,32 @@ class VaceLora(io.ComfyNode):
                 io.Float.Input("context_strength", default=1.0, min=-100.0, max=100.0, step=0.01,
                                tooltip="How strongly it changes VACE's context blocks, when it has layers there "
                                        "(most Wan LoRAs have none). 0 leaves the context blocks as they are."),
+                io.Mask.Input("region", optional=True,
+                              tooltip="Optional: apply the LoRA only inside this mask (white), at the video's size, "
+                                      "one mask for all frames or one per frame: e.g. a character LoRA on its "
+                                      "character, so two character LoRAs coexist. Not with region_index."),
+                io.Int.Input("region_index", default=0, min=0, max=4, optional=True,
+                             tooltip="Optional: apply the LoRA only inside region N of the Regional Prompts "
+                                     "connected to the sampler (1-4). 0: no region (the whole model, or `region`)."),
             ],
             outputs=[VaceModel.Output(display_name="vace_model")],
         )
 
     @classmethod
-    def execute(cls, vace_model, lora_name, strength, context_strength) -> io.NodeOutput:
+    def execute(cls, vace_model, lora_name, strength, context_strength, region=None,
+                region_index=0) -> io.NodeOutput:
+        if region is not None and region_index:
+            raise VaceError("VACE LoRA: give either a region mask or a region_index, not both")
         if strength == 0 and context_strength == 0:
             return io.NodeOutput(vace_model)
-        lora = comfy.utils.load_torch_file(resolve("loras", lora_name), safe_load=True)
-        patcher, report = with_lora(vace_model.patcher, lora, lora_name, strength, context_strength)
+        lora = read_lora(resolve("loras", lora_name))  # the pack's checks: damaged, unsafe or NaN files named
+        if region is not None or region_index:
+            patcher, report = with_region_lora(vace_model.patcher, lora, lora_name, strength, context_strength,
+                                               region_index or region)
+        else:
+            patcher, report = with_lora(vace_model.patcher, lora, lora_name, strength, context_strength)
         (log.warning if "skipped" in report else log.info)("VACE LoRA %s", report)
-        return io.NodeOutput(LoadedVace(patcher, vace_model.block_swap))
+        return io.NodeOutput(dataclasses.replace(vace_model, patcher=patcher))
 
 
 NODES = [VaceLora]

@@ -1,22 +1,77 @@
 """GPU memory the ComfyUI way: models live in ModelPatchers and are loaded through load_models_gpu, so
-ComfyUI can offload them for other models and stream weights (low VRAM) when they do not fit."""
+ComfyUI can offload them for other models and stream weights (low VRAM) when they do not fit.
 
-import math
+A model with GGUF-quantized Linear weights gets a `QuantizedPatcher`: ComfyUI's patches (LoRAs) on those
+weights are never merged into the blocks; each layer applies them to its weight after dequantizing it, whether
+the layer is loaded on the GPU or streamed in low-VRAM mode.
+"""
 
 import comfy.model_management as mm
 import comfy.model_patcher
 import torch
 
+from ..vace_core import ops
 from ..vace_core.denoiser import Wrapper
 from ..vace_core.errors import VaceError
-from ..vace_core.memory import activation_bytes as estimate_activations
+from ..vace_core.memory import sampling_bytes  # noqa: F401 (the nodes' reserve before sampling)
 from ..vace_core.vae.tiling import WORK_PER_PIXEL
 
 GIB = 2**30
 
 
+class QuantizedPatcher(comfy.model_patcher.ModelPatcher):
+    """ModelPatcher whose patches on GGUF-quantized weights stay unmerged (ComfyUI-GGUF does the same): the layer's
+    `weight_patches` get ComfyUI's own LowVramPatch (calculate_weight on the dequantized weight)."""
+
+    def patch_weight_to_device(self, key, device_to=None, inplace_update=False):
+        layer, _, attr = key.rpartition(".")
+        module = self.model.get_submodule(layer) if layer else None
+        if attr != "weight" or module is None or not ops.is_quantized(module):
+            return super().patch_weight_to_device(key, device_to, inplace_update)
+        if key in self.patches:
+            module.weight_patches = [comfy.model_patcher.LowVramPatch(key, self.patches)]
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        # streamed layers too: their patches go through patch_weight_to_device, never into weight_function
+        super().load(device_to, lowvram_model_memory, True, full_load)
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        if unpatch_weights:
+            for module in self.model.modules():
+                if ops.is_quantized(module):
+                    module.weight_patches = []
+        super().unpatch_model(device_to, unpatch_weights)
+
+
 def patch(model: torch.nn.Module, load_device, offload_device) -> comfy.model_patcher.ModelPatcher:
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    quantized = any(ops.is_quantized(m) for m in model.modules())
+    patcher = QuantizedPatcher if quantized else comfy.model_patcher.ModelPatcher
+    return patcher(model, load_device=load_device, offload_device=offload_device)
+
+
+class AnnotatorWeights(torch.nn.Module):
+    """An annotator's module as model management holds it. ModelPatcher writes its bookkeeping (device, loaded
+    bytes) onto the module it manages; this holder takes it, so the annotator's own module (SAM2's `device`
+    property, for one) is left alone."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+
+def annotator_patcher(annotator) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher over a `TorchAnnotator`'s weights, built on ComfyUI's offload device: they reach the GPU
+    only when the annotator runs (`load_annotator`)."""
+    annotator.to(mm.unet_offload_device())
+    return patch(AnnotatorWeights(annotator.model), mm.get_torch_device(), mm.unet_offload_device())
+
+
+def load_annotator(annotator, patcher) -> None:
+    """Loads the annotator's weights whole (its layers are plain torch ones, which ComfyUI cannot stream) through
+    load_models_gpu, which offloads other models when the room is short; they stay listed among ComfyUI's loaded
+    models, so its memory checks count them as freeable and it offloads them when another model needs the room."""
+    mm.load_models_gpu([patcher], force_full_load=True)
+    annotator.to(patcher.load_device)
 
 
 def swap_reserve(model, swapped_blocks: int) -> int:
@@ -87,20 +142,6 @@ def require(needed: int, device, what: str, suggestions: str) -> None:
     if needed > free:
         raise VaceError(f"{what} needs about {needed / GIB:.1f} GiB on {torch.device(device)}, but only "
                         f"{free / GIB:.1f} GiB are free there (after offloading models). {suggestions}")
-
-
-def activation_bytes(model, latent_shape, guided: bool, streams: int) -> int:
-    """The peak activations of one forward pass (CFG batched), measured-calibrated (vace_core.memory);
-    latent_shape (T, h, w)."""
-    return estimate_activations(model.config, latent_shape, 2 if guided else 1, streams, model.compute_dtype,
-                                getattr(model, "speed", None))
-
-
-def sampling_bytes(model, latent_shape, guided: bool, streams: int) -> int:
-    """Activations plus the float32 latents the loop keeps (x, v, the solver's history: about 8 copies) and the
-    context latents (96 channels per stream)."""
-    latent = math.prod(latent_shape) * 4
-    return activation_bytes(model, latent_shape, guided, streams) + 8 * 16 * latent + streams * 96 * latent
 
 
 def decode_bytes(vae_config: dict, dtype: torch.dtype, frame_px: tuple[int, int], tile: int | None) -> int:

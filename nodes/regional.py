@@ -4,10 +4,14 @@ import torch
 from comfy_api.latest import io
 
 from ..vace_core.errors import VaceError
-from ..vace_core.regional import CROSS_STRENGTH, END, SELF_STRENGTH, Regions, encode_text
+from ..vace_core.regional import Regions, check_coverage, encode_text
+from ..vace_core.settings import knobs
+from .guard import BinaryMaskInput
+from .inputs import widget
 from .types import CATEGORY, RegionsType
 
 REGIONS = 4
+REGIONAL = "vace_regional"  # a CONDITIONING entry key: this text is the regional prompts' composed one
 PAD = 0  # umT5's pad id (ComfyUI pads Wan prompts to 512 tokens with it)
 
 
@@ -35,7 +39,7 @@ def region_inputs(i: int):
         io.String.Input(f"prompt_{i}", multiline=True, default="", optional=not first,
                         tooltip=f"What region {i} shows. Best written word for word inside the global prompt "
                                 "(e.g. 'a man in an Iron Man suit'): it then replaces those words' features."),
-        io.Mask.Input(f"mask_{i}", optional=not first,
+        BinaryMaskInput(f"mask_{i}", optional=not first,
                       tooltip=f"Where region {i} is (white), at the video's size: one mask for all frames or one "
                               "per frame (SAM2 Video Masks, Person Masks, Composite Mask, a loaded mask)."),
     ]
@@ -60,18 +64,7 @@ class RegionalPrompts(io.ComfyNode):
                 io.String.Input("background_prompt", multiline=True, default="",
                                 tooltip="Optional: what the area outside every mask shows (e.g. 'a sunny beach'). "
                                         "Empty: the background is not steered to a prompt."),
-                io.Float.Input("self_strength", default=SELF_STRENGTH, min=0.0, max=10.0, step=0.05,
-                               tooltip="How strongly self-attention keeps the regions apart (VideoGrain: 0.3)."),
-                io.Float.Input("cross_strength", default=CROSS_STRENGTH, min=0.0, max=10.0, step=0.05,
-                               tooltip="How strongly each region attends only its own prompt (VideoGrain: 1.0)."),
-                io.Float.Input("end", default=END, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the steps with the modulation (VideoGrain: 0.3 = 15 of 50): "
-                                       "the layout forms early; later steps refine freely."),
-                io.Boolean.Input("context_blocks", default=False,
-                                 tooltip="Also modulate the VACE context blocks (default: the main DiT blocks only)."),
-                io.Boolean.Input("soft_edges", default=False,
-                                 tooltip="Tokens on a mask edge belong to regions by their area share (off: to the "
-                                         "region covering most of the token, as VideoGrain)."),
+                *(widget(spec) for spec in knobs(Regions).values()),
             ],
             outputs=[io.Conditioning.Output(display_name="positive"), RegionsType.Output(display_name="regions")],
         )
@@ -93,8 +86,11 @@ class RegionalPrompts(io.ComfyNode):
         if not prompt.strip():
             raise VaceError("the global prompt is empty: describe the whole scene (naming each region's prompt)")
         text = encode_text(clip_encoder(clip), prompt, prompts, background_prompt or "")
-        result = Regions(text, masks, self_strength, cross_strength, end, context_blocks, soft_edges)
-        return io.NodeOutput([[text.features[None], {}]], result)
+        check_coverage(masks)
+        result = Regions(text, masks, self_strength=self_strength, cross_strength=cross_strength, end=end,
+                         context_blocks=context_blocks, soft_edges=soft_edges)
+        # the marker lets Save VACE Job see that this positive needs its regions (a job file does not carry them)
+        return io.NodeOutput([[text.features[None], {REGIONAL: True}]], result)
 
 
 NODES = [RegionalPrompts]

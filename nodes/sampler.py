@@ -10,16 +10,22 @@ import torch
 from comfy_api.latest import io
 
 from ..vace_core.errors import VaceError
+from ..vace_core.lora.region import TokenSpace
 from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream, parse_curve
+from ..vace_core.sampling.guidance import STREAM_KNOBS
+from ..vace_core.settings import knobs
 from ..vace_core.vae import from_comfy_latent, to_comfy_latent
 from . import memory
-from .experts import two_experts
+from .experts import loaded_models, two_experts
+from .inputs import widget
 from .preview import vcu_ui
+from .speed import use_speed
 from .types import CATEGORY, VCU, Guidance, LowNoiseExpert, RegionsType, StepCache, VaceModel, VaceVAE
 
 STREAMS = 3
-SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m", "lcm": "lcm"}
+SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m", "lcm": "lcm"}  # ComfyUI's names -> ours
+SETTINGS = knobs(SamplerSettings)
 
 
 def stream_inputs(i: int):
@@ -28,12 +34,7 @@ def stream_inputs(i: int):
         VCU.Input(f"vcu{suffix}", optional=optional,
                   tooltip="A VCU (from Build VCU and friends)." if i == 1 else
                   "Another VCU as its own context stream, with its own strength (e.g. pose 1.0 + reference 0.7)."),
-        io.Float.Input(f"strength{suffix}", default=1.0, min=0.0, max=10.0, step=0.01, optional=optional,
-                       tooltip="How strongly this VCU steers the video (context scale)."),
-        io.Float.Input(f"start{suffix}", default=0.0, min=0.0, max=1.0, step=0.01, optional=optional,
-                       tooltip="Fraction of the steps where this VCU starts to apply."),
-        io.Float.Input(f"end{suffix}", default=1.0, min=0.0, max=1.0, step=0.01, optional=optional,
-                       tooltip="Fraction of the steps where this VCU stops applying."),
+        *[widget(spec, f"{name}{suffix}", optional=optional) for name, spec in STREAM_KNOBS.items()],
         io.String.Input(f"curve{suffix}", default="", optional=True,
                         tooltip="Optional strength schedule over the steps, multiplying strength: keyframes "
                                 "'0:1.0, 0.3:0.6, 1:0.2' (step fraction:value, interpolated) or one value per step "
@@ -43,6 +44,23 @@ def stream_inputs(i: int):
                                 "frames ('0:1, 0.2:0' fades a reference after the first frames) or one value per "
                                 "latent frame. Empty: every frame 1."),
     ]
+
+
+def sampling_inputs():
+    """steps, cfg, shift, sampler, seed: SamplerSettings' knobs."""
+    return [
+        widget(SETTINGS["steps"]),
+        widget(SETTINGS["guidance"], "cfg"),
+        widget(SETTINGS["shift"]),
+        widget(SETTINGS["solver"], "sampler", labels=SOLVERS),
+        widget(SETTINGS["seed"], control_after_generate=True),
+    ]
+
+
+def sampler_settings(steps, cfg, shift, sampler, seed, step_cache=None, **options) -> SamplerSettings:
+    """The sampling_inputs' values (and further SamplerSettings fields in `options`) -> SamplerSettings."""
+    return SamplerSettings(steps=steps, guidance=cfg, shift=shift, solver=SOLVERS[sampler], seed=seed,
+                           step_cache=step_cache, **options)
 
 
 def context_streams(streams: dict) -> tuple[list, list[ContextStream]]:
@@ -75,9 +93,8 @@ def text_features(conditioning, what: str, width: int) -> torch.Tensor:
 GUIDANCE_INPUTS = [
     Guidance.Input("guidance", optional=True,
                    tooltip="From VACE Guidance: NAG (negative prompt at cfg 1), skip-layer guidance, CFG-Zero*, APG."),
-    io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01, optional=True,
-                   tooltip="Video-to-video: the fraction of the schedule to run from the init video noised to it "
-                           "(as KSampler's denoise). 1: from pure noise (the init is ignored); 0.6: keeps much of it."),
+    # optional: graphs and workflows saved without it validate (1: from noise)
+    widget(SETTINGS["denoise"], optional=True),
 ]
 
 
@@ -113,6 +130,16 @@ def progress(steps: int, device, references: int):
     return callback
 
 
+REFERENCE = ("reference_weight", "reference_decay")
+# optional: API prompts and workflows saved before them keep today's attention
+REFERENCE_INPUTS = [widget(knobs(SamplerSettings)[name], optional=True) for name in REFERENCE]
+
+
+def reference_settings(options: dict) -> dict:
+    """The reference leak inputs (absent from older API prompts: today's attention) as SamplerSettings fields."""
+    return {k: float(options.pop(k, knobs(SamplerSettings)[k].default)) for k in REFERENCE}
+
+
 class VaceSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -127,16 +154,7 @@ class VaceSampler(io.ComfyNode):
                                                           "(Load CLIP, type wan)."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt (Wan's default one works well)."),
                 *[inp for i in range(1, STREAMS + 1) for inp in stream_inputs(i)],
-                io.Int.Input("steps", default=50, min=1, max=200, tooltip="Sampling steps (official: 50)."),
-                io.Float.Input("cfg", default=5.0, min=1.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance (official: 5). 1 skips the negative pass."),
-                io.Float.Input("shift", default=16.0, min=0.1, max=100.0, step=0.1,
-                               tooltip="Sigma shift (official VACE: 16). Higher spends more steps on layout."),
-                io.Combo.Input("sampler", options=list(SOLVERS), default="unipc",
-                               tooltip="Flow-matching solver. unipc is the official one; with a speed LoRA "
-                                       "(CausVid, lightx2v) euler or lcm at cfg 1 (README: Presets)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed: the same seed gives the same noise on every device."),
+                *sampling_inputs(),
                 io.Boolean.Input("offload_after", default=False,
                                  tooltip="Move the model off the GPU when done (frees VRAM for decoding)."),
                 RegionsType.Input("regions", optional=True,
@@ -147,6 +165,7 @@ class VaceSampler(io.ComfyNode):
                 LowNoiseExpert.Input("low_noise_expert", optional=True,
                                      tooltip="Wan2.2-VACE-Fun: the low-noise expert (vace_model is then the "
                                              "high-noise one, and cfg its guidance)."),
+                *REFERENCE_INPUTS,
                 *GUIDANCE_INPUTS,
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Video-to-video: the latent to refine (VAE Encode of a video at the VCU's "
@@ -159,7 +178,10 @@ class VaceSampler(io.ComfyNode):
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
                 regions=None, step_cache=None, low_noise_expert=None, guidance=None, denoise=1.0, latent=None,
                 **streams) -> io.NodeOutput:
+        options = reference_settings(streams)
         units, settings_per_stream = context_streams(streams)
+        experts = loaded_models(vace_model, low_noise_expert)
+        use_speed(*experts)
         patcher = vace_model.patcher
         texts = [text_features(c, what, patcher.model.config.text_dim)
                  for c, what in ((positive, "positive"), (negative, "negative"))]
@@ -171,11 +193,10 @@ class VaceSampler(io.ComfyNode):
         vae = memory.load(vace_vae)
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
-        settings = SamplerSettings(steps, cfg, shift, SOLVERS[sampler], "wan", seed, step_cache,
-                                   **guidance_settings(guidance, denoise))
+        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache, **options,
+                                    **guidance_settings(guidance, denoise))
         init = init_latent(latent, denoise, units[0])
 
-        experts = [vace_model] + ([low_noise_expert.model] if low_noise_expert is not None else [])
         model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
             if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
         hooks = [h for e in experts for h in interrupt_hooks(e.patcher.model)]
@@ -183,6 +204,7 @@ class VaceSampler(io.ComfyNode):
             latent = sample_latent(model, contexts, *texts, settings_per_stream, settings,
                                    progress(steps, device, len(units[0].references)), device,
                                    regions=regions.for_vcu(units[0]) if regions is not None else None,
+                                   space=TokenSpace.for_vcu(units[0], region_masks=getattr(regions, "masks", None)),
                                    init_latent=init)
         finally:
             for hook in hooks:

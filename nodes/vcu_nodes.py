@@ -5,28 +5,27 @@ from comfy_api.latest import io
 
 from ..vace_core import vcu as V
 from ..vace_core.errors import VaceError
+from ..vace_core.settings import knobs
+from ..vace_core.tasks import TaskInputs
 from .guard import BinaryMaskInput
+from .inputs import widget
 from .preview import vcu_ui
 from .types import CATEGORY, VCU
 
-SIZE = {"min": 16, "max": 4096, "step": 16}
+SIZE = knobs(TaskInputs)  # width, height and length: the command line's too
 
 
-def size_inputs(default_w=832, default_h=480, default_len=81, allow_auto=False):
-    low = 0 if allow_auto else 16
-    auto = " 0 keeps the input's." if allow_auto else ""
-    return [
-        io.Int.Input("width", default=0 if allow_auto else default_w, min=low, max=4096, step=16,
-                     tooltip=f"Video width, a multiple of 16 (others are rounded down).{auto}"),
-        io.Int.Input("height", default=0 if allow_auto else default_h, min=low, max=4096, step=16,
-                     tooltip=f"Video height, a multiple of 16 (others are rounded down).{auto}"),
-        length_input(default_len),
-    ]
+def size_inputs(allow_auto=False):
+    """width, height (allow_auto: 0 keeps the input's) and length."""
+    def side(name):
+        auto = {"default": 0, "min": 0, "tooltip": SIZE[name].help + " 0 keeps the input's."} if allow_auto else {}
+        return widget(SIZE[name], **auto)
+    return [side("width"), side("height"), length_input()]
 
 
-def length_input(default=81, tooltip="Frames, 4n+1 (81 = 5 s at 16 fps); others are rounded down."):
+def length_input(tooltip=None):
     """min 1, step 4: the frontend snaps to min + k*step, so the widget holds exactly the 4n+1 lengths."""
-    return io.Int.Input("length", default=default, min=1, max=1025, step=4, tooltip=tooltip)
+    return widget(SIZE["length"], **({"tooltip": tooltip} if tooltip else {}))
 
 
 def _auto(v):

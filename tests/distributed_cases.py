@@ -177,20 +177,38 @@ def _long_video_case(results):
     results["errors"]["long video, 2 windows"] = rel_err(got, expected)
 
 
+def _fsdp_equals_one_process(results, name: str, model, heads: int):
+    """FSDP2 over a loaded model (ring attention) against the same model on one process."""
+    x, t, text, contexts = inputs(1, (2, 4, 10), 2, 1)
+    expected = model(x, t, text, contexts, [1.0, 0.5])
+    layout = init_parallel(heads, "ring")
+    shard_weights(model, layout)
+    got = ParallelVace(model, layout)(x, t, text, contexts, [1.0, 0.5])
+    results["errors"][name] = rel_err(got, expected)
+
+
 def _fp8_checkpoint_case(results, folder):
-    """FSDP2 over a model loaded from an fp8 checkpoint (cast layers: fp8 weights, fp32 norms and modulation
-    in one block), ring attention: equal to the same loaded model on one process."""
+    """A model loaded from an fp8 checkpoint (cast layers: fp8 weights, fp32 norms and modulation in one block)."""
     from vace_core.checkpoints import load_vace_model, save_checkpoint
 
     path = f"{folder}.rank{dist.get_rank()}.safetensors"
     save_checkpoint(tiny(2).state_dict(), path, "official", torch.float8_e4m3fn)
     model = load_vace_model(path, device="cpu", num_heads=2)
-    x, t, text, contexts = inputs(1, (2, 4, 10), 2, 1)
-    expected = model(x, t, text, contexts, [1.0, 0.5])
-    layout = init_parallel(2, "ring")
-    shard_weights(model, layout)
-    got = ParallelVace(model, layout)(x, t, text, contexts, [1.0, 0.5])
-    results["errors"]["ring + fsdp2, fp8 checkpoint"] = rel_err(got, expected)
+    _fsdp_equals_one_process(results, "ring + fsdp2, fp8 checkpoint", model, 2)
+
+
+def _gguf_checkpoint_case(results, folder):
+    """A model loaded from a GGUF file: Q8_0 Linear weights kept as ggml blocks, sharded by rows and gathered
+    before each block runs."""
+    from gguf_files import write_gguf
+
+    from vace_core import ops
+    from vace_core.checkpoints import load_vace_model
+
+    path = write_gguf(tiny(4).state_dict(), f"{folder}.rank{dist.get_rank()}.gguf", "Q8_0")  # 64 wide: blocks
+    model = load_vace_model(path, device="cpu", num_heads=4)
+    assert ops.is_quantized(model.blocks[0].self_attn.q)
+    _fsdp_equals_one_process(results, "ring + fsdp2, GGUF checkpoint", model, 4)
 
 
 def worker(rank, world, store, out):
@@ -201,6 +219,7 @@ def worker(rank, world, store, out):
         _forward_cases(world, results)
         if world == 2:
             _fp8_checkpoint_case(results, out)
+            _gguf_checkpoint_case(results, out)
             _long_video_case(results)
     if world == 4:
         _generate_case(results)

@@ -124,3 +124,15 @@ def test_depth_errors(tmp_path):
         Depth(weight="other.pth", search_dirs=[tmp_path])
     with pytest.raises(AnnotatorError, match="kind"):
         Depth("zoe")
+
+
+def test_a_torch_annotator_follows_its_weights_to_another_device(tmp_path):
+    """Model management moves the weights and says where with `to`: inputs follow (here to the meta device, the
+    one other device a CPU machine has); `release` brings them back to the CPU."""
+    tiny_dpt_hybrid().save_pretrained(tmp_path / "tiny-depth")
+    ann = Depth("midas", weight="tiny-depth", search_dirs=[tmp_path], device="cpu")
+    ann.to("meta")
+    assert ann.device == torch.device("meta") and {p.device.type for p in ann.model.parameters()} == {"meta"}
+    ann.model.to_empty(device="cpu")
+    ann.release()
+    assert ann.device == torch.device("cpu") and {p.device.type for p in ann.model.parameters()} == {"cpu"}

@@ -8,6 +8,10 @@ The browser is Debian's chromium (`apt-get install chromium`; never a Playwright
 prompts pass through a route that swaps the umt5 text encoder (none exists here) for the test-only text node
 and shrinks sizes and steps for the CPU, exactly as tests/integration/graphs.py does for the API runs;
 clicked points and dragged boxes are kept as the UI wrote them. Screenshots go to out/browser/.
+
+Every test runs on the frontend ComfyUI 0.3.64 pins; the template browser, the editors, the VCU strip and the
+hidden widgets (the tests taking `ui`) run again on the newest frontend package (tests/conftest.py
+NEWEST_FRONTEND, a second server with --front-end-root), in the classic canvas and with Nodes 2.0 on.
 """
 
 import json
@@ -16,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.comfy_server import runtime_has
-from tests.integration.examples import EXAMPLES, example_path, file_name
+from tests.integration.examples import DWPOSE_FILES, EXAMPLES, example_path, file_name
 from tests.integration.fixtures import write_base
 from tests.integration.graphs import FRAMES, H, W, shrink, with_test_text
 from tests.integration.workflow_api import ordered_inputs, to_api
@@ -26,8 +30,7 @@ OUT = Path(__file__).resolve().parents[1] / "out" / "browser"
 CLIP_FRAMES = 5  # shorter than the API tests' clip: SAM2 propagates through every frame, slowly on a CPU
 UI_WRITTEN = {"VACESAM2Masks": ("points", "negative_points", "box"), "VACELayoutAnnotator": ("start_box", "end_box")}
 # files the example workflows name that the test server does not have (no real umt5, depth, DWPose or SAM2-large)
-ABSENT = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "depth_anything_v2_vitl.pth", "sam2.1_hiera_large.pt",
-          "yolox_l.onnx", "dw-ll_ucoco_384.onnx"}
+ABSENT = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "depth_anything_v2_vitl.pth", "sam2.1_hiera_large.pt"}
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +55,18 @@ def rewrite_prompt(route, posted: list):
     route.continue_(post_data=json.dumps(body))
 
 
-@pytest.fixture(scope="module")
-def page(server, browser):
-    OUT.mkdir(parents=True, exist_ok=True)
+# the browser passes: the frontend ComfyUI 0.3.64 pins (every test), and the newest frontend package
+# (tests/conftest.py NEWEST_FRONTEND, served with --front-end-root) in the classic canvas and with "Modern Node
+# Design (Nodes 2.0)" on: the tests taking `ui` (editors, VCU strip, hidden widgets, template browser)
+PINNED, NEWEST, NODES_2 = "pinned", "newest", "newest_nodes2"  # the passes (test ids)
+
+
+def open_page(browser, server, frontend: str):
+    """A page on `server`'s UI, the pack's extension loaded, the graph empty; on the newest frontend the Nodes 2.0
+    setting (Comfy.VueNodes.Enabled) on or off as `frontend` says. `page.errors`: console errors; `page.posted`:
+    the prompts the UI queued, as rewritten; `page.server`: the server; `page.frontend`: which pass."""
     page = browser.new_page(viewport={"width": 1800, "height": 1100})
-    page.errors, page.posted = [], []
+    page.errors, page.posted, page.server, page.frontend = [], [], server, frontend
     page.on("pageerror", lambda e: page.errors.append(f"page error: {e} {e.stack}"))
     page.on("console", lambda m: page.errors.append(f"console: {m.text} {m.location}") if m.type == "error"
             else None)
@@ -65,9 +75,47 @@ def page(server, browser):
     page.goto(server.url)
     page.wait_for_function("() => window.app?.graph && window.app.extensions?.some(e => e.name === 'vace.nodes')",
                            timeout=90_000)
+    if frontend != PINNED:
+        page.evaluate("async (on) => await window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on)",
+                      frontend == NODES_2)
+        page.wait_for_timeout(500)
     page.evaluate("() => window.app.graph.clear()")
-    yield page
-    page.close()
+    return page
+
+
+@pytest.fixture(scope="module")
+def pages(browser):
+    """Pages by frontend, opened once for the module."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    opened = {}
+    yield opened
+    for page in opened.values():
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def page(pages, browser, server):
+    if PINNED not in pages:
+        pages[PINNED] = open_page(browser, server, PINNED)
+    return pages[PINNED]
+
+
+@pytest.fixture(scope="module")
+def newest_server(comfy_server_newest, server):
+    """The second server (the newest frontend) serving this module's base directory."""
+    comfy_server_newest.post("/settings/Comfy.TutorialCompleted", True)
+    with comfy_server_newest.serving(server.base_dir) as newest:
+        yield newest
+
+
+@pytest.fixture(scope="module", params=[PINNED, NEWEST, NODES_2])
+def ui(request, pages, browser):
+    if request.param not in pages:
+        if request.param == PINNED:
+            pages[PINNED] = request.getfixturevalue("page")
+        else:
+            pages[request.param] = open_page(browser, request.getfixturevalue("newest_server"), request.param)
+    return pages[request.param]
 
 
 def ours_in(errors: list[str]) -> list[str]:
@@ -139,10 +187,12 @@ def screenshot(page, node_id: int, name: str):
         const [x, y, w, h] = n.getBounding(); const r = c.canvas.getBoundingClientRect();
         const [sx, sy] = c.ds.convertOffsetToCanvas([x, y]);
         return {x: r.left + sx, y: r.top + sy, width: w * c.ds.scale, height: h * c.ds.scale}; }""", node_id)
-    page.screenshot(path=OUT / f"{name}.png", clip=box)
+    suffix = {PINNED: "", NEWEST: "_newest", NODES_2: "_newest_nodes2"}[page.frontend]
+    page.screenshot(path=OUT / f"{name}{suffix}.png", clip=box)
 
 
-def test_extension_loads_and_orders_templates(page, server):
+def test_extension_loads_and_orders_templates(ui):
+    page, server = ui, ui.server
     page.wait_for_timeout(500)
     assert not ours_in(page.errors), page.errors
     module = page.evaluate("() => Object.keys(window.app.extensions).length && "
@@ -223,7 +273,11 @@ def test_example_workflow_runs_from_the_ui_queue(page, name):
     run_to_a_video(page, name)
 
 
-def test_vcu_preview_after_a_run(page):
+def test_vcu_preview_after_a_run(ui, request):
+    page = ui
+    if page.frontend == NODES_2:  # strict: passes (and so fails as xfail) once fixed
+        request.applymarker(pytest.mark.xfail(strict=True, reason="Nodes 2.0 on the newest frontend: after the T2V "
+                                              "run the Build VCU node (with its preview) overlaps the node below it"))
     run_to_a_video(page, "vace_t2v")
     [build] = nodes_of(page, "VACEBuildVCU")
     show_node(page, build)
@@ -255,7 +309,8 @@ def widget(page, node_id: int, name: str):
                          [node_id, name])
 
 
-def test_points_editor_writes_the_widgets_a_run_uses(page, server):
+def test_points_editor_writes_the_widgets_a_run_uses(ui):
+    page, server = ui, ui.server
     if not runtime_has(server.runtime, "sam2"):  # asked after the pack's requirements went in (comfy_runtime)
         pytest.skip(f"the ComfyUI runtime has no sam2 ({server.runtime.python} -m pip install --no-build-isolation "
                     "--no-deps sam2==1.1.0)")
@@ -308,7 +363,8 @@ def test_points_editor_writes_the_widgets_a_run_uses(page, server):
     screenshot(page, sam, "sam2_points_editor")
 
 
-def test_box_editor_writes_the_widgets_a_run_uses(page):
+def test_box_editor_writes_the_widgets_a_run_uses(ui):
+    page = ui
     load(page, "vace_move_anything")
     [layout] = nodes_of(page, "VACELayoutAnnotator")
     page.evaluate("(id) => { const n = window.app.graph.getNodeById(id); for (const [k, v] of "
@@ -334,7 +390,8 @@ def test_box_editor_writes_the_widgets_a_run_uses(page):
                                                                                                    "end_box"))
 
 
-def test_sampler_streams_and_outpaint_length_show_when_they_apply(page):
+def test_sampler_streams_and_outpaint_length_show_when_they_apply(ui):
+    page = ui
     load(page, "vace_outpaint")
     [sampler] = nodes_of(page, "VACESampler")
     [outpaint] = nodes_of(page, "VACEOutpaint")
@@ -351,3 +408,30 @@ def test_sampler_streams_and_outpaint_length_show_when_they_apply(page):
     show_node(page, sampler)
     screenshot(page, sampler, "sampler_streams")
     assert not ours_in(page.errors), page.errors
+
+
+DWPOSE_EXAMPLES = sorted(n for n in EXAMPLES if '"dwpose"' in example_path(n).read_text())  # 09, 13, 16, 19
+
+
+def test_dwpose_workflows_raise_no_false_alarm_with_the_files_absent_or_present(page, server):
+    """ComfyUI's model listing never shows .onnx files, so a Missing Models entry for DWPose's would be there on
+    every load, files or not: the workflows name none, and their note carries the download links instead."""
+    from tests.test_annotators_pose import write_dwpose_pair
+
+    assert len(DWPOSE_EXAMPLES) == 4, DWPOSE_EXAMPLES
+    folder = server.base_dir / "models" / "annotators"
+    try:
+        for present in (False, True):
+            if present:
+                write_dwpose_pair(folder)
+            assert all((folder / f).is_file() == present for f in DWPOSE_FILES)
+            for name in DWPOSE_EXAMPLES:
+                dialogs = load(page, name)
+                assert not [f for f in DWPOSE_FILES if f in dialogs], (name, present, dialogs)
+                notes = page.evaluate("() => window.app.graph.nodes.filter(n => n.type === 'MarkdownNote')"
+                                      ".map(n => n.widgets?.[0]?.value ?? '').join('\\n')")
+                for file in DWPOSE_FILES:
+                    assert f"https://huggingface.co/yzd-v/DWPose/resolve/main/{file}" in notes, (name, notes)
+    finally:
+        for file in DWPOSE_FILES:
+            (folder / file).unlink(missing_ok=True)

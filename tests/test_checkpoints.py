@@ -43,11 +43,16 @@ def weights():
     return random_state_dict(CFG)
 
 
-@pytest.fixture(scope="module")
-def inputs():
+def make_inputs():
+    """One step's inputs for CFG: latent, timestep, text features, one VCU context."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 16, 2, 4, 6, generator=g)
     return x, torch.tensor([700.0]), torch.randn(1, 7, 32, generator=g), torch.randn(1, 96, 2, 4, 6, generator=g)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return make_inputs()
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,13 @@ def test_two_experts_switch_at_the_boundary(comfy):
     torch.testing.assert_close(boundary_zero, high_only, rtol=0, atol=0)
     both, _ = run_latent(comfy, with_low_noise_expert(latent_graph(EXPERT_NAMES[0]), 0.875))
     assert (both - high_only).abs().max() > 1e-3 and (both - low_only).abs().max() > 1e-3
+    # the grid's timesteps by hand (shift 16, 6 steps: sigma = 16 s / (1 + 15 s), s from 0.99994 down by 1/6):
+    # 999 987 969 941 888 761. Boundary 0.875: the low-noise expert takes step 5; 0.885 switches there too (888 >=
+    # 885): the same latent; 0.89 switches a step earlier (888 < 890): another latent
+    same_step, _ = run_latent(comfy, with_low_noise_expert(latent_graph(EXPERT_NAMES[0]), 0.885))
+    torch.testing.assert_close(same_step, both, rtol=0, atol=0)
+    step_earlier, _ = run_latent(comfy, with_low_noise_expert(latent_graph(EXPERT_NAMES[0]), 0.89))
+    assert (step_earlier - both).abs().max() > 1e-3
 
 
 def test_experts_of_different_shapes_give_a_clear_error_and_the_server_goes_on(comfy):

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.comfy_server import PromptRejected, messages, output_files, runtime_has
-from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, build, example_path, file_name
+from tests.integration.examples import EXAMPLES, EXAMPLES_DIR, LISTABLE, build, example_path, file_name
 from tests.integration.fixtures import DIT_NAME, EXPERT_NAMES, MODULE_NAME, VAE_NAME, write_base
-from tests.integration.graphs import FRAMES, H, W, assert_success, runnable, t2v_prompt
+from tests.integration.graphs import FRAMES, PER_EXAMPLE, H, W, assert_success, runnable, t2v_prompt
 from vace_core.video_io import read_video
 
 PACK = Path(__file__).resolve().parents[1]
@@ -77,6 +77,7 @@ def test_example_workflows_carry_models_and_notes():
         assert {*dit, VAE_NAME, "umt5_xxl_fp8_e4m3fn_scaled.safetensors"} <= set(models), path.name
         assert all(m["url"].startswith("https://") and m["url"].endswith(name) and m["directory"]
                    for name, m in models.items())
+        assert all(name.endswith(LISTABLE) for name in models), path.name  # what the Missing Models check can see
         notes = [n["widgets_values"][0] for n in nodes if n["type"] == "MarkdownNote"]
         assert len(notes) >= 2 and all(len(t) > 80 for t in notes), path.name
 
@@ -87,7 +88,10 @@ def test_example_workflow_runs(comfy, name):
         pytest.skip(f"{name} needs `{NEEDS[name]}` in the ComfyUI runtime ({comfy.runtime.python} -m pip install "
                     f"{NEEDS[name]}); it is not installed there")
     workflow = json.loads(example_path(name).read_text())
-    entry = comfy.run(runnable(workflow, comfy.info), timeout=300)
+    api = runnable(workflow, comfy.info)
+    for node in api.values():
+        node["inputs"].update(PER_EXAMPLE.get(name, {}).get(node["class_type"], {}))
+    entry = comfy.run(api, timeout=300)
     assert_success(entry)
     [video] = output_files(comfy.base_dir, entry)
     frames, fps = read_video(video)

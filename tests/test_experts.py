@@ -73,7 +73,8 @@ def test_same_video_as_diffusers_two_experts(setup, guidance, guidance_low, task
     vcu = inpaint_vcu() if task == "inpaint" else text_to_video(FRAMES, H, W)
     expected = run_diffusers(pipe, guidance, guidance_low, None if task == "t2v" else vcu)
     positive, negative = texts()
-    settings = SamplerSettings(SETTINGS.steps, guidance, SETTINGS.shift, "unipc", "diffusers", SETTINGS.seed)
+    settings = SamplerSettings(steps=SETTINGS.steps, guidance=guidance, shift=SETTINGS.shift, schedule="diffusers",
+                               seed=SETTINGS.seed)
     out = generate(experts, vae, vcu, positive[0], negative[0], settings=settings)
     err = (out - expected).abs().max().item()
     print(f"{task}, guidance {guidance} / {guidance_low}: max abs difference {err:.2e}")
@@ -118,7 +119,8 @@ def test_step_cache_keeps_one_cache_per_expert(setup):
     cache.should_compute = record
     contexts, (positive, negative) = [torch.randn(1, 96, 3, 4, 6)], texts()
     sample_latent(experts, contexts, positive, negative,
-                  settings=SamplerSettings(6, 5.0, 3.0, "unipc", "diffusers", 1, step_cache=cache))
+                  settings=SamplerSettings(steps=6, guidance=5.0, shift=3.0, schedule="diffusers", seed=1,
+                                                  step_cache=cache))
     # high: steps 0-1 (0 computed, 1 cached); low from step 2: its first step computes (its own empty cache)
     assert [step for step, computed in decided if computed] == [0, 2, 5]
 
@@ -150,9 +152,21 @@ def test_command_line_runs_a_wan22_release_folder(tmp_path, monkeypatch):
     # a tiny umt5 file with the tiny byte tokenizer does not exist)
     monkeypatch.setattr(cli, "_check_model_files", lambda args: None)
     args = ["run", "--prompt", "a cat", "--width", "48", "--height", "32", "--length", "5", "--steps", "3",
-            "--shift", "3", "--device", "cpu"]
+            "--shift", "3", "--cfg", "5", "--device", "cpu"]
+    calls = []
+    at = Experts.at
+
+    def spy(self, timestep, guidance):  # which expert runs each step, at which guidance
+        module, used = at(self, timestep, guidance)
+        calls.append((round(float(timestep)), self.which(timestep), used))
+        return module, used
+
+    monkeypatch.setattr(Experts, "at", spy)
     main([*args, "--model", str(tmp_path), "--cfg-low", "2", "--out", str(tmp_path / "two.mp4")])
+    # the grid by hand (shift 3, 3 steps: sigma = 3 s / (1 + 2 s), s = 0.99989, 0.66659, 0.33329): timesteps
+    # 999, 856, 599; the boundary 0.875 gives step 0 to the high-noise expert (cfg 5), steps 1-2 to the low (cfg 2)
+    assert list(dict.fromkeys(calls)) == [(999, "high", 5.0), (856, "low", 2.0), (599, "low", 2.0)]  # per step
     main([*args, "--model", str(tmp_path / "high_noise_model"), "--out", str(tmp_path / "one.mp4")])
     two, one = read_video(tmp_path / "two.mp4")[0], read_video(tmp_path / "one.mp4")[0]
     assert two.shape == one.shape == (5, 32, 48, 3)
-    assert (two - one).abs().mean() > 0.01  # the low-noise expert ran the later steps
+    assert (two - one).abs().mean() > 0.01  # the low-noise expert (its weights, cfg 2) ran the later steps

@@ -61,7 +61,8 @@ def test_lcm_run_is_fixed_by_the_seed():
     text = torch.randn(1, 6, model.config.text_dim, generator=torch.Generator().manual_seed(1))
 
     def run(seed):
-        return sample_latent(model, [context], text, None, settings=SamplerSettings(3, 1.0, 5.0, "lcm", seed=seed))
+        settings = SamplerSettings(steps=3, guidance=1.0, shift=5.0, solver="lcm", seed=seed)
+        return sample_latent(model, [context], text, None, settings=settings)
     assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
 
 
@@ -73,7 +74,7 @@ def test_guidance_one_runs_one_pass_per_step():
     text = torch.randn(1, 6, model.config.text_dim)
     for guidance in (1.0, 5.0):
         calls.clear()
-        settings = SamplerSettings(4, guidance, 5.0, "euler")
+        settings = SamplerSettings(steps=4, guidance=guidance, shift=5.0, solver="euler")
         sample_latent(model, [context], text, torch.zeros_like(text), settings=settings)
         assert calls == [1 if guidance == 1 else 2] * 4  # batch 1 (no negative pass) vs cond + uncond
 

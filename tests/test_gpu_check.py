@@ -11,7 +11,8 @@ import pytest
 from tests.integration.comfy_server import find_runtime, install_pack
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("env", "precision", "noise", "attention", "syncs", "speed", "switches", "estimate", "vram", "vae", "e2e")
+PARTS = ("env", "precision", "noise", "attention", "syncs", "speed", "switches", "estimate", "vram", "vae", "e2e",
+         "load")
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +67,16 @@ def test_vace_sampler_node_end_to_end_on_cpu(report, comfy_runtime):
     assert e2e["status"] == "ok on CPU (lowvram skipped: no CUDA)", e2e
     assert e2e["previews"] == "10 of 10 steps" and e2e["interrupt"] == "stopped after step 3"
     assert e2e["loaded_after_interrupt"] and e2e["offloaded"]
+
+
+def test_load_part_maps_the_file_on_cpu(report):
+    """The loading part's CPU path: weights bit-exact and the file's own map (no anonymous copy); with ComfyUI,
+    the Load VACE Model node's patcher holds the map too. The CUDA bound (host peak <= largest tensor + slack)
+    needs a GPU."""
+    load = report["parts"]["load"]
+    assert load["status"] == "ok on CPU (host peak bound needs CUDA)", load
+    assert load["bit_exact"] and load["mapped"] and load["largest_tensor_mib"] > 0
+    node = load["comfyui_node"]
+    assert node.get("mapped_on_offload_device", True) and node.get("ok", True), node
+    if find_runtime() is not None:
+        assert node["mapped_on_offload_device"]

@@ -55,7 +55,8 @@ def full_disk(path, *args, **kwargs):
 
 
 def test_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
-    import vace_core.checkpoints.save as save
+    import safetensors.torch
+
     import vace_core.video_io as video_io
 
     monkeypatch.setattr(video_io, "write_mp4", full_disk)
@@ -67,10 +68,19 @@ def test_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch)
 
     src = tmp_path / "src.safetensors"
     save_file({"head.head.weight": torch.zeros(4, 4)}, src)
-    monkeypatch.setattr(save, "save_file", lambda tensors, path, metadata=None: full_disk(path))
-    assert cli_error("convert", str(src), str(tmp_path / "dst.safetensors")).endswith(
-        "No space left on device. Nothing was written.")
+    monkeypatch.setattr(safetensors.torch, "save_file", safetensors_full_disk)  # convert writes with this
+    dst = tmp_path / "dst.safetensors"
+    assert cli_error("convert", str(src), str(dst)) == (
+        f"error: could not write {dst}: I/O error: No space left on device (os error 28). Nothing was written.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.safetensors"]
+
+
+def safetensors_full_disk(tensors, path, metadata=None):
+    """safetensors' writer on a full disk (seen on a 64 KiB tmpfs): part of the file, then its own error type."""
+    from safetensors import SafetensorError
+
+    Path(path).write_bytes(b"\0" * 1000)
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
 
 def test_converted_files_get_normal_permissions(tmp_path):

@@ -41,9 +41,32 @@ def comfy(comfy_server, tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.pt").write_bytes(b"a file outside the model folders")
     (base / "models" / "sam2" / "escape.pt").symlink_to(outside / "secret.pt")  # a link leading out
+    write_bad_loras(base / "models" / "loras")
     with comfy_server.serving(base) as server:
         server.outside = outside
         yield server
+
+
+TRUNCATED_LORA, PICKLED_LORA, NAN_LORA = "truncated_lora.safetensors", "evil_lora.pt", "nan_lora.safetensors"
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this would run",))
+
+
+def write_bad_loras(folder):
+    """A download cut short, a pickle holding code, and a LoRA with a NaN: each refused, naming the file."""
+    from tests.lora_files import comfy_lora
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lora = comfy_lora({k: tuple(v.shape) for k, v in VaceTransformer(TINY_DIT).state_dict().items()})
+    save_file(lora, folder / TRUNCATED_LORA)
+    data = (folder / TRUNCATED_LORA).read_bytes()
+    (folder / TRUNCATED_LORA).write_bytes(data[: len(data) // 2])
+    lora["diffusion_model.blocks.0.self_attn.q.lora_up.weight"][0, 0] = math.nan
+    save_file(lora, folder / NAN_LORA)
+    torch.save({"diffusion_model.blocks.0.self_attn.q.lora_up.weight": RunsCode()}, folder / PICKLED_LORA)
 
 
 def write_image_vae(path):
@@ -317,3 +340,89 @@ def test_a_request_too_large_for_memory_is_refused_before_work(comfy):
     assert "fewer frames" in text
     seconds = (error["timestamp"] - events["execution_start"]["timestamp"]) / 1000
     assert seconds < 5  # refused up front, not after an allocator failure
+
+
+# --- the newer features' bad inputs (issue 22) ----------------------------------------------------------------------
+
+def with_lora(name: str) -> dict:
+    prompt = sampler_prompt(width=4096)
+    prompt["lora"] = {"class_type": "VACELoRA", "inputs": {"vace_model": ["model", 0], "lora_name": name,
+                                                           "strength": 1.0, "context_strength": 1.0}}
+    prompt["sample"]["inputs"]["vace_model"] = ["lora", 0]
+    return prompt
+
+
+@pytest.mark.parametrize("name,phrase", [
+    (TRUNCATED_LORA, "The file is corrupt, incomplete (an interrupted download?)"),
+    (PICKLED_LORA, "the pickle holds more than tensors (objects that run code when loaded)"),
+    (NAN_LORA, f"the LoRA {NAN_LORA} holds NaN or infinite values (in "
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight)"),
+])
+def test_damaged_unsafe_and_nan_loras_are_named(comfy, name, phrase):
+    error = error_of(comfy, with_lora(name))
+    assert error["node_type"] == "VACELoRA" and phrase in error["exception_message"], error["exception_message"]
+    assert name in error["exception_message"] and "weights_only" not in error["exception_message"]
+
+
+def regional(extra: dict | None = None, mask_value: float = 1.0) -> dict:
+    """Regional Prompts (one region over a solid mask) shown through Preview Any."""
+    inputs = {"clip": ["clip", 0], "prompt": "a fox and a cat", "prompt_1": "a fox", "mask_1": ["mask", 0],
+              "background_prompt": "", "self_strength": 0.3, "cross_strength": 1.0, "end": 0.3,
+              "context_blocks": False, "soft_edges": False} | (extra or {})
+    return {"clip": {"class_type": "VACETestCLIPLoader", "inputs": {}},
+            "mask": {"class_type": "SolidMask", "inputs": {"value": mask_value, "width": W, "height": H}},
+            "x": {"class_type": "VACERegionalPrompts", "inputs": inputs},
+            "show": {"class_type": "PreviewAny", "inputs": {"source": ["x", 0]}}}
+
+
+def test_regions_beyond_the_fourth_are_refused_not_dropped(comfy):
+    error = error_of(comfy, regional({"prompt_5": "a dog", "mask_5": ["mask", 0]}))
+    assert error["node_type"] == "VACERegionalPrompts"
+    assert error["exception_message"].startswith("mask_5, prompt_5: are not inputs of Regional Prompts, so they "
+                                                 "would be ignored. Its inputs: clip, prompt, prompt_1, mask_1,")
+
+
+@pytest.mark.parametrize("value,phrase", [
+    (0.0, "region 1's mask covers nothing (it is black everywhere): that region would steer nothing"),
+    (0.5, "mask_1: the mask is not binary (100.0% of its pixels lie between 0.1 and 0.9"),
+])
+def test_a_region_mask_that_steers_nothing_is_refused(comfy, value, phrase):
+    error = error_of(comfy, regional(mask_value=value))
+    assert error["node_type"] == "VACERegionalPrompts" and phrase in error["exception_message"], error
+
+
+def test_save_job_refuses_a_regional_positive(comfy):
+    prompt = regional()
+    del prompt["show"]
+    prompt |= {"neg": {"class_type": "VACETestTextEncode", "inputs": {"text": "blurry"}}, "vcu": build_vcu(),
+               "save": {"class_type": "VACESaveJob", "inputs": {
+                   "positive": ["x", 0], "negative": ["neg", 0], "vcu": ["vcu", 0], "strength": 1.0, "start": 0.0,
+                   "end": 1.0, "steps": 1, "cfg": 5.0, "shift": 16.0, "sampler": "unipc", "seed": 0,
+                   "filename_prefix": "vace_jobs/regional"}}}
+    error = error_of(comfy, prompt)
+    assert error["node_type"] == "VACESaveJob" and error["exception_message"].startswith(
+        "the positive prompt comes from Regional Prompts, but a job file does not carry regions: `run --job` would "
+        "sample it without them.")
+
+
+def test_color_match_masks_of_another_size_are_named(comfy):
+    prompt = {"px": fill(0.5), "small": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 8}},
+              "x": {"class_type": "VACEColorMatch", "inputs": {
+                  "images": ["px", 0], "anchor": ["px", 0], "method": "reinhard", "strength": 1.0,
+                  "masks": ["small", 0]}},
+              "preview": {"class_type": "PreviewImage", "inputs": {"images": ["x", 0]}}}
+    error = error_of(comfy, prompt)
+    assert error["node_type"] == "VACEColorMatch" and error["exception_message"].strip() == (
+        "the masks are 16x8 but the images 32x32: give masks at the images' size (e.g. resize them with the images)")
+
+
+def test_a_missing_dwpose_file_is_named_with_its_download(comfy):
+    """The Missing Models dialog cannot see .onnx files (the workflows' notes carry their links): the node's error
+    names the file, the folder and where to get it."""
+    prompt = {"px": fill(0.5, 1), "x": {"class_type": "VACEPoseAnnotator", "inputs": {
+        "frames": ["px", 0], "backend": "dwpose", "body": True, "face": True, "hands": False,
+        "detector": "yolox_l.onnx", "estimator": "dw-ll_ucoco_384.onnx"}},
+        "preview": {"class_type": "PreviewImage", "inputs": {"images": ["x", 0]}}}
+    text = error_of(comfy, prompt)["exception_message"]
+    assert "'yolox_l.onnx' is not a file in ComfyUI's models/annotators folder" in text
+    assert "Download it from https://huggingface.co/yzd-v/DWPose" in text

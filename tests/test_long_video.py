@@ -82,7 +82,7 @@ def test_hierarchical_plans_match_hand_computed_tables(length, window, keyframes
 def test_bad_settings_are_clear_errors():
     with pytest.raises(VaceError, match="4n\\+1"):
         L.autoregressive_plan(161, 80)
-    with pytest.raises(VaceError, match="overlap >= 1"):
+    with pytest.raises(VaceError, match="overlap: 0 is outside the range from 1 to 255"):
         L.autoregressive_plan(161, 81, overlap=0)
     with pytest.raises(VaceError, match="no new frames"):
         L.autoregressive_plan(161, 9, overlap=5, discard=4)
@@ -217,13 +217,21 @@ def test_latent_replacement_renoises_to_the_current_level():
 
 
 class Linear(torch.nn.Module):
-    """A stand-in DiT whose velocity depends on the latent, the timestep, the text and each context."""
+    """A stand-in DiT whose velocity depends on the latent, the timestep, the text and each context; a denoiser
+    (vace_core.denoiser) on the CPU, so the sampler can run it."""
 
-    compute_dtype = torch.float32
+    compute_dtype, device, staged = torch.float32, torch.device("cpu"), False
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.tensor(2.0))
+        self.config = tiny_model().config
+
+    def check(self, x, contexts, strengths):
+        pass
+
+    def agree(self, flag):
+        return flag
 
     def forward(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
         ctx = sum(s * c[:, :16] for c, s in zip(contexts, strengths, strict=True))
@@ -251,18 +259,12 @@ def test_fused_windows_blend_to_the_whole_for_a_local_model():
     assert torch.allclose(fused(x, t, text, [ctx], [1.0]), model(x, t, text, [ctx], [1.0]), atol=1e-6)
 
 
-class WindowMean(torch.nn.Module):
+class WindowMean(Linear):
     """A stand-in DiT that sees its whole input: its velocity is the mean of x over the frames it is given (in
     fused mode: the reference and the window's frames)."""
 
-    compute_dtype = torch.float32
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(1.0))
-
-    def forward(self, x, t, text, contexts, strengths):
-        return self.w * x.mean(2, keepdim=True).expand_as(x)
+    def forward(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
+        return x.mean(2, keepdim=True).expand_as(x)
 
 
 @pytest.mark.parametrize("kind", L.FUSED_WEIGHTS)

@@ -203,7 +203,7 @@ def test_one_region_one_prompt_is_exactly_unmodulated():
     model = tiny_model().eval()
     encode = tiny_text(dim=model.config.text_dim)
     text = encode_text(encode, "a cat", ["a cat"])
-    layout = Regions(text, torch.ones(1, 5, 32, 32), 1.0, 1.0, 1.0).layout((2, 2, 2))
+    layout = Regions(text, torch.ones(1, 5, 32, 32), self_strength=1.0, cross_strength=1.0, end=1.0).layout((2, 2, 2))
     x, ctx = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 96, 2, 4, 4)
     t, features = torch.tensor([900.0]), text.features[None]
     with torch.no_grad():
@@ -236,7 +236,7 @@ def test_regional_run_changes_the_output_and_context_blocks_are_optional():
 def test_regions_check_their_inputs():
     masks = torch.zeros(1, 5, 32, 32)
     masks[0, :, :, :16] = 1
-    with pytest.raises(VaceError, match="end 2"):
+    with pytest.raises(VaceError, match="end: 2 is outside the range from 0 to 1"):
         regions_for(masks, end=2.0)
     regions = regions_for(masks)
     with pytest.raises(VaceError, match="not the regional prompts' text"):

@@ -7,13 +7,13 @@ from dataclasses import fields
 
 import torch
 
+from .denoiser import refuse
 from .errors import VaceError
+from .experts import WAN22_BOUNDARY
 from .guidance_options import COMBINATIONS, HELP, GuidanceOptions
 from .outputs import check_writable
+from .settings import add_flag, knobs
 from .video_io import WRITE_EXTS
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-          "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 def _demo(args):
@@ -53,6 +53,43 @@ def _check_model_files(args):
                         "the embedded tiny defaults only work with each other")
 
 
+# (flag, dest, its default): a flag counts as given when it holds anything else
+MODEL_FLAGS = (("--model-low", "model_low", None), ("--base-low", "base_low", None),
+               ("--boundary", "boundary", WAN22_BOUNDARY), ("--cfg-low", "cfg_low", None), ("--base", "base", None),
+               ("--weight-dtype", "weight_dtype", "default"))
+EXPERT_FLAGS = ("--boundary", "--cfg-low", "--base-low")
+
+
+def _check_model_flags(args):
+    """Flags that set up the model given with --model are refused where they would be ignored."""
+    from .experts import expert_folders
+
+    given = [flag for flag, name, default in MODEL_FLAGS if getattr(args, name) != default]
+    if given and not args.model:
+        verb = "set" if len(given) > 1 else "sets"
+        raise VaceError(f"{', '.join(given)} {verb} up the model given with --model (Wan2.2: --model is the high-noise "
+                        "expert, --model-low the low-noise one), but there is no --model: the embedded tiny default "
+                        "would run and ignore them. Give --model, or drop them")
+    experts = [flag for flag in given if flag in EXPERT_FLAGS]
+    if experts and args.model and not (args.model_low or expert_folders(args.model)):
+        raise VaceError(f"{', '.join(experts)} only apply to Wan2.2's two experts: give the low-noise one with "
+                        "--model-low (or a --model folder with high_noise_model/ and low_noise_model/), or drop "
+                        f"{', '.join(experts)}")
+
+
+def _check_preset(args):
+    """A speed preset without its LoRA samples a model that was not distilled for so few steps."""
+    from .sampling.presets import preset
+
+    if args.preset in (None, "official") or args.lora:
+        return
+    chosen = preset(args.preset)
+    logging.getLogger("vace").warning(
+        "VACE: --preset %s runs %d steps at cfg %g, the settings of the %s LoRA, but no --lora is given: unless "
+        "--model has that LoRA merged in, so few steps make a blurry, unfinished video. Add it with --lora "
+        "FILE:STRENGTH, or drop --preset.", args.preset, chosen.steps, chosen.guidance, args.preset)
+
+
 def _models(args):
     """The user's files, or the embedded tiny default for all three."""
     from .embedded import tiny_model, tiny_vae
@@ -61,23 +98,26 @@ def _models(args):
     # --fsdp: the weights stay on the CPU until FSDP2 moves each block's shard to this process's GPU
     model_device = "cpu" if args.fsdp else device
     if args.model:
-        from .checkpoints import load_vace_model
+        from .checkpoints import COMPUTE_DTYPES, DTYPES, load_vace_model
         from .experts import expert_folders, load_experts
 
-        compute = torch.bfloat16 if device.type == "cuda" else None  # as if loaded on the GPU
-        kwargs = {"storage_dtype": DTYPES.get(args.weight_dtype), "device": model_device, "compute_dtype": compute}
+        auto = torch.bfloat16 if device.type == "cuda" else None  # as if loaded on the GPU
+        kwargs = {"storage_dtype": DTYPES.get(args.weight_dtype), "device": model_device,
+                  "compute_dtype": COMPUTE_DTYPES.get(args.compute_dtype, auto), "attention_backend": args.attention}
         if args.model_low or expert_folders(args.model):  # Wan2.2: two experts
             model = load_experts(args.model, args.model_low, base_high=args.base, base_low=args.base_low,
-                                 boundary=args.boundary, guidance_low=args.cfg_low, **kwargs)
+                                 boundary=args.boundary, guidance_low=_guidance_low(args), **kwargs)
         else:
             model = load_vace_model(args.model, args.base, **kwargs)
     else:
         model = tiny_model().to(model_device)
     _apply_loras(model, args.lora)
+    _apply_speed(model, args)
     if args.vae:
+        from .checkpoints import COMPUTE_DTYPES
         from .vae import load_vae
 
-        vae = load_vae(args.vae, device=device)
+        vae = load_vae(args.vae, dtype=COMPUTE_DTYPES.get(args.vae_dtype), device=device)
     else:
         vae = tiny_vae().to(device)
     text = None  # a job file carries its encoded prompts
@@ -92,6 +132,37 @@ def _models(args):
     if not args.model:
         print("using the embedded tiny default model, VAE and text encoder (random weights: a demo, not a video)")
     return model, vae, text
+
+
+def _guidance_low(args) -> float:
+    """--cfg-low, else the distilled preset's cfg (a speed LoRA runs both experts at it), else Wan2.2's 3."""
+    from .experts import Experts
+    from .sampling.presets import preset
+
+    if args.cfg_low is not None:
+        return args.cfg_low
+    if args.preset and args.preset != "official":
+        return preset(args.preset).guidance
+    return knobs(Experts)["guidance_low"].default
+
+
+def _speed(args):
+    """--compile / --lean / --ffn-chunk / --fp8-compute as a Speed, or None when all are off (the exact path)."""
+    from .speed import Speed
+
+    chosen = {name: getattr(args, name) for name in knobs(Speed)}
+    return Speed(**chosen) if chosen != {name: k.default for name, k in knobs(Speed).items()} else None
+
+
+def _apply_speed(model, args):
+    """The speed switches on the DiT (both Wan2.2 experts); nothing changes when they are off."""
+    from .experts import Experts
+    from .speed import apply_speed
+
+    speed = _speed(args)
+    if speed is not None:
+        for net in [model.high, model.low] if isinstance(model, Experts) else [model]:
+            apply_speed(net, speed)
 
 
 def _lora_spec(spec: str) -> tuple[str, list[float]]:
@@ -124,7 +195,7 @@ def _settings(args):
     from .magcache import MagCache
     from .pipeline import SamplerSettings
     from .sampling.presets import lora_strength, preset
-    from .step_cache import TeaCache
+    from .step_cache import COEFFICIENTS, SIZES, TeaCache
 
     if args.denoise < 1 and not args.init_video and not args.job:
         raise VaceError(f"--denoise {args.denoise} refines a video: give it with --init-video FILE")
@@ -136,11 +207,70 @@ def _settings(args):
               f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
     if args.teacache and args.magcache:
         raise VaceError("--teacache and --magcache are two step caches: choose one")
-    cache = TeaCache(args.teacache, args.teacache_mode) if args.teacache else \
-        MagCache(args.magcache, args.magcache_retention, args.magcache_k) if args.magcache else None
+    cache = None
+    if args.teacache:
+        size = SIZES[args.teacache_coefficients]
+        cache = TeaCache(threshold=args.teacache, mode=args.teacache_mode,
+                         coefficients=None if size is None else COEFFICIENTS[args.teacache_mode, size])
+    elif args.magcache:
+        cache = MagCache(threshold=args.magcache, retention=args.magcache_retention, k=args.magcache_k)
     guidance = GuidanceOptions(**{f.name: getattr(args, f.name) for f in fields(GuidanceOptions)}).settings()
-    return SamplerSettings(values["steps"], values["cfg"], values["shift"], values["sampler"], "wan", args.seed, cache,
+    return SamplerSettings(steps=values["steps"], guidance=values["cfg"], shift=values["shift"],
+                           solver=values["sampler"], seed=args.seed, step_cache=cache,
+                           reference_weight=args.reference_weight, reference_decay=args.reference_decay,
                            denoise=args.denoise, **guidance)
+
+
+def _check_launch(args) -> bool:
+    """Whether this is a multi-process run; refuses one started by torchrun without a way to share the work
+    (every process would sample the whole video and write the same file)."""
+    from .distributed import check_environment, launched
+
+    parallel = bool(args.parallel or args.cfg_parallel or args.fsdp)
+    if launched():
+        check_environment()
+        if not parallel:
+            raise VaceError("this process was started by torchrun (RANK and WORLD_SIZE are set) without --parallel, "
+                            "--cfg-parallel or --fsdp: every process would sample the whole video and write the same "
+                            "file. Add --parallel usp (split each video over the processes), or run without torchrun")
+    elif parallel:
+        raise VaceError("--parallel, --cfg-parallel and --fsdp run under torchrun, one process per GPU: "
+                        "torchrun --nproc-per-node N -m vace_core run ... --parallel usp")
+    return parallel
+
+
+def _preflight(args, long, steps: int):
+    """The frames' size and RAM, and the run's length in windows, before anything is read or loaded."""
+    from .preflight import check_frames, warn_when_long
+
+    length = args.extend_to or args.length
+    check_frames(length, args.height, args.width)
+    if args.video and (args.outpaint or args.extend_to):
+        from .tasks import check_extension
+        from .vcu.builders import outpaint_pads
+        from .video_io import read_video
+
+        clip, _ = read_video(args.video, max_frames=None if args.extend_to else 1)
+        if args.outpaint:  # the canvas before it is fitted to --width/--height
+            outpaint_pads(*clip.shape[1:3], *args.outpaint)
+        if args.extend_to:
+            check_extension(args.extend_to, len(clip))
+    warn_when_long(length, long, steps)
+
+
+def _check_sampling(args, model, job, long, settings):
+    """One window's sampling against the device's free memory, after the model loaded and before the first step."""
+    from .preflight import check_device
+
+    if job is not None:
+        unit, streams, guidance = job.vcus[0], len(job.vcus), job.settings.guidance
+        latent = unit.latent_shape
+    else:
+        frames, streams, guidance = min(args.extend_to or args.length, long.window), 1 + bool(long.carry_guidance), \
+            settings.guidance
+        latent = (len(args.ref) + (frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    guided = guidance != 1 or (args.cfg_low is not None and args.cfg_low != 1)
+    check_device(model, latent, guided, streams, _device(args.device))
 
 
 def _parallel(args, model):
@@ -161,69 +291,134 @@ def _parallel(args, model):
     return parallel, layout.mesh.get_rank() == 0
 
 
+def _window_values(specs: list[str], flag: str, convert=str) -> dict:
+    """WINDOW:VALUE flags -> {window: value} (repeatable; a path may hold colons)."""
+    out = {}
+    for spec in specs:
+        window, _, value = spec.partition(":")
+        if not window.strip().isdigit() or not value:
+            raise VaceError(f"{flag} {spec!r}: write WINDOW:VALUE with the window's number from 0, e.g. {flag} 2:x")
+        try:
+            out.setdefault(int(window), []).append(convert(value))
+        except ValueError:
+            raise VaceError(f"{flag} {spec!r}: {value!r} is not a whole number") from None
+    return out
+
+
+def _timeline(args):
+    """The timeline flags -> TimelineInputs, or None when none is given."""
+    from .tasks import TimelineInputs
+
+    prompts = "\n".join(args.prompt) if len(args.prompt) > 1 else ""
+    if args.prompts:
+        try:
+            prompts = open(args.prompts, encoding="utf-8").read()
+        except OSError as e:
+            raise VaceError(f"cannot read --prompts {args.prompts}: {e.strerror}") from None
+    given = TimelineInputs(prompts, args.blend_prompts, _window_values(args.window_ref, "--window-ref"),
+                           {w: v[-1] for w, v in _window_values(args.end_frame, "--end-frame").items()},
+                           {w: v[-1] for w, v in _window_values(args.window_seed, "--window-seed", int).items()},
+                           args.loop)
+    return None if given == TimelineInputs(blend=args.blend_prompts) else given
+
+
+def _rerender(args, job):
+    """--rerender K on a saved state: the job set to sample window K (new seed / prompt when given)."""
+    prompt = None
+    if args.rerender_prompt is not None:
+        from .text import load_text_encoder, tiny_text_encoder
+
+        encoder = load_text_encoder(args.text_encoder) if args.text_encoder else tiny_text_encoder()
+        prompt = encoder.encode(args.rerender_prompt)
+    return job.rerender(args.rerender, args.rerender_seed, prompt)
+
+
 def _run(args):
     from .long_video import LongVideoSettings
+    from .sampling import ContextStream
     from .tasks import TaskInputs, run
     from .video_io import read_image
 
-    inputs = TaskInputs(prompt=args.prompt, negative=args.negative, video=args.video, mask=args.mask,
+    if args.rerender is None and (args.rerender_seed is not None or args.rerender_prompt is not None):
+        raise VaceError("--rerender-seed and --rerender-prompt go with --rerender WINDOW (and --job STATE)")
+    if args.rerender is not None and not args.job:
+        raise VaceError("--rerender WINDOW re-renders a saved run: give its state with --job (saved by --save-state)")
+    self_strength, cross_strength = args.region_strength
+    inputs = TaskInputs(prompt=(args.prompt or [""])[0], negative=args.negative, video=args.video, mask=args.mask,
                         outpaint=tuple(args.outpaint) if args.outpaint else None, extend_to=args.extend_to,
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
                         length=args.length, regions=[tuple(r) for r in args.region],
-                        background_prompt=args.background_prompt, region_strength=tuple(args.region_strength),
-                        region_end=args.region_end, init_video=args.init_video, strength_curve=args.strength_curve,
-                        frame_weights=args.frame_weights)
+                        background_prompt=args.background_prompt,
+                        stream=ContextStream(strength=args.strength, start=args.start, end=args.end,
+                                             curve=args.strength_curve or None, frames=args.frame_weights or None),
+                        region_settings=dict(self_strength=self_strength, cross_strength=cross_strength,
+                                             end=args.region_end, context_blocks=args.region_context_blocks,
+                                             soft_edges=args.region_soft_edges),
+                        timeline=_timeline(args), init_video=args.init_video)
     settings = _settings(args)
     check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
     _check_model_files(args)
+    _check_model_flags(args)
+    _check_preset(args)
+    parallel = _check_launch(args)
+    _speed(args)  # a bad combination (--ffn-chunk without --lean) fails before anything loads
     anchor = read_image(args.colour_anchor)[None, ..., :3] if args.colour_anchor else None
-    long = LongVideoSettings(args.window, args.overlap, args.discard, args.mode, args.perturbation,
-                             args.replace_latents, args.carry_guidance, args.keyframes, colour_method=args.colour,
-                             colour_strength=args.colour_strength, colour_anchor=anchor)
+    long = LongVideoSettings(colour_anchor=anchor, **{name: getattr(args, name) for name in knobs(LongVideoSettings)})
     long.check()
-    parallel = args.parallel or args.cfg_parallel or args.fsdp
+    if not args.job:
+        _preflight(args, long, settings.steps)
     if parallel:
-        from .distributed import launched, local_device
+        from .distributed import local_device
 
-        if not launched():
-            raise VaceError("--parallel, --cfg-parallel and --fsdp run under torchrun, one process per GPU: "
-                            "torchrun --nproc-per-node N -m vace_core run ... --parallel usp")
         args.device = args.device or local_device()
     job = None
     if args.job:
         from .job import load_job, run_job
 
+        if args.region:
+            refuse("--region", "--job", "a job file carries its prompts already encoded; run the task with --prompt "
+                   "and --region instead of the job file")
+
         job = load_job(args.job)  # before the models load, so a bad file fails fast
+        if args.rerender is not None:
+            job = _rerender(args, job)
     model, vae, text = _models(args)
     writer = True
-    if parallel:
+    if not parallel:
+        _check_sampling(args, model, job, long, settings)
+    else:
         model, writer = _parallel(args, model)
     out = args.out if writer else None
     if job is not None:
         unit = job.vcus[0]
-        run_job(job, model, vae, out, args.composite, tiling="auto")
+        run_job(job, model, vae, out, args.composite, tiling="auto", long=long, step_cache=settings.step_cache,
+                rerender=args.rerender, later=args.later, state=args.save_state if writer else None)
     else:
-        unit, _ = run(inputs, model, vae, text, out, settings, feather=args.composite, tiling="auto", long=long)
+        unit, _ = run(inputs, model, vae, text, out, settings, feather=args.composite, tiling="auto", long=long,
+                      state=args.save_state if writer else None)
     if writer:
         print(f"wrote {args.out}: {unit.kind} VCU, {unit.length} frames, {unit.size[0]}x{unit.size[1]}")
 
 
 def _info(args):
     from .checkpoints import detect_config, load_state_dict, merge_vace_module
+    from .checkpoints.gguf import storage_types
 
     state_dict = load_state_dict(args.path)
     if args.base:
         state_dict = merge_vace_module(load_state_dict(args.base), state_dict)
     print(detect_config(state_dict))
+    print(f"storage: {storage_types(state_dict)}")
 
 
 def _convert(args):
-    from .checkpoints import load_state_dict, merge_vace_module, save_checkpoint
+    from .checkpoints import DTYPES, load_state_dict, merge_vace_module, save_checkpoint
+    from .checkpoints.gguf import dequantize_all
 
     check_writable(args.dst)
-    state_dict = load_state_dict(args.src)
+    state_dict = dequantize_all(load_state_dict(args.src))  # GGUF blocks -> float32, then any dtype
     if args.base:
-        state_dict = merge_vace_module(load_state_dict(args.base), state_dict)
+        state_dict = merge_vace_module(dequantize_all(load_state_dict(args.base)), state_dict)
     dtype = DTYPES[args.dtype.removesuffix("_scaled")] if args.dtype else None
     scaled = bool(args.dtype and args.dtype.endswith("_scaled"))
     save_checkpoint(state_dict, args.dst, args.layout, dtype, scaled=scaled)
@@ -232,26 +427,106 @@ def _convert(args):
 
 def _long_video_flags(run):
     """Long video (vace_core/long_video.py): used when the VCU is longer than --window."""
-    from .colour import METHODS
-    from .long_video import MODES
+    from .long_video import LongVideoSettings
 
     g = run.add_argument_group("long video (a VCU longer than --window)")
-    g.add_argument("--window", type=int, default=81, help="frames per window, 4n+1 (VACE was trained on 81)")
-    g.add_argument("--overlap", type=int, default=5, help="frames each window carries over from the one before")
-    g.add_argument("--mode", choices=MODES, default="autoregressive",
-                   help="windows carrying the video forward, keyframes then interpolation, or fused windows")
-    g.add_argument("--discard", type=int, default=0, help="frames dropped from the end of each window but the last")
-    g.add_argument("--perturbation", type=float, default=0.02, help="noise level on the carried frames' context")
-    g.add_argument("--replace-latents", action="store_true", help="re-noise carried latents to each step's level")
-    g.add_argument("--carry-guidance", type=float, default=0.0, help="LVDM unconditional guidance weight (0 = off)")
-    g.add_argument("--keyframes", type=int, default=0, help="hierarchical: keyframes, 4n+1 (0 = automatic)")
-    g.add_argument("--colour", choices=METHODS, default="reinhard", help="colour anchoring method")
-    g.add_argument("--colour-strength", type=float, default=1.0, help="colour anchoring strength, 0 = off")
+    flags = {"colour_method": "--colour"}  # the command line's older, shorter name
+    for name, spec in knobs(LongVideoSettings).items():
+        add_flag(g, spec, flags.get(name), dest=name)
     g.add_argument("--colour-anchor", help="image whose colours every window matches (default: the first window)")
+    t = run.add_argument_group("long-video timeline (vace_core/timeline.py)")
+    t.add_argument("--prompts", metavar="FILE", help="prompts file: one per window, or 'frame: prompt' lines")
+    t.add_argument("--blend-prompts", action="store_true",
+                   help="a window whose prompt changes reads beta*previous + (1-beta)*its own features, beta = "
+                        "carried frames / window frames")
+    t.add_argument("--window-ref", action="append", default=[], metavar="WINDOW:IMAGE",
+                   help="reference image for one window (repeatable; replaces the --ref images there)")
+    t.add_argument("--end-frame", action="append", default=[], metavar="WINDOW:IMAGE",
+                   help="pin a window's last frame to this image (kept, mask 0)")
+    t.add_argument("--window-seed", action="append", default=[], metavar="WINDOW:SEED",
+                   help="seed of one window (default: --seed + window)")
+    t.add_argument("--loop", action="store_true",
+                   help="seamless loop: the last --overlap frames repeat the first ones (play all but them)")
+    t.add_argument("--save-state", metavar="FILE",
+                   help="save the run's state (a job file: VCU, prompts, settings, every window's seed and frames)")
+    t.add_argument("--rerender", type=int, metavar="WINDOW",
+                   help="with --job STATE: sample this window again, reusing every other window's frames")
+    t.add_argument("--later", choices=["keep", "regenerate"], default="keep",
+                   help="with --rerender: keep the later windows (re-blending the seam) or regenerate them")
+    t.add_argument("--rerender-seed", type=int, help="with --rerender: the window's new seed (default: its own)")
+    t.add_argument("--rerender-prompt", help="with --rerender: the window's new prompt (needs the text encoder)")
+
+
+def _region_flags(run):
+    """Regional prompts (vace_core/regional.py): the Regional Prompts node's inputs."""
+    from .regional import Regions
+
+    spec = knobs(Regions)
+    run.add_argument("--region", nargs=2, action="append", default=[], metavar=("PROMPT", "MASK"),
+                     help="regional prompt: a region's prompt and its mask image or video (white = the region); "
+                          "repeatable. Best written word for word inside --prompt")
+    run.add_argument("--background-prompt", default="", help="with --region: what the area outside every mask shows")
+    # one flag for both strengths: their knobs share one range (tests/test_settings.py checks it)
+    add_flag(run, spec["self_strength"], "--region-strength", nargs=2, metavar=("SELF", "CROSS"),
+             default=(spec["self_strength"].default, spec["cross_strength"].default),
+             help_suffix=" SELF; then CROSS: " + spec["cross_strength"].help)
+    add_flag(run, spec["end"], "--region-end")
+    add_flag(run, spec["context_blocks"], "--region-context-blocks")
+    add_flag(run, spec["soft_edges"], "--region-soft-edges")
+
+
+def _sampling_flags(run):
+    """The VACE Sampler's inputs; steps, cfg, shift and sampler default to the preset's (official: the knobs')."""
+    from .pipeline import SamplerSettings
+    from .sampling.guidance import STREAM_KNOBS
+
+    spec = knobs(SamplerSettings)
+    for name, flag in (("steps", "--steps"), ("guidance", "--cfg"), ("shift", "--shift"), ("solver", "--sampler")):
+        add_flag(run, spec[name], flag, default=None, help_suffix=f" Default {spec[name].default} (or the preset's).")
+    run.add_argument("--preset", choices=["official", "causvid", "lightx2v"],
+                     help="sampler settings for a speed LoRA (README: Presets); explicit flags win")
+    add_flag(run, spec["seed"], "--seed")
+    for name in ("reference_weight", "reference_decay"):
+        add_flag(run, spec[name], help_suffix=" (with --ref)")
+    for name, stream in STREAM_KNOBS.items():
+        add_flag(run, stream, f"--{name}")
+
+
+def _model_flags(run):
+    """Load VACE Model / Load VACE VAE, Wan2.2's low-noise expert, the step cache and the speed switches."""
+    from .checkpoints import LoadSettings
+    from .experts import Experts
+    from .speed import Speed
+    from .step_cache import SIZES, SIZES_HELP, TeaCache
+
+    run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
+    run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
+    for spec in knobs(LoadSettings).values():
+        add_flag(run, spec)
+    run.add_argument("--model-low", help="Wan2.2: the low-noise expert (--model is then the high-noise one); a "
+                                          "--model folder with high_noise_model/ and low_noise_model/ needs none")
+    run.add_argument("--base-low", help="Wan2.2 T2V A14B low-noise base, when --model-low is a VACE module file")
+    experts = knobs(Experts)
+    add_flag(run, experts["boundary"], "--boundary")
+    add_flag(run, experts["guidance_low"], "--cfg-low", default=None,
+             help_suffix=f" Default {experts['guidance_low'].default} (with a speed-LoRA --preset: the preset's cfg).")
+    cache = knobs(TeaCache)
+    add_flag(run, cache["threshold"], "--teacache", default=0.0, metavar="THRESHOLD", help_suffix=" Default 0 (off).")
+    add_flag(run, cache["mode"], "--teacache-mode")
+    run.add_argument("--teacache-coefficients", choices=list(SIZES), default="auto", help=SIZES_HELP)
+    run.add_argument("--magcache", type=float, default=0.0, metavar="THRESHOLD",
+                     help="step caching (MagCache, published Wan2.1 ratios): 0.12 published default; 0 = off")
+    run.add_argument("--magcache-retention", type=float, default=0.2, help="MagCache: first steps always computed")
+    run.add_argument("--magcache-k", type=int, default=2, help="MagCache: most steps in a row from the cache")
+    speed = run.add_argument_group("speed switches (default off: the exact path)")
+    for name, spec in knobs(Speed).items():
+        add_flag(speed, spec, dest=name)
 
 
 def _guidance_flags(run):
     """NAG, skip-layer guidance, CFG-Zero* / APG (vace_core/guidance_options.py: one help text per knob)."""
+    from .pipeline import SamplerSettings
+
     g = run.add_argument_group("guidance add-ons (all off by default: plain CFG)")
     for f in fields(GuidanceOptions):
         flag = "--" + f.name.replace("_", "-")
@@ -264,15 +539,19 @@ def _guidance_flags(run):
     g.add_argument("--frame-weights", default="", help="the VCU's weight per latent frame (references first): "
                    "keyframes '0:1, 0.2:0' or one value per latent frame")
     g.add_argument("--init-video", help="video-to-video: the video to refine (fitted to --width/--height/--length)")
-    g.add_argument("--denoise", type=float, default=1.0, help="with --init-video: the fraction of the schedule "
-                   "run from it noised (as KSampler's denoise; 1 = from pure noise)")
+    add_flag(g, knobs(SamplerSettings)["denoise"], help_suffix=" With --init-video FILE.")
 
 
 def _run_parser(sub):
+    from .pipeline import FEATHER
+    from .tasks import TaskInputs
+
     run = sub.add_parser("run", help="run a VACE task from files (see vace_core/tasks.py for which VCU is built)")
     run.add_argument("--job", help="a VACE job file (ComfyUI's Save VACE Job node): its VCUs, encoded prompts, "
-                     "strengths and sampler settings replace the task and sampling flags")
-    run.add_argument("--prompt", default="", help="what the video shows")
+                     "strengths and sampler settings replace the task and sampling flags (the long-video flags, "
+                     "--teacache, --lora and the model flags still apply; --region does not: the prompts are encoded)")
+    run.add_argument("--prompt", action="append", default=[],
+                     help="what the video shows; repeated: one prompt per long-video window, in order")
     run.add_argument("--negative", help="negative prompt (default: Wan's official one)")
     run.add_argument("--video", help="control video, or the video to edit with --mask / --outpaint")
     run.add_argument("--mask", help="mask image or video: white = generate")
@@ -282,45 +561,19 @@ def _run_parser(sub):
     run.add_argument("--first", help="first frame image (image-to-video / interpolation)")
     run.add_argument("--last", help="last frame image (interpolation)")
     run.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
-    run.add_argument("--region", nargs=2, action="append", default=[], metavar=("PROMPT", "MASK"),
-                     help="regional prompt: a region's prompt and its mask image or video (white = the region); "
-                          "repeatable. Best written word for word inside --prompt")
-    run.add_argument("--background-prompt", default="", help="with --region: what the area outside every mask shows")
-    run.add_argument("--region-strength", type=float, nargs=2, default=(0.3, 1.0), metavar=("SELF", "CROSS"),
-                     help="with --region: self- and cross-attention strengths (VideoGrain: 0.3 1.0)")
-    run.add_argument("--region-end", type=float, default=0.3,
-                     help="with --region: fraction of the steps with the modulation (VideoGrain: 0.3 = 15 of 50)")
-    run.add_argument("--width", type=int, default=832)
-    run.add_argument("--height", type=int, default=480)
-    run.add_argument("--length", type=int, default=81, help="frames, 4n+1; longer than --window: long video")
-    run.add_argument("--steps", type=int, help="default 50 (or the preset's)")
-    run.add_argument("--cfg", type=float, help="default 5 (or the preset's); 1 skips the negative pass")
-    run.add_argument("--shift", type=float, help="default 16 (or the preset's)")
-    run.add_argument("--sampler", choices=["unipc", "euler", "dpmpp_2m", "lcm"], help="default unipc (or the preset's)")
-    run.add_argument("--preset", choices=["official", "causvid", "lightx2v"],
-                     help="sampler settings for a speed LoRA (README: Presets); explicit flags win")
+    _region_flags(run)
+    size = knobs(TaskInputs)
+    add_flag(run, size["width"])
+    add_flag(run, size["height"])
+    add_flag(run, size["length"], help_suffix=" Longer than --window: long video.")
+    _sampling_flags(run)
     run.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:CONTEXT]]",
                      help="a Wan2.1 LoRA (repeatable), e.g. causvid.safetensors:0.5")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--composite", type=int, metavar="FEATHER", help="paste kept pixels back (feather in px)")
+    add_flag(run, FEATHER, "--composite", default=None, metavar="FEATHER",
+             help_suffix=" Given: paste the kept pixels (mask black) back, with this soft edge.")
     _long_video_flags(run)
     _guidance_flags(run)
-    run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
-    run.add_argument("--base", help="Wan2.1 T2V base, when --model is a VACE module file")
-    run.add_argument("--weight-dtype", choices=list(DTYPES), help="storage dtype (default: the file's)")
-    run.add_argument("--model-low", help="Wan2.2: the low-noise expert (--model is then the high-noise one); a "
-                                          "--model folder with high_noise_model/ and low_noise_model/ needs none")
-    run.add_argument("--base-low", help="Wan2.2 T2V A14B low-noise base, when --model-low is a VACE module file")
-    run.add_argument("--boundary", type=float, default=0.875, help="Wan2.2: low-noise expert below t = 1000 x this")
-    run.add_argument("--cfg-low", type=float, help="Wan2.2: the low-noise expert's cfg (default: --cfg)")
-    run.add_argument("--teacache", type=float, default=0.0, metavar="THRESHOLD",
-                     help="step caching (TeaCache): 1.3B 0.05-0.08, 14B 0.14-0.2; 0 = off")
-    run.add_argument("--magcache", type=float, default=0.0, metavar="THRESHOLD",
-                     help="step caching (MagCache, published Wan2.1 ratios): 0.12 published default; 0 = off")
-    run.add_argument("--magcache-retention", type=float, default=0.2, help="MagCache: first steps always computed")
-    run.add_argument("--magcache-k", type=int, default=2, help="MagCache: most steps in a row from the cache")
-    run.add_argument("--teacache-mode", choices=["t_emb", "e"], default="t_emb",
-                     help="t_emb: timestep embedding (published default); e: modulation, first 5 steps kept")
+    _model_flags(run)
     run.add_argument("--vae", help="Wan2.1 VAE file; default: the embedded tiny VAE")
     run.add_argument("--text-encoder", help="umt5-xxl file or folder; default: the embedded tiny encoder")
     run.add_argument("--device", help="cuda or cpu (default: cuda when available)")
@@ -337,10 +590,9 @@ def _run_parser(sub):
     run.set_defaults(fn=_run)
 
 
-def main(argv=None):
-    from .checkpoints import LAYOUTS
+def parser() -> argparse.ArgumentParser:
+    from .checkpoints import DTYPES, LAYOUTS
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="python -m vace_core", description="VACE (Wan2.1-VACE) from the command line.")
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub)
@@ -348,7 +600,8 @@ def main(argv=None):
     demo.add_argument("--out", default="out/demo", help="folder for the videos and the contact sheet")
     demo.add_argument("--checkpoints", help="keep the demo's checkpoints in this folder (default: temporary)")
     demo.set_defaults(fn=_demo)
-    info = sub.add_parser("info", help="print the model config detected from a checkpoint's weights")
+    info = sub.add_parser("info", help="print the model config detected from a checkpoint's weights, and how they "
+                          "are stored (dtypes; GGUF quantization types)")
     info.add_argument("path")
     info.add_argument("--base", help="the Wan2.1 T2V base, when PATH is a VACE module file")
     info.set_defaults(fn=_info)
@@ -359,7 +612,12 @@ def main(argv=None):
     conv.add_argument("--dtype", choices=[*DTYPES, "fp8_e4m3fn_scaled", "fp8_e5m2_scaled"])
     conv.add_argument("--base", help="merge a VACE module file (SRC) onto this T2V base first")
     conv.set_defaults(fn=_convert)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parser().parse_args(argv)
     try:
         args.fn(args)
     except VaceError as e:  # a user's mistake: the message, not a traceback

@@ -25,6 +25,8 @@ from torch import Tensor
 from .errors import VaceError
 
 METHODS = ("reinhard", "mkl")
+METHOD_HELP = ("Colour matching, per frame: reinhard matches LAB mean/std; mkl matches the full RGB colour "
+               "covariance (KJNodes' mkl) and removes tints that mix channels better.")
 EPS = 1e-6
 MIN_VARIANCE = 1e-8
 
@@ -61,7 +63,7 @@ class ColourAnchor:
         """Statistics over every pixel of `images` (T, H, W, 3) (within masks when given)."""
         rgb = _check_images(images)
         chosen = np.concatenate([_pixels(f, None if masks is None else m)
-                                 for f, m in zip(rgb, _mask_list(masks, len(rgb)), strict=True)])
+                                 for f, m in zip(rgb, _mask_list(masks, len(rgb), rgb.shape[1:3]), strict=True)])
         if len(chosen) < 2:
             raise VaceError("the colour anchor has no pixels (its mask is empty): give an anchor image or a mask "
                             "with a generated (white) area")
@@ -75,10 +77,15 @@ def _check_images(images: Tensor) -> np.ndarray:
     return images.detach().float().cpu().numpy()
 
 
-def _mask_list(masks: Tensor | None, count: int) -> list:
+def _mask_list(masks: Tensor | None, count: int, size: tuple[int, int]) -> list:
+    """(T or 1, H, W) masks -> one (H, W) array per frame, at the images' size (H, W)."""
     if masks is None:
         return [None] * count
     masks = masks.detach().float().cpu().numpy()
+    masks = masks[None] if masks.ndim == 2 else masks
+    if masks.ndim != 3 or masks.shape[1:] != tuple(size):
+        raise VaceError(f"the masks are {'x'.join(map(str, masks.shape[1:][::-1]))} but the images "
+                        f"{size[1]}x{size[0]}: give masks at the images' size (e.g. resize them with the images)")
     if masks.shape[0] == 1:
         masks = np.repeat(masks, count, axis=0)
     if masks.shape[0] != count:
@@ -136,7 +143,7 @@ def match_colours(images: Tensor, anchor: ColourAnchor, method: str = "reinhard"
     if strength == 0:
         return images
     out = []
-    for frame, mask in zip(rgb, _mask_list(masks, len(rgb)), strict=True):
+    for frame, mask in zip(rgb, _mask_list(masks, len(rgb), rgb.shape[1:3]), strict=True):
         if mask is not None and (mask > 0.5).sum() < 2:
             out.append(frame)  # nothing generated in this frame: nothing can drift
             continue

@@ -11,17 +11,18 @@ files (or two VACE modules on the Wan2.2 T2V A14B high/low bases), or the releas
 `high_noise_model` / `low_noise_model` subfolders name them.
 """
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import VaceError
 from .sampling import NUM_TRAIN_TIMESTEPS
+from .settings import check, knob
 
 WAN22_BOUNDARY = 0.875  # Wan2.2 T2V A14B and VACE-Fun-A14B (the official code and VideoX-Fun's config)
 EXPERT_FOLDERS = ("high_noise_model", "low_noise_model")  # the release layout (official Wan2.2 and VideoX-Fun)
+LABELS = {"boundary": "the expert boundary", "guidance_low": "the low-noise expert's guidance"}
 
 
 def check_pair(high_config, low_config) -> None:
@@ -40,24 +41,24 @@ def _identity(expert):
 class Experts:
     """Two denoisers and when each runs. high / low: the experts (`denoiser.Denoiser`s); `load(expert)` runs when
     the expert changes and returns the denoiser to call (ComfyUI offloads the other expert there, so only one is
-    resident). guidance_low: the low-noise expert's guidance (None: the run's guidance, as diffusers).
+    resident). guidance_low: the low-noise expert's guidance (None: the run's guidance, as diffusers' default).
 
     Itself a denoiser: the call (and `embed`, whose expert `run_blocks` / `unpatchify` then use) runs the expert
     of the timestep t; device, compute dtype and config are the high-noise expert's (both have one shape)."""
 
     high: Any
     low: Any
-    boundary: float = WAN22_BOUNDARY
-    guidance_low: float | None = None
+    _: KW_ONLY
+    boundary: float = knob(WAN22_BOUNDARY, "Switch to the low-noise expert below this fraction of the 1000 "
+                           f"timesteps (Wan2.2 A14B: {WAN22_BOUNDARY}).", min=0.0, max=1.0, step=0.005)
+    guidance_low: float | None = knob(3.0, "Guidance of the low-noise expert (official Wan2.2 A14B: 3; the "
+                                      "sampler's cfg is the high-noise expert's, officially 4). 1 skips its "
+                                      "negative pass.", min=1.0, max=30.0, step=0.1, optional=True)
     load: Callable[[Any], Any] = _identity
     _active: tuple = field(default=(None, None), init=False, repr=False)
 
     def __post_init__(self):
-        if not 0 <= self.boundary <= 1:
-            raise VaceError(f"the expert boundary is a fraction of the 1000 training timesteps (Wan2.2: "
-                            f"{WAN22_BOUNDARY}), got {self.boundary!r}")
-        if self.guidance_low is not None and not math.isfinite(self.guidance_low):
-            raise VaceError(f"the low-noise expert's guidance must be a number, got {self.guidance_low!r}")
+        check(self, LABELS)
 
     def which(self, timestep: float) -> str:
         """'high' while timestep >= boundary * 1000 (diffusers' rule, on the timestep the DiT sees), else 'low'."""
@@ -107,8 +108,9 @@ class Experts:
 
 
 def as_experts(model) -> Experts:
-    """A plain model as the one expert of every step (boundary 0: 'high' always)."""
-    return model if isinstance(model, Experts) else Experts(model, model, boundary=0.0)
+    """A plain model as the one expert of every step (boundary 0: 'high' always; no low-noise guidance of its own,
+    so guidance 1 runs no negative pass)."""
+    return model if isinstance(model, Experts) else Experts(model, model, boundary=0.0, guidance_low=None)
 
 
 def expert_folders(path: str | Path) -> tuple[Path, Path] | None:
@@ -118,7 +120,7 @@ def expert_folders(path: str | Path) -> tuple[Path, Path] | None:
 
 
 def load_experts(high: str | Path, low: str | Path | None = None, *, base_high=None, base_low=None,
-                 boundary: float = WAN22_BOUNDARY, guidance_low: float | None = None, **load_kwargs) -> Experts:
+                 boundary: float = WAN22_BOUNDARY, guidance_low: float | None = 3.0, **load_kwargs) -> Experts:
     """Wan2.2-VACE-Fun-A14B from its release folder (`high` alone), or from two files / folders (each a full
     VACE model, or a VACE module with its Wan2.2 T2V A14B base: base_high / base_low). load_kwargs go to
     load_vace_model (dtypes, device, operations, attention backend)."""

@@ -21,7 +21,9 @@ Against the drift that carried frames accumulate:
 - unconditional guidance for windows (LVDM section 4), weight w (0 = off), one more forward pass per step:
       v = v_cfg + w * (v(x | text, carried frames) - v(x | text, no carried frames));
 - colour anchoring: each decoded window (after the first) is matched per frame to a FIXED anchor (the first
-  window, or a reference image), never only to the previous window (vace_core.colour).
+  window, or a reference image), never only to the previous window (vace_core.colour);
+- anchor guidance (inside sampling, weight w, 0 = off): the early steps' predicted clean latent is pulled toward
+  the per-channel statistics of the first window's latent or of the carried frames (vace_core.anchor_guidance).
 
 Memory: one window's latents, contexts and activations are alive at a time, plus the output video (the
 frames are written into it window by window, and `on_frames` streams them out as they become final).
@@ -29,20 +31,25 @@ frames are written into it window by window, and `on_frames` streams them out as
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
-from .colour import METHODS, ColourAnchor, match_colours
+from .anchor_guidance import SOURCES, AnchorStats, anchor_hook
+from .colour import METHOD_HELP, METHODS, ColourAnchor, match_colours
 from .denoiser import Wrapper, narrow_bias
 from .errors import VaceError
+from .lora.region import TokenSpace
 from .pipeline import SamplerSettings, composite, decode, encode_contexts, encode_init, sample_latent
 from .sampling import SamplingInterrupted, make_noise
 from .sampling.loop import MAX_SEED
+from .settings import check, knob
 from .step_cache import CacheStats
+from .timeline import Timeline, pinned_frames
 from .vae.model import TEMPORAL_STRIDE
 from .vcu import VCU, keep_frames, select_frames, to_images
 from .vcu.pixels import to_video
@@ -55,44 +62,64 @@ INACTIVE = slice(0, 16)  # the context latent's inactive (kept-frames) channels
 PERTURB_SEED = 0x9E3779B97F4A7C15  # offsets the perturbation noise's seed from the window's sampling noise
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LongVideoSettings:
-    """Window sizes in pixel frames (4n+1 windows); see the module docstring for what each knob does."""
+    """Window sizes in pixel frames (4n+1 windows); see the module docstring for what each knob does. The knobs'
+    ranges are the Long Video Sampler's and the command line's."""
 
-    window: int = 81
-    overlap: int = 5
-    discard: int = 0
-    mode: str = "autoregressive"
-    perturbation: float = 0.02
-    replace_latents: bool = False
-    carry_guidance: float = 0.0
-    keyframes: int = 0  # hierarchical: keyframes in the first pass (4n+1); 0 = as few as the window allows
-    fused_weights: str = "linear"
-    colour_method: str = "reinhard"
-    colour_strength: float = 1.0  # 0 = no colour anchoring
+    mode: str = knob("autoregressive", "autoregressive: each window continues from the last frames of the one "
+                     "before (best continuity). hierarchical: sparse keyframes over the whole video first, then "
+                     "each gap interpolated between two keyframes (no accumulated drift; motion between keyframes "
+                     "must be inferable). fused: overlapping windows denoised together and blended every step (no "
+                     "carried frames; for comparison, softer seams but less coherent).", choices=MODES)
+    window: int = knob(81, "Frames per window (4n+1). 81 is what VACE was trained on; shorter windows need less "
+                       "memory but carry the video forward more often (more seams, more drift).",
+                       min=5, max=257, step=4)
+    overlap: int = knob(5, "Frames each window takes over from the one before, kept as given (mask 0). 5 (two "
+                        "latent frames) carries motion; more gives smoother seams but fewer new frames per window. "
+                        "fused mode: the overlap of the blended windows (17 blends well).", min=1, max=255)
+    discard: int = knob(0, "Frames dropped from the end of each window but the last (a window's last frames are "
+                        "its weakest); the next window starts earlier instead.", min=0, max=64)
+    perturbation: float = knob(0.02, "Noise level mixed into the carried frames' context (LVDM conditional latent "
+                               "perturbation): makes each window tolerant of small errors in the frames it "
+                               "continues from, so errors compound less. 0.02 as Wan2GP; 0 = off; above 0.1 "
+                               "loosens continuity.", min=0.0, max=1.0, step=0.005)
+    replace_latents: bool = knob(False, "At every step the model sees the carried frames' latents re-noised to the "
+                                 "current level (latent replacement): a firmer grip on the carried frames, fewer "
+                                 "seams.")
+    carry_guidance: float = knob(0.0, "LVDM unconditional guidance: pushes each window away from what it would "
+                                 "make without the carried frames (v + w (v_carried - v_without)); fights slow "
+                                 "degradation. One more model pass per step; 0 = off, 0.5-2 to try.",
+                                 min=0.0, max=10.0, step=0.1)
+    keyframes: int = knob(0, "hierarchical: keyframes in the first pass (4n+1, at most the window). 0 = as few as "
+                          "keep each gap within a window; more keyframes follow fast motion better.", min=0, max=257)
+    fused_weights: str = knob("linear", "fused: how overlapping windows blend: linear ramps across the overlaps, "
+                              "or pyramids.", choices=FUSED_WEIGHTS)
+    colour_method: str = knob("reinhard", METHOD_HELP, choices=METHODS)
+    colour_strength: float = knob(1.0, "How fully each window's colours are matched to the anchor (0 = off). "
+                                  "Removes colour and exposure drift between windows; lower it when the scene's "
+                                  "colours really change.", min=0.0, max=1.0, step=0.05)
     colour_anchor: Tensor | None = None  # IMAGE (T, H, W, 3) 0..1; None = the first window
-    colour_masked: bool = False  # statistics and changes only in the generated (mask 1) area
+    colour_masked: bool = knob(False, "Take colour statistics and make changes only where the VCU generates (mask "
+                               "white).")
+    anchor_guidance: float = knob(0.0, "Anchor guidance inside sampling: during the early steps each window's "
+                                  "predicted clean latent is pulled toward the anchor's per-channel colour statistics "
+                                  "(0 = off; 0.3-1 to try). Works with colour_strength (post-hoc matching) or alone.",
+                                  min=0.0, max=5.0, step=0.05)
+    anchor_end: float = knob(0.3, "Anchor guidance: the fraction of the steps it runs in (the layout and colours form "
+                             "early).", min=0.0, max=1.0, step=0.05)
+    anchor_source: str = knob("first", "Anchor guidance's anchor: first = the first window (fixed, drift cannot "
+                              "accumulate); kept = each window's carried frames.", choices=SOURCES)
 
     def check(self):
-        if self.mode not in MODES:
-            raise VaceError(f"long video mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.window < 5 or (self.window - 1) % TEMPORAL_STRIDE:
+        check(self)
+        if (self.window - 1) % TEMPORAL_STRIDE:
             raise VaceError(f"window {self.window}: a window is 4n+1 frames, at least 5 (81 is what VACE was "
                             "trained on)")
-        if self.overlap < 1 or self.discard < 0 or self.window - self.overlap - self.discard < 1:
+        if self.window - self.overlap - self.discard < 1:
             raise VaceError(f"overlap {self.overlap} and discard {self.discard} leave no new frames in a "
                             f"{self.window}-frame window: overlap >= 1 (5 recommended), discard >= 0, and "
                             "overlap + discard < window")
-        if not 0 <= self.perturbation <= 1:
-            raise VaceError(f"perturbation is a noise level from 0 to 1 (0.02 recommended), got {self.perturbation}")
-        if self.carry_guidance < 0:
-            raise VaceError(f"carry_guidance is a weight >= 0 (0 = off), got {self.carry_guidance}")
-        if self.fused_weights not in FUSED_WEIGHTS:
-            raise VaceError(f"fused weights {self.fused_weights!r}: choose one of {', '.join(FUSED_WEIGHTS)}")
-        if self.colour_method not in METHODS:
-            raise VaceError(f"colour method {self.colour_method!r}: choose one of {', '.join(METHODS)}")
-        if not 0 <= self.colour_strength <= 1:
-            raise VaceError(f"colour_strength is from 0 (off) to 1 (full), got {self.colour_strength}")
 
 
 @dataclass(frozen=True)
@@ -251,13 +278,15 @@ class FusedWindows(Wrapper):
     Each window sees the reference latents (the first `references` frames) in front of its slice of the latent,
     of every context and of the attention biases (regional prompts: the window's tokens as queries, and as keys
     of self-attention); the references' velocity is blended the same way. A step cache inside it keeps one cache
-    per window position (the i-th window of every step shares one)."""
+    per window position (the i-th window of every step shares one). `space` (the whole latent's TokenSpace) is
+    narrowed to each window's frames, so region LoRAs see their masks' slice."""
 
     staged = False
 
-    def __init__(self, inner, spans: list[tuple[int, int]], weights: list[Tensor], references: int):
+    def __init__(self, inner, spans: list[tuple[int, int]], weights: list[Tensor], references: int,
+                 space: TokenSpace | None = None):
         super().__init__(inner)
-        self.spans, self.references = spans, references
+        self.spans, self.references, self.space = spans, references, space
         total = torch.zeros(spans[-1][1], dtype=torch.float64)
         for (a, b), w in zip(spans, weights, strict=True):
             total[a:b] += w
@@ -276,9 +305,11 @@ class FusedWindows(Wrapper):
             index = torch.cat([torch.arange(refs), torch.arange(refs + a, refs + b)])
             tokens = self._tokens(index, x) if self_bias is not None or cross_bias is not None else None
             scales = [s[index.to(s.device)] if isinstance(s, Tensor) else s for s in strengths]  # per-frame ones
-            v_w = self.inner(x[:, :, index.to(x.device)], t, text, [c[:, :, index.to(c.device)] for c in contexts],
-                             scales, self_bias=narrow_bias(self_bias, queries=tokens, keys=tokens),
-                             cross_bias=narrow_bias(cross_bias, queries=tokens))
+            with self.space.window(index) if self.space is not None else nullcontext():
+                v_w = self.inner(x[:, :, index.to(x.device)], t, text,
+                                 [c[:, :, index.to(c.device)] for c in contexts], scales,
+                                 self_bias=narrow_bias(self_bias, queries=tokens, keys=tokens),
+                                 cross_bias=narrow_bias(cross_bias, queries=tokens))
             w = torch.cat([torch.full((refs,), 1.0 / len(self.spans)), w]).to(v_w)
             v[:, :, index.to(x.device)] += v_w * w[:, None, None]  # w (T_w,) broadcasts over (B, C, T_w, h, w)
         return v
@@ -308,6 +339,8 @@ class LongVideo:
     windows_done: int
     windows: int
     cache_stats: CacheStats | None = None  # the step cache's evaluations over every window (None: no cache)
+    records: list["WindowRecord"] = field(default_factory=list)  # what each window ran with (the saved state)
+    anchor: ColourAnchor | None = None  # the colour anchor the windows were matched to
 
     @property
     def interrupted(self) -> bool:
@@ -315,6 +348,57 @@ class LongVideo:
 
 
 Progress = Callable[[int, int, int, int, Tensor, Tensor], bool | None]  # window, windows, step, steps, x, x0
+LATER = ("keep", "regenerate")
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """One window of a run, for its saved state: its frames (video positions, carried, written), its seed and
+    the timeline prompt it read (None: the positive prompt)."""
+
+    positions: tuple[int, ...]
+    kept: tuple[int, ...]
+    output: tuple[int, ...]
+    seed: int
+    prompt: int | None
+
+
+@dataclass
+class Resume:
+    """Re-render from a saved state: the saved video (3, T, H, W) and colour anchor are reused for every window
+    before `window`; window `window` is sampled again (with the timeline's seed / prompt for it), and the later
+    windows are regenerated, or kept with the seam re-blended (`later`, see `reblend_seam`)."""
+
+    video: Tensor
+    anchor: ColourAnchor | None
+    records: list[WindowRecord]
+    window: int
+    later: str = "keep"
+
+    def check(self, windows: int, length: int, mode: str):
+        if not 0 <= self.window < windows:
+            raise VaceError(f"cannot re-render window {self.window}: the saved run has {windows} windows (0 to "
+                            f"{windows - 1})")
+        if self.later not in LATER:
+            raise VaceError(f"later windows: choose one of {', '.join(LATER)}, got {self.later!r}")
+        if self.video.shape[1] != length:
+            raise VaceError(f"the saved video has {self.video.shape[1]} frames but the VCU {length}: re-render with "
+                            "the state's own VCU")
+        if mode == "hierarchical" and self.window == 0 and self.later == "keep":
+            raise VaceError("the later windows interpolate between window 0's keyframes: re-rendering window 0 "
+                            "of a hierarchical run must regenerate them (later windows: regenerate)")
+
+
+def reblend_seam(frames: Tensor, positions: Sequence[int], saved: Tensor, seam: Sequence[int]) -> None:
+    """Keeping the windows after a re-rendered one: over the frames the next window carried (`seam`, n video
+    positions), the re-rendered window's frames (3, T, H, W) at `positions` fade into the saved ones the next
+    window continued from, in place:
+        new[p_j] <- (1 − a_j) · new[p_j] + a_j · saved[p_j],   a_j = (j + 1) / (n + 1),
+    computed as new + a_j (saved − new), so frames the re-render left unchanged stay bit for bit."""
+    where = {p: k for k, p in enumerate(positions)}
+    for j, p in enumerate(seam):
+        a = (j + 1) / (len(seam) + 1)
+        frames[:, where[p]] += a * (saved[:, p].to(frames) - frames[:, where[p]])
 
 
 def _carried_units(vcus: list[VCU], window: Window, video: Tensor) -> tuple[list[VCU], list[VCU]]:
@@ -340,11 +424,14 @@ def _perturb(contexts: list[Tensor], index: list[int], level: float, seed: int) 
 
 def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[int], positive, negative, streams,
                   settings, long: LongVideoSettings, callback=None, tiling=None, device=None, regions=None,
+                  space: TokenSpace | None = None, anchor: AnchorStats | None = None,
                   init_video: Tensor | None = None) -> Tensor:
     """One window: its VCUs (`kept`: the window frames carried over; `free`: the VCUs without them) -> decoded
     frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate. regions: the
-    window's `regional.Regions` (its slice of the masks). init_video: the window's frames of the video refined
-    with settings.denoise < 1."""
+    window's `regional.Regions` (its slice of the masks). space: the window's TokenSpace (its video frames), for
+    region LoRAs. anchor: the first window's latent statistics for anchor guidance (None: from the kept frames
+    with anchor_source "kept", else no guidance). init_video: the window's frames of the video refined with
+    settings.denoise < 1."""
     encode = lambda v: vae.encode(v, tiling=tiling)  # noqa: E731
     contexts = encode_contexts(units, encode)
     init = encode_init(init_video, units[0], encode, settings.denoise)
@@ -364,9 +451,14 @@ def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[
         if long.replace_latents:
             noise = make_noise((1, 16, *contexts[0].shape[2:]), settings.seed, device)[:, :, carried]
             layers.append(lambda net, step: LatentReplacement(net, clean, noise, carried, step.sigma))
+    stats = anchor
+    if long.anchor_guidance and long.anchor_source == "kept" and carried:
+        stats = AnchorStats.of(clean.float())
+    hook = None if stats is None else anchor_hook(stats, long.anchor_guidance, long.anchor_end, refs)
     layout = regions.for_vcu(units[0]) if regions is not None else None
     latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, layout, layers,
-                           init_latent=init)
+                           space=space or TokenSpace.for_vcu(units[0], region_masks=getattr(regions, "masks", None)),
+                           x0_hook=hook, init_latent=init)
     if long.replace_latents and carried:
         latent[:, :, carried] = clean.to(latent)
     return decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)
@@ -384,6 +476,16 @@ class _Output:
     def write(self, positions: list[int], frames: Tensor):
         self.video[:, positions] = frames.to(self.video)
         self.final[positions] = True
+        self._emit()
+
+    def resume(self, saved: Tensor, positions: list[int], keep_new: bool = False):
+        """Frames of a saved run taken as final (keep_new: frames already written here stay)."""
+        fresh = [p for p in positions if not (keep_new and self.final[p])]
+        self.video[:, fresh] = saved[:, fresh].to(self.video)
+        self.final[positions] = True
+        self._emit()
+
+    def _emit(self):
         done = self.emitted
         while done < len(self.final) and self.final[done]:
             done += 1
@@ -408,14 +510,16 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
                   streams=None, settings: SamplerSettings | None = None,
                   long: LongVideoSettings = LongVideoSettings(), progress: Progress | None = None, tiling=None,
                   composite_feather: int | None = None, on_frames=None, device=None, regions=None,
+                  timeline: Timeline | None = None, resume: Resume | None = None,
                   init_video: Tensor | None = None) -> LongVideo:
     """A VACE task of any length -> LongVideo (video (3, T, H, W) in [-1, 1]). A VCU of at most `window`
     frames is one window: exactly pipeline.generate. Window i samples with seed + i. progress(window,
     windows, step, steps, x, x0) returning False stops after that step: the finished windows are returned.
     model: a denoiser or Wan2.2 `Experts` (every window switches expert at the boundary). regions: a
     `regional.Regions` over the whole video (positive = its text): each window gets its frames of the masks.
-    init_video (3, T, H, W) in [-1, 1], the VCU's size and length: video-to-video with settings.denoise < 1, each
-    window refining its own frames of it."""
+    timeline: per-window prompts, references, end frames, seeds, loop (vace_core.timeline). resume: re-render
+    one window of a saved run (see Resume). init_video (3, T, H, W) in [-1, 1], the VCU's size and length:
+    video-to-video with settings.denoise < 1, each window refining its own frames of it."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
     settings = settings or SamplerSettings()
     if len({(v.length, v.size) for v in vcus}) > 1:
@@ -424,37 +528,89 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
     if regions is not None:
         regions.check_length(vcus[0].length)
     if long.mode == "fused":
+        if timeline is not None:
+            timeline.check(1, "fused")
+        if resume is not None:
+            raise VaceError("fused windows are denoised together, none can be re-rendered alone: use "
+                            "autoregressive or hierarchical mode")
         return _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
                                composite_feather, on_frames, device, regions, init_video)
     plan = plan_windows(vcus[0].length, long)
+    if timeline is not None:
+        timeline = timeline.resolved(len(plan))
+        timeline.check(len(plan), long.mode)
+    if resume is not None:
+        resume.check(len(plan), vcus[0].length, long.mode)
     out = _Output(vcus[0].length, vcus[0].size, on_frames)
     anchor = None if long.colour_anchor is None else ColourAnchor.from_images(long.colour_anchor)
     cache = settings.step_cache
     stats = None if cache is None else CacheStats()
+    first, records, previous = 0, [], None
+    if resume is not None:
+        first, anchor = resume.window, resume.anchor if resume.window > 0 else anchor
+        out.resume(resume.video, [window.positions[k] for window in plan[:first] for k in window.output])
+        records, previous = list(resume.records[:first]), (resume.records[first - 1].prompt if first else None)
+    keep_later = resume is not None and resume.later == "keep"
+    latent_anchor = _latent_anchor(vae, out.video, plan[0], long, tiling) if first > 0 else None
     with torch.no_grad():
-        for i, window in enumerate(plan):
+        for i in range(first, len(plan)):
+            window = plan[i]
             log.info("VACE long video: window %d of %d (frames %d-%d, %d carried)", i + 1, len(plan),
                      window.start, window.end - 1, len(window.kept))
+            prompt = None if timeline is None else timeline.prompt_index(i, window.positions[window.output[0]])
+            seed = (settings.seed + i) % (MAX_SEED + 1)
+            seed = seed if timeline is None else timeline.seed(i, seed)
+            text = positive if timeline is None else \
+                timeline.positive(prompt, previous, len(window.kept) / len(window.positions), positive)
             units, free = _carried_units(vcus, window, out.video)
+            pinned = pinned_frames(timeline, i, i == len(plan) - 1, window.positions, len(window.kept), out.video,
+                                   long.overlap, vcus[0].size)
+            if timeline is not None:
+                units, free = timeline.edit_units(i, units, free, pinned)
             step = None if progress is None else \
                 (lambda s, n, x, x0, i=i: progress(i, len(plan), s, n, x, x0))
             try:
-                frames = sample_window(model, vae, units, free, window.kept, positive, negative, streams,
-                                       replace(settings, seed=(settings.seed + i) % (MAX_SEED + 1)), long, step,
-                                       tiling, device, regions and regions.frames(window.positions),
+                frames = sample_window(model, vae, units, free, window.kept, text, negative, streams,
+                                       replace(settings, seed=seed), long, step, tiling, device,
+                                       None if regions is None else regions.frames(window.positions),
+                                       TokenSpace.for_vcu(units[0], window.positions,
+                                                          getattr(regions, "masks", None)), latent_anchor,
                                        None if init_video is None else init_video[:, window.positions])
             except SamplingInterrupted:
                 log.warning("VACE long video: stopped in window %d of %d; returning the %d finished frames",
                             i + 1, len(plan), out.emitted)
-                return LongVideo(out.video[:, :out.emitted], i, len(plan), stats)
+                return LongVideo(out.video[:, :out.emitted], i, len(plan), stats, records, anchor)
             if cache is not None:
                 stats += cache.stats
             frames, anchor = _anchor_colours(frames, units[0].masks, anchor, long)
             if composite_feather is not None:
                 frames = composite(frames, units[0], composite_feather)
+            for k, pixels in pinned.items():  # kept frames are given: written exactly
+                frames[:, k] = pixels.to(frames)
+            if keep_later and i + 1 < len(plan) and long.mode == "autoregressive":  # fills share only keyframes
+                seam = [plan[i + 1].positions[k] for k in plan[i + 1].kept]
+                reblend_seam(frames, window.positions, resume.video, seam)
             written = list(window.output)
             out.write([window.positions[k] for k in written], frames[:, written])
-    return LongVideo(out.video, len(plan), len(plan), stats)
+            if i == 0:
+                latent_anchor = _latent_anchor(vae, out.video, plan[0], long, tiling)
+            records.append(WindowRecord(window.positions, window.kept, window.output, seed, prompt))
+            previous = prompt
+            if keep_later:  # the later windows' frames as saved
+                out.resume(resume.video, [w.positions[k] for w in plan[i + 1:] for k in w.output], keep_new=True)
+                records += resume.records[i + 1:]
+                break
+    return LongVideo(out.video, len(plan), len(plan), stats, records, anchor)
+
+
+def _latent_anchor(vae, video: Tensor, first: Window, long: LongVideoSettings, tiling) -> AnchorStats | None:
+    """Anchor guidance's fixed anchor: the statistics of the first window's written frames, encoded (so a
+    re-render from a saved video finds the same anchor); None unless guidance uses the first window."""
+    if not long.anchor_guidance or long.anchor_source != "first":
+        return None
+    written = [first.positions[k] for k in first.output]
+    frames = video[:, written[:(len(written) - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1]]  # 4n+1 for the VAE
+    return AnchorStats.of(vae.encode(frames[None], tiling=tiling).float())
 
 
 def _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
@@ -468,12 +624,13 @@ def _generate_fused(model, vae, vcus, positive, negative, streams, settings, lon
         spans = fused_spans(contexts[0].shape[2] - refs, (long.window - 1) // TEMPORAL_STRIDE + 1,
                             (long.overlap - 1) // TEMPORAL_STRIDE + 1)
         weights = fused_weights(spans, long.fused_weights)
-        layers = [] if len(spans) == 1 else [lambda net, step: FusedWindows(net, spans, weights, refs)]
+        space = TokenSpace.for_vcu(vcus[0], region_masks=getattr(regions, "masks", None))
+        layers = [] if len(spans) == 1 else [lambda net, step: FusedWindows(net, spans, weights, refs, space)]
         step = None if progress is None else (lambda s, n, x, x0: progress(0, 1, s, n, x, x0))
         layout = regions.for_vcu(vcus[0]) if regions is not None else None
         try:
             latent = sample_latent(model, contexts, positive, negative, streams, settings, step, device, layout,
-                                   layers, init_latent=init)
+                                   layers, space=space, init_latent=init)
         except SamplingInterrupted:
             return LongVideo(torch.zeros(3, 0, *vcus[0].size), 0, 1)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)

@@ -11,9 +11,12 @@ Per token of the batch (s = the compute dtype's bytes, d = dim, f = ffn_dim), ca
 The peak is the resident part plus the larger phase, plus 5% (the text side, allocator rounding).
 """
 
+import math
+
 import torch
 
 from .config import VaceConfig
+from .ops import dequantize_workspace
 
 
 def activation_bytes(cfg: VaceConfig, latent_shape, batch: int, streams: int, dtype: torch.dtype,
@@ -31,3 +34,16 @@ def activation_bytes(cfg: VaceConfig, latent_shape, batch: int, streams: int, dt
         ffn = (8 + 3 * s) * d + 2 * s * f
     per_token = (2 + streams) * 4 * d + max(attention, ffn)
     return int(1.05 * batch * tokens * per_token)
+
+
+def sampling_bytes(model, latent_shape, guided: bool, streams: int) -> int:
+    """A sampling run's device memory: one forward's activations (CFG batched) plus the float32 latents the loop
+    keeps (x, v, the solver's history: about 8 copies), the context latents (96 channels per stream) and, for GGUF
+    weights, the largest layer's dequantized copy (counted on a module; a wrapper such as Experts adds none).
+    model: a denoiser (vace_core.denoiser: its config, compute dtype and, when it has them, speed settings);
+    latent_shape (T, h, w)."""
+    latent = math.prod(latent_shape) * 4
+    activations = activation_bytes(model.config, latent_shape, 2 if guided else 1, streams, model.compute_dtype,
+                                   getattr(model, "speed", None))
+    workspace = dequantize_workspace(model, model.compute_dtype) if isinstance(model, torch.nn.Module) else 0
+    return activations + 8 * 16 * latent + streams * 96 * latent + workspace

@@ -11,11 +11,20 @@ fp8 compute (off by default, switched on per layer by `vace_core.speed`): a Line
 fp8 e4m3 multiplies in fp8 with `torch._scaled_mm` (Ada/Hopper GPUs; CPU too) instead of upcasting the weight:
 the input is quantised per tensor on the fly (its absolute maximum mapped to the fp8 maximum), the weight keeps
 its stored values and `scale_weight`.
+
+GGUF weights (`quantized(operations)`): a Linear whose weight comes from a GGUF file as ggml blocks keeps those
+blocks as its weight (uint8, still mapped from the file on the CPU) and dequantizes them in torch, on the input's
+device, each time it runs; unmerged LoRAs (`weight_patches`) are added to the dequantized weight.
 """
+
+import functools
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .ggml import QuantizedWeight, dequantize
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
@@ -69,18 +78,19 @@ def fp8_linear(x: Tensor, weight: Tensor, bias: Tensor | None, weight_scale: Ten
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
+def fp8_ready(weight: Tensor, x: Tensor) -> bool:
+    """fp8 e4m3 weight, and every dimension a multiple of 16 (torch._scaled_mm's rule on CUDA)."""
+    rows = x.numel() // x.shape[-1]
+    return weight.dtype == E4M3 and rows % 16 == 0 and all(n % 16 == 0 for n in weight.shape)
+
+
 class Linear(CastWeights, nn.Linear):
     fp8_compute = False  # set by vace_core.speed: multiply fp8 weights in fp8 (torch._scaled_mm)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fp8_compute and self._fp8_ready(x):
+        if self.fp8_compute and fp8_ready(self.weight, x):
             return fp8_linear(x, self.weight.to(x.device), self.bias, self.scale_weight)
         return F.linear(x, *self.cast_weight_bias(x))
-
-    def _fp8_ready(self, x: Tensor) -> bool:
-        """fp8 e4m3 weight, and every dimension a multiple of 16 (torch._scaled_mm's rule on CUDA)."""
-        rows = x.numel() // x.shape[-1]
-        return self.weight.dtype == E4M3 and rows % 16 == 0 and all(n % 16 == 0 for n in self.weight.shape)
 
 
 class Conv3d(CastWeights, nn.Conv3d):
@@ -105,3 +115,66 @@ class cast:  # noqa: N801  (a namespace used like `torch.nn` or `comfy.ops.manua
     Conv3d = Conv3d
     LayerNorm = LayerNorm
     RMSNorm = RMSNorm
+
+
+class QuantizedLinear:
+    """Mixin over a namespace's Linear: its weight may be ggml blocks (`ggml_format` = (type, logical shape)),
+    dequantized per call in float32 on the input's device; `weight_patches` (callables taking and returning that
+    float32 weight: unmerged LoRAs) are applied before the cast to the input's dtype. ComfyUI's low-VRAM
+    `bias_function` patches apply to the bias as in comfy.ops."""
+
+    ggml_format = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        weight = state_dict.get(prefix + "weight")
+        if not isinstance(weight, QuantizedWeight):
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                                 unexpected_keys, error_msgs)
+        self.hold(weight)
+        if self.bias is not None:
+            if prefix + "bias" in state_dict:
+                self.bias = nn.Parameter(state_dict[prefix + "bias"], requires_grad=False)
+            else:
+                missing_keys.append(prefix + "bias")
+
+    def hold(self, weight: QuantizedWeight) -> None:
+        """Takes ggml blocks as this layer's weight (as they are: on the CPU, the file's map)."""
+        self.weight = nn.Parameter(weight.blocks, requires_grad=False)
+        self.ggml_format, self.weight_patches = (weight.qtype, weight.shape), []
+
+    def dequantized_weight(self, x: Tensor) -> Tensor:
+        qtype, shape = self.ggml_format
+        weight = dequantize(self.weight.to(x.device, non_blocking=True), qtype, shape)
+        for patch in self.weight_patches:
+            weight = patch(weight)
+        return weight.to(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.ggml_format is None:
+            return super().forward(x)
+        bias, patches = cast_like(self.bias, x), getattr(self, "bias_function", ())
+        if patches:  # ComfyUI's patches add in place: never into the stored bias
+            bias = bias.clone()
+        for patch in patches:
+            bias = patch(bias)
+        return F.linear(x, self.dequantized_weight(x), bias)
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return getattr(module, "ggml_format", None) is not None
+
+
+@functools.cache
+def quantized(operations):
+    """`operations` (vace_core.ops.cast, comfy.ops...) whose Linear also takes GGUF-quantized weights."""
+    linear = type("Linear", (QuantizedLinear, operations.Linear), {})
+    return SimpleNamespace(Linear=linear, Conv3d=operations.Conv3d, LayerNorm=operations.LayerNorm,
+                           RMSNorm=operations.RMSNorm)
+
+
+def dequantize_workspace(model: nn.Module, dtype: torch.dtype) -> int:
+    """Bytes a forward needs beyond the stored weights to dequantize its largest GGUF layer (float32 values and
+    their copy in the compute dtype `dtype`)."""
+    sizes = [m.ggml_format[1].numel() for m in model.modules() if is_quantized(m)]
+    return max(sizes, default=0) * (4 + dtype.itemsize)

@@ -72,3 +72,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except BaseException:
         _remove(temp)
         raise
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, its I/O failures (a full disk: "I/O error: No space left on device") as the OSError
+    they are, which atomic_output turns into one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        raise OSError(str(e).removeprefix("Error while serializing: ")) from None

@@ -12,11 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .denoiser import Layer, Step
+from .denoiser import Layer, Step, Wrapper, compose_bias
 from .errors import VaceError
 from .experts import as_experts
 from .layer_skip import SkipLayers
+from .lora.region import TokenSpace, region_scope
 from .nag import NAG, text_with_negative
+from .reference_leak import ReferenceAttention
+from .reference_leak import frame_weights as leak_weights
 from .sampling import (
     ContextStream,
     as_stream,
@@ -29,6 +32,8 @@ from .sampling import (
     sigma_to_timestep,
 )
 from .sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance, combine, slg_third_pass
+from .sampling.loop import MAX_SEED
+from .settings import Knob, check, knob
 from .step_cache import TeaCache
 from .text import TEXT_LEN
 from .vcu import VCU, encode_vcu
@@ -36,22 +41,43 @@ from .vcu import VCU, encode_vcu
 log = logging.getLogger("vace")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplerSettings:
-    """Official VACE defaults: 50 steps, guidance 5, shift 16, UniPC on the official Wan sigma grid."""
+    """Official VACE defaults: 50 steps, guidance 5, shift 16, UniPC on the official Wan sigma grid. The knobs'
+    ranges are the VACE Sampler's and the command line's (`check`); `schedule` picks a reference's sigma grid
+    (parity tests), not a user setting."""
 
-    steps: int = 50
-    guidance: float = 5.0
-    shift: float = 16.0
-    solver: str = "unipc"
+    steps: int = knob(50, "Sampling steps (official: 50).", min=1, max=200)
+    guidance: float = knob(5.0, "Classifier-free guidance (official: 5). 1 skips the negative pass.",
+                           min=1.0, max=30.0, step=0.1)
+    shift: float = knob(16.0, "Sigma shift (official VACE: 16). Higher spends more steps on layout.",
+                        min=0.1, max=100.0, step=0.1)
+    solver: str = knob("unipc", "Flow-matching solver. unipc is the official one; with a speed LoRA (CausVid, "
+                       "lightx2v) euler or lcm at cfg 1 (README: Presets).",
+                       choices=("unipc", "euler", "dpmpp_2m", "lcm"))
     schedule: str = "wan"
-    seed: int = 0
+    seed: int = knob(0, "Noise seed: the same seed gives the same noise on every device.", min=0, max=MAX_SEED)
     step_cache: TeaCache | None = None  # None: every step runs the blocks
     nag: NAG | None = None  # Normalized Attention Guidance with the negative prompt (works at guidance 1)
     slg: SkipLayerGuidance | None = None  # skip-layer guidance (sampling/guiders.py)
     cfg_zero_star: CFGZeroStar | None = None  # CFG-Zero*: optimised scale and zero-init steps
     apg: AdaptiveProjectedGuidance | None = None  # adaptive projected guidance (keeps a running average per run)
-    denoise: float = 1.0  # video-to-video: the fraction of the schedule run from the noised init latent
+    # video-to-video: the fraction of the schedule run from the noised init latent
+    denoise: float = knob(1.0, "Video-to-video: the fraction of the schedule to run from the init video noised to "
+                          "it (as KSampler's denoise). 1: from pure noise (the init is ignored); 0.6: keeps much of "
+                          "it.", min=0.01, max=1.0, step=0.01)
+    # reference leak control (vace_core.reference_leak): 1 = as trained
+    reference_weight: float = knob(1.0, "Reference leak control, for VCUs with reference images: how much the first "
+                                   "output frame attends the references (1 = as trained). Lower it (e.g. 0.3) when "
+                                   "the reference looks pasted into the first frames. README: Reference leak control.",
+                                   min=0.0, max=1.0, step=0.05)
+    reference_decay: float = knob(1.0, "How the reference weight recovers over the video, per latent frame (4 "
+                                  "frames): weight at frame f = 1 - (1 - reference_weight) x decay^f. 1 = the same "
+                                  "weight on every frame; 0.5 = back to full attention after a few latent frames.",
+                                  min=0.0, max=1.0, step=0.05)
+
+    def check(self) -> None:
+        check(self)
 
 
 def encode_contexts(vcus: Sequence[VCU], vae_encode: Callable[[Tensor], Tensor]) -> list[Tensor]:
@@ -132,7 +158,7 @@ def _start(noise: Tensor, sigma: float, denoise: float, init: Tensor | None, con
 def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative: Tensor | None = None,
                   streams: Sequence[ContextStream] | None = None, settings: SamplerSettings = SamplerSettings(),
                   callback=None, device=None, regions=None, layers: Sequence[Layer] = (),
-                  init_latent: Tensor | None = None) -> Tensor:
+                  space: TokenSpace | None = None, x0_hook=None, init_latent: Tensor | None = None) -> Tensor:
     """Samples the (1, 16, T_lat + refs, H/8, W/8) latent (reference frames still in front).
 
     model: a `denoiser.Denoiser`, or `experts.Experts` (Wan2.2: the high-noise expert and settings.guidance while
@@ -144,12 +170,19 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     Features reach the denoiser as layers (vace_core.denoiser): every step, the expert of the timestep gets
     settings.step_cache (TeaCache: skips the blocks of steps it deems redundant), then `layers` in order (long
     video's window blending, carry guidance, latent replacement), then `regions` (a `regional.RegionalLayout`
-    from `Regions.for_vcu`: regional prompts, `positive` being their text).
+    from `Regions.for_vcu`: regional prompts, `positive` being their text). The reference-leak weighting
+    (settings.reference_weight, vace_core.reference_leak) sits just inside the regions.
 
     Guidance variants (each off by default: plain CFG): settings.nag (NAG: row 0's cross-attention steered away
     from the negative prompt, at any guidance, as an attention hook), settings.slg (skip-layer guidance: blocks
     skipped in the unconditional row, or a third pass), settings.cfg_zero_star / settings.apg (the combination
-    of the two rows). Streams may carry strength curves and per-frame weights (`sampling.curves`).
+    of the two rows). NAG and SLG wrap the regions' and the reference-leak modulation. Streams may carry strength
+    curves and per-frame weights (`sampling.curves`).
+
+    space: where the latent's tokens lie in the video (`TokenSpace.for_vcu`), for LoRAs confined to regions
+    (vace_core.lora.region; needed only when the model carries some) and for the reference-leak weighting.
+    x0_hook(x0, step, steps) -> x0: guidance on the predicted clean latent x0 = x - sigma v (long video's anchor
+    guidance); the velocity becomes (x - x0') / sigma.
     init_latent: video-to-video with settings.denoise < 1, the video's latent (1, 16, T_lat, H/8, W/8), the
     references' latents in front or not (they are taken from the first VCU then); sampling starts at the
     schedule's sigma for that fraction (`denoise_sigmas`) from it, noised with the seed.
@@ -170,16 +203,25 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     if regions is not None:
         regions.regions.check_text(positive)
     _check_guidance(settings, guided, experts)
-    cache = settings.step_cache
-    stack = [*([cache.layer] if cache is not None else []), *layers, *([regions.layer] if regions is not None else [])]
+    cache, leak = settings.step_cache, _reference_attention(settings, space, contexts[0], regions)
+    stack = [*([cache.layer] if cache is not None else []), *layers,
+             *([lambda net, step: ReferenceWeighted(net, leak)] if leak is not None else []),
+             *([regions.layer] if regions is not None else [])]
     if cache is not None:
         cache.begin(settings.steps)
     if settings.apg is not None:
         settings.apg.begin()
 
     def denoise(x, sigma, i):
+        v = velocity(x, sigma, i)
+        if x0_hook is None or sigma == 0:
+            return v
+        return (x - x0_hook(x - sigma * v, i, settings.steps)) / sigma
+
+    def velocity(x, sigma, i):
         timestep = sigma_to_timestep(sigma, settings.schedule)
         net, guidance = experts.at(timestep, settings.guidance)
+        scope.attach(net)
         strengths = context_strengths(streams, i, settings.steps)
         step = Step(i, settings.steps, sigma, timestep, tuple(strengths))
         for layer in stack:
@@ -207,7 +249,8 @@ def sample_latent(model, contexts: Sequence[Tensor], positive: Tensor, negative:
     generator = seeded_generator(settings.seed)  # the starting noise, then LCM's fresh noise, from one seed
     noise = make_noise((1, 16, *contexts[0].shape[2:]), generator, device)
     start = _start(noise, float(sigmas[0]), settings.denoise, init_latent, contexts[0])
-    latent = sample(denoise, start, sigmas, settings.solver, callback, generator)
+    with region_scope(space) as scope:
+        latent = sample(denoise, start, sigmas, settings.solver, callback, generator)
     if cache is not None:
         log.info("%s", cache.stats)
     return latent
@@ -222,11 +265,42 @@ def encode_init(video: Tensor | None, vcu: VCU, vae_encode: Callable[[Tensor], T
                         f"is {vcu.length} frames at {vcu.size[0]}x{vcu.size[1]}: give the init video at the VCU's "
                         "size and length")
     return vae_encode(video[None])
+class ReferenceWeighted(Wrapper):
+    """One step's denoiser with the reference-leak weighting as its self-attention bias."""
+
+    staged = False
+
+    def __init__(self, inner, weighting: ReferenceAttention):
+        super().__init__(inner)
+        self.weighting = weighting
+
+    def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
+        """A caller's hook (skip-layer guidance) wraps the weighting (`compose_bias`); others are refused."""
+        return self.inner(x, t, text, contexts, strengths, self_bias=compose_bias(self_bias, self.weighting),
+                          cross_bias=cross_bias)
+
+
+def _reference_attention(settings: SamplerSettings, space: TokenSpace | None, context: Tensor, regions):
+    """The reference-leak weighting of self-attention (vace_core.reference_leak), or None (today's attention)."""
+    leak_weights(settings.reference_weight, settings.reference_decay, 1)  # checks the numbers
+    if settings.reference_weight == 1:
+        return None
+    if space is None:
+        raise VaceError("reference_weight needs to know which latent frames are references: sample through "
+                        "pipeline.generate or pass space=TokenSpace.for_vcu(vcu)")
+    if regions is not None:
+        raise VaceError("reference_weight and Regional Prompts both modulate self-attention and cannot be combined: "
+                        "set reference_weight to 1, or drop the regions")
+    h, w = context.shape[3] // 2, context.shape[4] // 2  # tokens per latent frame (patch 2x2)
+    return ReferenceAttention.build(settings.reference_weight, settings.reference_decay, space.references, h * w)
 
 
 def decode(latent: Tensor, vae_decode: Callable[[Tensor], Tensor], references: int) -> Tensor:
     """Drops the reference frames' latents, then decodes: -> (3, T, H, W) in [-1, 1]."""
     return vae_decode(latent[:, :, references:])[0].clamp(-1, 1)
+
+
+FEATHER = Knob("feather", 8, "Soft edge in pixels where pasted pixels blend into generated ones.", min=0, max=256)
 
 
 def composite(video: Tensor, vcu: VCU, feather: int = 0) -> Tensor:
@@ -252,10 +326,11 @@ def generate(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negative: 
     (3, T, H, W) in [-1, 1] at the VCU's size and length, refined with settings.denoise < 1."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
     layout = regions.for_vcu(vcus[0]) if regions is not None else None
+    space = TokenSpace.for_vcu(vcus[0], region_masks=None if regions is None else regions.masks)
     with torch.no_grad():
         contexts = encode_contexts(vcus, lambda v: vae.encode(v, tiling=tiling))
         init = encode_init(init_video, vcus[0], lambda v: vae.encode(v, tiling=tiling), settings.denoise)
         latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, regions=layout,
-                               init_latent=init)
+                               space=space, init_latent=init)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), len(vcus[0].references))
     return video if composite_feather is None else composite(video, vcus[0], composite_feather)

@@ -24,9 +24,8 @@ counterpart), so ξ = ((1000σ − 1)/1000)^5; the step window is the same fract
 encoded alone (as VideoGrain does); otherwise they are appended after the global prompt.
 """
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +34,7 @@ from torch import Tensor
 
 from .denoiser import Step, Wrapper, compose_bias
 from .errors import VaceError
+from .settings import check, knob
 from .vcu.pixels import resize_masks, to_masks
 
 TEXT_LEN = 512  # the DiT's text positions (it zero-pads the prompt to this)
@@ -237,6 +237,18 @@ class STLayoutAttention:
 
 # ---- what the sampler gets ----
 
+def check_coverage(masks: Sequence[Tensor]) -> None:
+    """Every region's mask, as the user gave it, must cover some pixels once binarised at 0.5 (checked where the
+    masks are given: a window of a long video may well miss a region)."""
+    for g, mask in enumerate(masks, 1):
+        if not (torch.as_tensor(mask) > 0.5).any():
+            peak = float(torch.as_tensor(mask).max())
+            why = "it is black everywhere" if peak == 0 else \
+                f"its values reach only {peak:.3g}, and masks count where they are above 0.5"
+            raise VaceError(f"{group_name(g)}'s mask covers nothing ({why}): that region would steer nothing. "
+                            "Give a mask that is white (1) over the region; threshold soft masks at 0.5 first.")
+
+
 @dataclass
 class Regions:
     """Regional prompts for one sampling run: the composed text, the region masks (n, T, H, W) in the video's
@@ -244,11 +256,17 @@ class Regions:
 
     text: RegionalText
     masks: Tensor
-    self_strength: float = SELF_STRENGTH
-    cross_strength: float = CROSS_STRENGTH
-    end: float = END
-    context_blocks: bool = False
-    soft_edges: bool = False
+    _: KW_ONLY
+    self_strength: float = knob(SELF_STRENGTH, "How strongly self-attention keeps the regions apart (VideoGrain: "
+                                "0.3).", min=0.0, max=10.0, step=0.05)
+    cross_strength: float = knob(CROSS_STRENGTH, "How strongly each region attends only its own prompt "
+                                 "(VideoGrain: 1.0).", min=0.0, max=10.0, step=0.05)
+    end: float = knob(END, "Fraction of the steps with the modulation (VideoGrain: 0.3 = 15 of 50): the layout "
+                      "forms early; later steps refine freely.", min=0.0, max=1.0, step=0.01)
+    context_blocks: bool = knob(False, "Also modulate the VACE context blocks (default: the main DiT blocks "
+                                "only).")
+    soft_edges: bool = knob(False, "Tokens on a mask edge belong to regions by their area share (off: to the "
+                            "region covering most of the token, as VideoGrain).")
     blocks: frozenset | None = None
 
     def __post_init__(self):
@@ -260,11 +278,7 @@ class Regions:
             raise VaceError(f"the region masks differ in size or frame count ({[tuple(m.shape) for m in masks]}): "
                             "make them at one size, each with one frame or one per frame")
         self.masks = torch.stack([m.expand(frames, -1, -1) for m in masks])
-        if not 0 <= self.end <= 1:
-            raise VaceError(f"end {self.end} must be a fraction of the steps, from 0 to 1 (VideoGrain: 0.3)")
-        for name in ("self_strength", "cross_strength"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise VaceError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        check(self)
         for g in range(1, len(self.masks) + 1):
             if not (self.text.token_group == g).any():
                 raise VaceError(f"{group_name(g)} has a mask but no prompt tokens: give each region a prompt")

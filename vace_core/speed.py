@@ -3,7 +3,8 @@
 - `compile`: regional torch.compile: each block's forward is compiled; blocks of one kind share the compiled
   graph (their weights are graph inputs), so a 30-block model compiles once per block kind, not 30 times.
 - `fp8_compute`: Linear layers whose weights are stored in fp8 e4m3 multiply in fp8 (`torch._scaled_mm`, per-
-  tensor scales) instead of upcasting the weight (needs `vace_core.ops` layers: the default of load_vace_model).
+  tensor scales) instead of upcasting the weight (layers with an `fp8_compute` switch: `vace_core.ops.Linear`, the
+  default of load_vace_model, and the nodes' ComfyUI layers, nodes/speed.py).
 - `lean` + `ffn_chunk`: in-place / fused modulation and residual adds, and the FFN run `ffn_chunk` tokens at a
   time (see `WanBlock`): fewer fp32 temporaries and a (B, L, ffn_dim) hidden that exists one chunk at a time.
 
@@ -18,36 +19,59 @@ from torch.overrides import TorchFunctionMode
 
 from . import ops
 from .errors import VaceError
+from .settings import check, knob
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Speed:
-    compile: bool = False
+    """The switches; Speed() is the exact path. The VACE Speed node and the command line's --compile, --lean,
+    --ffn-chunk and --fp8-compute set them."""
+
+    compile: bool = knob(False, "Compile each DiT block with torch.compile (regional: one graph per block kind). "
+                         "The first step compiles (a minute or more); later steps run faster on a GPU.")
     compile_mode: str | None = None  # torch.compile's mode ("max-autotune-no-cudagraphs", ...); None: default
-    fp8_compute: bool = False
-    lean: bool = False
-    ffn_chunk: int = 0  # tokens per FFN call with lean; 0: all tokens at once
+    lean: bool = knob(False, "In-place modulation and fused residual adds (fewer fp32 temporaries); with ffn_chunk, "
+                      "the FFN runs a chunk of tokens at a time. Same result up to float rounding.")
+    ffn_chunk: int = knob(0, "With lean: tokens per FFN call (e.g. 8192), so the FFN's wide hidden exists one chunk "
+                          "at a time; 0 = all tokens at once.", min=0, max=1 << 20, step=256)
+    fp8_compute: bool = knob(False, "Linear layers whose weights are stored in fp8 e4m3 (weight_dtype fp8_e4m3fn, "
+                             "or an fp8 file) multiply in fp8 instead of upcasting the weight (Ada/Hopper GPUs). "
+                             "Approximate: activations are quantised too.")
 
     def __post_init__(self):
-        if self.ffn_chunk < 0 or (self.ffn_chunk and not self.lean):
-            raise VaceError(f"ffn_chunk={self.ffn_chunk}: give a number of tokens >= 0, and chunking needs lean=True "
-                            "(the chunks are written into the residual stream in place)")
+        check(self)
+        if self.ffn_chunk and not self.lean:
+            raise VaceError(f"ffn_chunk {self.ffn_chunk}: chunking the FFN needs lean on (--lean; the VACE Speed "
+                            "node's lean): the chunks are written into the residual stream in place")
 
 
 def blocks(model) -> list[torch.nn.Module]:
     return [*model.blocks, *model.vace_blocks]
 
 
+def fp8_layers(model) -> list[torch.nn.Module]:
+    """The layers with an fp8 compute switch (see the module docstring)."""
+    return [layer for layer in model.modules() if hasattr(type(layer), "fp8_compute")]
+
+
+def check_speed(model, speed: Speed) -> None:
+    """Refuses a switch that would change nothing on `model`: fp8 compute without fp8 e4m3 weights."""
+    if speed.fp8_compute and not any(layer.weight.dtype == ops.E4M3 for layer in fp8_layers(model)):
+        raise VaceError("fp8 compute multiplies fp8 e4m3 weights, and this model holds none: load it with weight "
+                        "dtype fp8_e4m3fn (Load VACE Model's weight_dtype, --weight-dtype) or from an fp8 e4m3 file, "
+                        "or turn fp8 compute off")
+
+
 def apply_speed(model, speed: Speed = Speed()):
     """Sets the switches on `model` (a VaceTransformer) in place and returns it; Speed() restores the exact path."""
+    check_speed(model, speed)
     for block in blocks(model):
         block.__dict__.pop("forward", None)  # undo an earlier compile
         block.lean, block.ffn_chunk = speed.lean, speed.ffn_chunk
         if speed.compile:
             block.forward = torch.compile(block.forward, mode=speed.compile_mode)
-    for layer in model.modules():
-        if isinstance(layer, ops.Linear):
-            layer.fp8_compute = speed.fp8_compute
+    for layer in fp8_layers(model):
+        layer.fp8_compute = speed.fp8_compute
     model.speed = speed  # the memory estimate reads it (vace_core.memory)
     return model
 

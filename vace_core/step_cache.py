@@ -32,6 +32,7 @@ import torch
 
 from .denoiser import Step, Wrapper, bias_key, require_staged
 from .errors import VaceError
+from .settings import check, knob
 
 # TeaCache4Wan2.1's rescaling polynomials (highest power first), fitted on Wan2.1 T2V; keyed by (mode, dim).
 # "t_emb": the timestep embedding (the default); "e": the 6-way modulation (TeaCache's use_ret_steps).
@@ -56,6 +57,12 @@ def strengths_moved(now, then, tolerance: float = STRENGTH_TOLERANCE) -> bool:
                                         for a, b in zip(now, then, strict=True))
 
 
+SIZES = {"auto": None, "1.3B": 1536, "14B": 5120}  # which fitted polynomial: the model's width, or a named one
+SIZES_HELP = ("Which fitted polynomial rescales the change. auto: the model's size (1.3B or 14B, read from its "
+              "weights; Wan2.2 A14B experts use the 14B one).")
+LABELS = {"threshold": "the TeaCache threshold", "mode": "the TeaCache mode"}
+
+
 def relative_l1(inp: torch.Tensor, prev: torch.Tensor) -> float:
     """mean |inp - prev| / mean |prev|, as a Python float (one device sync per step)."""
     return ((inp - prev).abs().mean() / prev.abs().mean()).item()
@@ -68,13 +75,14 @@ class CacheStats:
 
     computed: int = 0
     skipped: int = 0
+    label: str = "the step cache"  # which cache (TeaCache, MagCache): the sampler shows it
 
     def __add__(self, other: "CacheStats") -> "CacheStats":
-        return CacheStats(self.computed + other.computed, self.skipped + other.skipped)
+        return CacheStats(self.computed + other.computed, self.skipped + other.skipped, other.label)
 
     def __str__(self):
         total = self.computed + self.skipped
-        return f"the step cache skipped the blocks of {self.skipped} of {total} model evaluations"
+        return f"{self.label} skipped the blocks of {self.skipped} of {total} model evaluations"
 
 
 @dataclass
@@ -105,7 +113,7 @@ class ResidualCache:
 
     def begin(self, steps: int) -> None:
         """Starts a run of `steps` steps: empty caches, zero counts."""
-        self._states, self._steps, self.stats = {}, steps, CacheStats()
+        self._states, self._steps, self.stats = {}, steps, CacheStats(label=self.label)
 
     def layer(self, net, step: Step) -> "Cached":
         """The sampler's step cache layer (see vace_core.denoiser): `net` with this cache, for one step."""
@@ -152,17 +160,27 @@ class TeaCache(ResidualCache):
     forward runs). coefficients: None picks TeaCache's Wan2.1 polynomial for the model's size (1.3B or 14B,
     from its width; Wan2.2 A14B experts use the 14B one, as no Wan2.2 fit is published)."""
 
-    threshold: float = 0.08
-    mode: str = "t_emb"
+    threshold: float = knob(0.08, "How much estimated change may pile up before the blocks run again. 0 turns "
+                            "caching off. Published: 1.3B 0.05 (safe) to 0.08 (about 2x); 14B 0.14 to 0.2.",
+                            min=0.0, max=1.0, step=0.005)
+    mode: str = knob("t_emb", "What TeaCache watches. t_emb, the timestep embedding: the published default (first "
+                     "and last steps always computed). e, the modulation: TeaCache's 'retention steps' variant "
+                     "(first 5 steps always computed; allows higher thresholds).", choices=MODES)
     coefficients: tuple[float, ...] | None = None
     stats: CacheStats = field(default_factory=CacheStats)
 
     label = "TeaCache"
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise VaceError(f"unknown TeaCache mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        self._check_threshold("Wan2.1 1.3B: 0.05-0.08; 14B: 0.14-0.2")
+        # the node's and the command line's maximum (1) suits the published polynomials; custom coefficients have
+        # their own scale
+        check(self, LABELS, open_above=("threshold",))
+        if self.coefficients is not None and (len(self.coefficients) < 2 or not np.isfinite(self.coefficients).all()):
+            raise VaceError(f"TeaCache coefficients {tuple(self.coefficients)!r} are not a polynomial (at least two "
+                            "finite numbers, highest power first, as TeaCache publishes them): without one the "
+                            "estimate of how much a step changes means nothing. Leave coefficients out to use "
+                            "TeaCache's Wan2.1 ones.")
+        self.begin(0)
 
     def _coefficients(self, model) -> tuple[float, ...]:
         if self.coefficients is not None:

@@ -79,6 +79,15 @@ class Attention(nn.Module):
         return self.o(self.attend(q, k, v, self.backend, bias))
 
 
+def modulation(rows: int, dim: int, factory: dict) -> nn.Parameter:
+    """(1, rows, dim) shift/scale/gate table, random as in the reference's init. On the meta device (a model
+    waiting for its file's weights) it stays empty: meta randn runs Python reference kernels whose first call
+    costs seconds of imports."""
+    if torch.device(factory["device"] or "cpu").type == "meta":
+        return nn.Parameter(torch.empty(1, rows, dim, **factory))
+    return nn.Parameter(torch.randn(1, rows, dim, **factory) / dim**0.5)
+
+
 class WanBlock(nn.Module):
     """One DiT block: modulated self-attention, cross-attention to text, modulated FFN.
 
@@ -100,7 +109,7 @@ class WanBlock(nn.Module):
         self.norm2 = ops.LayerNorm(dim, eps=cfg.eps, elementwise_affine=False, **factory)
         self.ffn = nn.Sequential(ops.Linear(dim, cfg.ffn_dim, **factory), nn.GELU(approximate="tanh"),
                                  ops.Linear(cfg.ffn_dim, dim, **factory))
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim, **factory) / dim**0.5)
+        self.modulation = modulation(6, dim, factory)
 
     def forward(self, x, e, text, rope, self_bias=None, cross_bias=None):
         """x (B, L, dim) fp32 residual stream; e (B, 6, dim) fp32; text (B, 512, dim) in compute dtype."""
@@ -153,7 +162,7 @@ class Head(nn.Module):
         super().__init__()
         self.norm = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False, **factory)
         self.head = ops.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size), **factory)
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim, **factory) / cfg.dim**0.5)
+        self.modulation = modulation(2, cfg.dim, factory)
 
     def forward(self, x, t_emb):
         """x (B, L, dim) fp32, t_emb (B, dim) fp32 -> (B, L, out_dim * prod(patch)) fp32."""
@@ -171,7 +180,10 @@ class VaceTransformer(nn.Module):
 
     A `denoiser.Denoiser` (staged): `compute_dtype` is the activations' dtype (set by the loader; by default the
     weights' dtype), `device` where its inputs go (by default where its weights are; a caller streaming the
-    weights from the CPU sets it)."""
+    weights from the CPU sets it). region_loras: LoRAs confined to regions (vace_core.lora.region), applied per
+    token by the sampler."""
+
+    region_loras: tuple = ()
 
     staged = True
 

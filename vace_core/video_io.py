@@ -247,11 +247,25 @@ class VideoStream:
         except OSError as e:
             raise VaceError(f"could not write {self.path}: {e.strerror or e}. Nothing was written.") from None
 
+    def abort(self):
+        """Drops what was written: the destination is left as it was (absent, or an earlier file untouched)."""
+        self.pending.clear()
+        if self.mp4 is not None:
+            try:
+                self.mp4.container.close()  # no flush: the frames are dropped
+            except OSError:
+                pass  # the encoder's own failure may be why the run stopped; its file goes either way
+            self.streaming.unlink(missing_ok=True)
+
     def close(self):
         """Finishes the file with the frames written so far (all, or the windows done before an interrupt)."""
         if self.mp4 is None:
             if self.pending:
                 write_video(self.path, torch.cat(self.pending), self.fps)
+            return
+        if self.mp4.stream is None:  # no frame came (the run failed first): no file, and the run's error stands
+            self.mp4.container.close()
+            self.streaming.unlink(missing_ok=True)
             return
         try:
             with atomic_output(self.path) as temp:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..base import Annotator, AnnotatorError, load_weights, pick_device, require
+from ..base import AnnotatorError, TorchAnnotator, load_weights, pick_device, require
 from ..weights import resolve_weight
 from .convert import depth_anything_v2_from_original
 
@@ -67,7 +67,7 @@ def working_size(h: int, w: int, short: int, multiple: int, lower_bound: bool) -
     return fit(h * k), fit(w * k)
 
 
-class Depth(Annotator):
+class Depth(TorchAnnotator):
     KINDS = {  # short side, multiple, lower bound, mean, std
         "depth_anything_v2": (518, 14, True, IMAGENET_MEAN, IMAGENET_STD),
         "midas": (1024, 64, False, (0.5,) * 3, (0.5,) * 3),

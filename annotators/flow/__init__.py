@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..base import Annotator, load_weights, pick_device, require, to_uint8
+from ..base import Annotator, TorchAnnotator, load_weights, pick_device, require, to_uint8
 from ..weights import resolve_weight
 from .colorwheel import flow_to_color
 
@@ -51,7 +51,7 @@ class DISFlow(FlowAnnotator):
         return torch.from_numpy(np.stack([dis.calc(a, b, None) for a, b in self.counted(pairs, len(gray) - 1)]))
 
 
-class RAFTFlow(FlowAnnotator):
+class RAFTFlow(FlowAnnotator, TorchAnnotator):
     """RAFT through torchvision's `raft_large` and torchvision's weight file
     (e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth).
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..base import Annotator, AnnotatorError, Progress, counted, pick_device, require
+from ..base import AnnotatorError, Progress, TorchAnnotator, counted, pick_device, require
 from ..weights import resolve_weight
 
 # checkpoint file -> the config the sam2 package ships for it
@@ -35,7 +35,7 @@ class Prompt:
     object_id: int = 1
 
 
-class SAM2Video(Annotator):
+class SAM2Video(TorchAnnotator):
     """Frames + prompts -> MASK (T, H, W): the union of the prompted objects."""
 
     output = "mask"
@@ -56,7 +56,7 @@ class SAM2Video(Annotator):
             raise AnnotatorError(
                 f"no sam2 config known for '{path.name}': pass config= one of {sorted(CONFIGS.values())}"
             )
-        self.predictor = build_sam.build_sam2_video_predictor(
+        self.model = build_sam.build_sam2_video_predictor(
             config, str(path), device=str(self.device), hydra_overrides_extra=overrides or []
         )
         self.prompts: list[Prompt] = []
@@ -66,7 +66,7 @@ class SAM2Video(Annotator):
 
     def frames_for_model(self, frames: torch.Tensor) -> torch.Tensor:
         """(T, H, W, 3) -> (T, 3, S, S) normalised, as sam2's frame loader prepares video frames."""
-        size = self.predictor.image_size
+        size = self.model.image_size
         x = frames.to(self.device, torch.float32).permute(0, 3, 1, 2)
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         mean, std = (torch.tensor(v, device=self.device).view(1, 3, 1, 1) for v in (MEAN, STD))
@@ -87,9 +87,9 @@ class SAM2Video(Annotator):
         loader = mock.patch("sam2.sam2_video_predictor.load_video_frames", return_value=(images, h, w))
         autocast = torch.autocast("cuda", torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with loader, autocast:
-            state = self.predictor.init_state(video_path="<frames>")
+            state = self.model.init_state(video_path="<frames>")
             for p in prompts:
-                self.predictor.add_new_points_or_box(
+                self.model.add_new_points_or_box(
                     state,
                     frame_idx=p.frame,
                     obj_id=p.object_id,
@@ -100,7 +100,7 @@ class SAM2Video(Annotator):
             masks = torch.zeros(t, h, w)
             start = min(p.frame for p in prompts)
             propagated = (step for reverse in (False, True)
-                          for step in self.predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse))
+                          for step in self.model.propagate_in_video(state, start_frame_idx=start, reverse=reverse))
             for idx, _, logits in counted(propagated, t + 1, progress):
                 masks[idx] = (logits > 0).any(0)[0].float().cpu()
         return masks

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..base import Annotator, FrameAnnotator, load_weights, pick_device
+from ..base import FrameAnnotator, TorchAnnotator, load_weights, pick_device
 from ..weights import resolve_weight
 from .lineart import LineartGenerator
 
@@ -48,7 +48,7 @@ class XDoG(FrameAnnotator):
         return np.repeat((lines * 255).round().astype(np.uint8)[..., None], 3, axis=2)
 
 
-class InformativeDrawings(Annotator):
+class InformativeDrawings(TorchAnnotator):
     """VACE's scribble model: informative-drawings' anime_style generator (3 residual blocks, sigmoid output),
     input RGB in 0..1, output the line image."""
 

@@ -67,7 +67,7 @@ def runtime_has(runtime: Runtime, module: str) -> bool:
     return subprocess.run([str(runtime.python), "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
-PACK_IMPORTS = ("cv2", "einops", "av", "mediapipe", "sam2", "hydra")
+PACK_IMPORTS = ("cv2", "einops", "av", "gguf", "mediapipe", "sam2", "hydra")
 
 
 @functools.cache
@@ -189,7 +189,9 @@ class ComfyServer:
                 self._use(self.start_base)
 
     def _use(self, base: Path):
-        self.post("/vace_test/base", {"base": str(base)})
+        self.post("/queue", {"clear": True})  # what a failed test left queued or running must not hold the switch
+        self.interrupt()
+        self.post("/vace_test/base", {"base": str(base)}, timeout=180)
         self.base_dir = base
         self.info = self.object_info()
 
@@ -204,11 +206,11 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             return json.loads(r.read())
 
-    def post(self, path: str, payload: dict):
+    def post(self, path: str, payload: dict, timeout: float = 60):
         request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=60) as r:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
                 body = r.read()
         except urllib.error.HTTPError as e:
             if e.code == 400 and path == "/prompt":

@@ -135,13 +135,28 @@ ANNOTATOR_MODELS = {
     "depth": {"name": "depth_anything_v2_vitl.pth", "directory": "annotators",
               "url": "https://huggingface.co/depth-anything/Depth-Anything-V2-Large/resolve/main/"
                      "depth_anything_v2_vitl.pth"},
-    **{kind: {"name": name, "directory": "annotators", "url": f"https://huggingface.co/yzd-v/DWPose/resolve/main/{name}"}
-       for kind, name in (("dwpose_detector", "yolox_l.onnx"), ("dwpose_estimator", "dw-ll_ucoco_384.onnx"))},
     "sam2": {"name": "sam2.1_hiera_large.pt", "directory": "sam2",
              "url": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt"},
 }
-# DWPose (VACE's own pose annotator; onnxruntime is in the annotator extras, unlike MediaPipe)
-DWPOSE = [ANNOTATOR_MODELS["dwpose_detector"], ANNOTATOR_MODELS["dwpose_estimator"]]
+# ComfyUI's model listing (/experiment/models/<folder>), which the frontend's Missing Models dialog checks, shows
+# only files with its supported_pt_extensions: a file named in properties.models must have one of them, or the
+# dialog reports it missing on every load even when it is there
+LISTABLE = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+# DWPose (VACE's own pose annotator; onnxruntime is in the annotator extras, unlike MediaPipe) ships .onnx files:
+# their links go in a note (and the node's error names a missing one with them), not in properties.models
+DWPOSE_FILES = ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")
+DWPOSE_NOTE = ("**DWPose weights**: the pose annotator (backend dwpose) needs " + " and ".join(
+    f"[{name}](https://huggingface.co/yzd-v/DWPose/resolve/main/{name})" for name in DWPOSE_FILES) +
+    " in models/annotators. ComfyUI's Missing Models dialog cannot see .onnx files, so it does not list them; the "
+    "Pose Annotator names a missing one when it runs. No files? Set backend to mediapipe (offline, one person).")
+
+
+def dwpose(wf: Workflow, frames: Node) -> Node:
+    """The DWPose annotator and the note with its weights' links."""
+    wf.note("DWPose weights", DWPOSE_NOTE)
+    return wf.add("VACEPoseAnnotator", frames=frames, backend="dwpose")
+
+
 CONTROL_NOTE = ("**Control video (V2V)**: the annotator turns the input video into a control video ({what}); "
                 "the VCU holds it with masks of 1 everywhere, so every pixel is generated following it. The prompt "
                 "says what the video shows. The preview shows the control video.")
@@ -163,8 +178,9 @@ def depth(wf: Workflow):
 
 
 def pose(wf: Workflow):
+    wf.note("DWPose weights", DWPOSE_NOTE)
     controlled(wf, "pose", "pose skeletons", "a dancer in a red dress on a stage, spotlight",
-               "VACEPoseAnnotator", DWPOSE, backend="dwpose")
+               "VACEPoseAnnotator", backend="dwpose")
 
 
 def flow(wf: Workflow):
@@ -201,7 +217,7 @@ def animate_anything(wf: Workflow):
             "background works best) is added to the same VCU.")
     base = common(wf, "the young woman from the reference dancing, full body, clean background")
     frames, fps = load_clip(wf)
-    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=frames, backend="dwpose")
+    poses = dwpose(wf, frames)
     vcu = wf.add("VACEBuildVCU", frames=poses, references=wf.add("LoadImage", image=REFERENCE), **SIZE)
     finish(wf, base, vcu, "animate_anything", fps)
 
@@ -264,7 +280,7 @@ def regional_pose(wf: Workflow):
              "knight on the right. Masks can be any MASK: halves, boxes, SAM2 or person masks."))
     base = common(wf, None)
     frames, fps = load_clip(wf)
-    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=frames, backend="dwpose")
+    poses = dwpose(wf, frames)
     halves = [("an astronaut in a white suit", half_mask(wf, "left")),
               ("a knight in silver armour", half_mask(wf, "right"))]
     regions = regional_prompts(wf, base, "an astronaut in a white suit and a knight in silver armour dancing on a "
@@ -305,7 +321,7 @@ def long_pose(wf: Workflow):
     base = common(wf, "a dancer in a red dress on a stage, spotlight, full body")
     frames, fps = load_clip(wf)
     chained = wf.add("RepeatImageBatch", image=frames, amount=2)
-    poses = wf.add("VACEPoseAnnotator", models=DWPOSE, frames=chained, backend="dwpose")
+    poses = dwpose(wf, chained)
     vcu = wf.add("VACEBuildVCU", frames=poses, width=832, height=480, length=161)
     long_video(wf, base, vcu, "long_pose", fps, replace_latents=True, colour_method="mkl")
 
@@ -318,6 +334,61 @@ def long_hierarchical(wf: Workflow):
     base = common(wf, "a time-lapse of clouds rolling over a mountain lake, from dawn to noon, static camera")
     vcu = wf.add("VACEBuildVCU", width=832, height=480, length=241)
     long_video(wf, base, vcu, "long_hierarchical", mode="hierarchical")
+
+
+TIMELINE_NOTE = ("**Timeline**: **VACE Timeline** directs the long video window by window: one prompt per line "
+                 "(or 'frame: prompt' lines), a reference image from a window on, an end frame pinned as a window's "
+                 "last frame, seeds per window ('window: seed' lines; default the sampler's seed + window) and "
+                 "loops. Turn on `save_state` to keep the run (output/vace_jobs/): set `rerender_from` to that "
+                 "file and `rerender_window` to re-sample one window (new seed or prompt) while every other "
+                 "window's frames are reused.")
+
+
+def long_timeline(wf: Workflow):
+    wf.note("3-segment timeline", TIMELINE_NOTE + "\n\n**Three segments over 233 frames** (three 81-frame "
+            "windows): the same character (the reference, in every window) wakes up, walks to the window and "
+            "looks out; the last window ends on the given last frame.")
+    base = common(wf, "a young woman in a green coat, cinematic, soft daylight")
+    prompts = ("a young woman in a green coat sleeps on a sofa in a bright living room\n"
+               "the young woman in a green coat gets up and walks to the window\n"
+               "the young woman in a green coat looks out of the window at the city")
+    end = wf.add("ImageScale", image=wf.add("LoadImage", image=LAST), upscale_method="lanczos",
+                 width=SIZE["width"], height=SIZE["height"], crop="center")
+    timeline = wf.add("VACETimeline", clip=base["clip"], prompts=prompts, blend=True,
+                      reference=wf.add("LoadImage", image=REFERENCE), reference_window=0, end_frame=end,
+                      end_frame_window=-1)
+    vcu = wf.add("VACEBuildVCU", width=832, height=480, length=233)
+    long_video(wf, base, vcu, "long_timeline", timeline=timeline, save_state=True)
+
+
+def long_loop(wf: Workflow):
+    wf.note("Seamless loop", TIMELINE_NOTE + "\n\n**A loop over 157 frames**: the last window also keeps the "
+            "video's first 5 frames at its end (mask 0), so the last frames equal the first ones: play all but "
+            "the last `overlap` frames on repeat. The cost: those frames repeat the start, and the last window, "
+            "kept at both ends, has fewer frames to move in.")
+    base = common(wf, "waves rolling onto a sandy beach at sunset, static camera, calm")
+    timeline = wf.add("VACETimeline", clip=base["clip"], prompts="", loop=True)
+    long_video(wf, base, wf.add("VACEBuildVCU", width=832, height=480, length=157), "long_loop", timeline=timeline)
+
+
+LORA_NAMES = ("wan_character_a_lora.safetensors", "wan_character_b_lora.safetensors")
+
+
+def region_loras(wf: Workflow):
+    wf.note("Two characters, a LoRA each", "**LoRAs confined to regions**: each **VACE LoRA** gets a `region` "
+            "mask (white = where it acts, one mask or one per frame), so two character LoRAs coexist: each "
+            "changes only its region's tokens (y = W x + s m (B A x)). With **Regional Prompts** give "
+            "`region_index` instead (its region N). Put your Wan2.1 LoRAs in models/loras and choose them here; "
+            "the two halves stand for the characters' masks (SAM2 or person masks follow them).")
+    base = common(wf, None)
+    halves = [("a woman in a red dress", half_mask(wf, "left")), ("a man in a blue suit", half_mask(wf, "right"))]
+    regions = regional_prompts(wf, base, "a woman in a red dress and a man in a blue suit dancing in a ballroom",
+                               halves, "a ballroom")
+    model = base["model"]
+    for name, (_, mask) in zip(LORA_NAMES, halves, strict=True):
+        model = wf.add("VACELoRA", vace_model=model, lora_name=name, strength=1.0, region=mask)
+    base["model"] = model
+    finish(wf, base, wf.add("VACEBuildVCU", **SIZE), "region_loras", regions=regions)
 
 
 def wan22_two_experts(wf: Workflow):
@@ -344,7 +415,8 @@ EXAMPLES: dict[str, Callable[[Workflow], None]] = {
     "vace_move_anything": move_anything, "vace_long_extension": long_extension, "vace_long_pose": long_pose,
     "vace_long_hierarchical": long_hierarchical, "vace_regional_boxing_cats": regional_boxing_cats,
     "vace_regional_pose": regional_pose,
-    "vace_wan22_two_experts": wan22_two_experts,
+    "vace_wan22_two_experts": wan22_two_experts, "vace_long_timeline": long_timeline, "vace_long_loop": long_loop,
+    "vace_region_loras": region_loras,
 }
 
 
@@ -360,6 +432,8 @@ TITLES = {
     "vace_long_pose": "Long video - 161-frame pose control", "vace_long_hierarchical": "Long video - keyframes "
     "then interpolation", "vace_regional_boxing_cats": "Regional prompts - multi-instance edit",
     "vace_regional_pose": "Regional prompts with pose", "vace_wan22_two_experts": "Wan2.2 VACE-Fun two experts",
+    "vace_long_timeline": "Long video - 3-segment timeline", "vace_long_loop": "Long video - seamless loop",
+    "vace_region_loras": "Two characters with a LoRA each",
 }
 
 

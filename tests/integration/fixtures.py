@@ -133,5 +133,18 @@ def write_base(base: Path, height: int, width: int, frames: int, dwpose: bool = 
     if dwpose:
         write_dwpose_models(base)
     write_sam2_checkpoint(base)
+    write_character_loras(base)
     write_inputs(base, height, width, frames)
     return base
+
+
+def write_character_loras(base: Path) -> None:
+    """Two LoRAs (attention and FFN layers, as character LoRAs are trained) under the region-LoRA example's names."""
+    from tests.integration.examples import LORA_NAMES
+    from tests.lora_files import comfy_lora
+
+    shapes = {k: tuple(v.shape) for k, v in VaceTransformer(TINY_DIT).state_dict().items()}
+    layers = {"blocks.0.self_attn.q": "lora_alpha", "blocks.1.cross_attn.k": "lora", "blocks.2.ffn.0": "lora"}
+    (base / "models" / "loras").mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(LORA_NAMES):
+        save_file(comfy_lora(shapes, seed, layers=layers), base / "models" / "loras" / name)

@@ -19,10 +19,13 @@ H, W, FRAMES, STEPS = 64, 64, 9, 2
 SHRINK = {"width": W, "height": H, "length": FRAMES}  # on VACE nodes (0 = "keep the input's" stays 0)
 # bf16 (the VAE loader's default, right for GPUs) runs convolutions ~6x slower than fp32 on a CPU
 PER_CLASS = {"VACESampler": {"steps": STEPS}, "VACEVAELoader": {"dtype": "fp32"}, "ImageFromBatch": {"length": 5},
-             "VACELongVideoSampler": {"steps": STEPS},
+             "VACELongVideoSampler": {"steps": STEPS},  # window 81 > 9 frames: one window (multi-window: its own test)
+             "ImageScale": {"width": W, "height": H},  # end frames at the video's (shrunk) size
              "VACEDepthAnnotator": {"model": "dpt-hybrid-midas"},
              "VACESAM2Masks": {"points": "48,32", "checkpoint": SAM2_NAME},
              "VACELayoutAnnotator": {"start_box": "4,16,28,40", "end_box": "36,16,60,40"}}
+# a loop needs two windows: the 9-frame run gets two 5-frame windows (one frame carried, one looped)
+PER_EXAMPLE = {"vace_long_loop": {"VACELongVideoSampler": {"window": 5, "overlap": 1}}}
 
 
 def with_test_text(api: dict) -> dict:

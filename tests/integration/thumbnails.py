@@ -69,6 +69,9 @@ def vcus(m) -> dict:
         "vace_regional_boxing_cats": control(clip),
         "vace_regional_pose": control(pose(clip)),
         "vace_wan22_two_experts": V.with_references(V.text_to_video(LENGTH, **SIZE), refs[:1]),
+        "vace_long_timeline": V.with_references(V.place_frames({-1: m["last"]}, 233, **SIZE), refs[:1]),
+        "vace_long_loop": V.text_to_video(157, **SIZE),
+        "vace_region_loras": V.text_to_video(LENGTH, **SIZE),
     }
 
 

@@ -9,11 +9,14 @@
 from .detect import check_keys, check_wan_vace, detect_config, merge_vace_module
 from .fp8 import dequantize
 from .keymap import diffusers_to_official, official_to_diffusers, split_vace_module, to_official
-from .loader import load_state_dict, load_vace_model
+from .loader import COMPUTE_DTYPES, DTYPES, LoadSettings, load_state_dict, load_vace_model
 from .save import LAYOUTS, save_checkpoint
 
 __all__ = [
+    "COMPUTE_DTYPES",
+    "DTYPES",
     "LAYOUTS",
+    "LoadSettings",
     "check_keys",
     "check_wan_vace",
     "dequantize",

@@ -20,12 +20,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from ..config import VaceConfig
 from ..errors import VaceError
-from ..outputs import atomic_output
+from ..outputs import atomic_output, save_safetensors
 from .detect import detect_config
 from .fp8 import FP8_DTYPES, dequantize, drop_fp8_markers, is_scaled_fp8, quantize_scaled
 from .keymap import COMFY_PREFIX, is_vace_module_key, official_to_diffusers, to_official
@@ -59,7 +58,7 @@ def convert_dtype(state_dict: dict[str, Tensor], dtype: torch.dtype | None, scal
 
 def _save_safetensors(state_dict: dict[str, Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata=SAFETENSORS_METADATA)
+    save_safetensors({k: v.contiguous() for k, v in state_dict.items()}, path, SAFETENSORS_METADATA)
 
 
 def _nbytes(state_dict: dict[str, Tensor]) -> int:

@@ -90,6 +90,25 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def check_environment() -> None:
+    """torchrun's variables, complete and consistent, or a message saying which is missing (torch's own error is
+    a raw ValueError from deep in its rendezvous)."""
+    missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise VaceError(f"RANK and WORLD_SIZE are set but {' and '.join(missing)} {verb} not: start the processes "
+                        "with torchrun (torchrun --nproc-per-node N -m vace_core run ... "
+                        "--parallel usp), which sets them all, or set MASTER_ADDR and MASTER_PORT (the address and "
+                        "a free port of the rank-0 machine)")
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise VaceError(f"RANK={os.environ['RANK']!r} and WORLD_SIZE={os.environ['WORLD_SIZE']!r} must be whole "
+                        "numbers (torchrun sets them)") from None
+    if not 0 <= rank < world:
+        raise VaceError(f"RANK={rank} is not among the WORLD_SIZE={world} processes (0 to {world - 1})")
+
+
 def local_device() -> str:
     """This process's device under torchrun: cuda:LOCAL_RANK when CUDA is there, else cpu."""
     return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
@@ -105,6 +124,7 @@ def init_parallel(heads: int, mode: str = "usp", cfg_parallel: bool = False, uly
         if not launched():
             raise VaceError("multi-process sampling runs under torchrun: "
                             "torchrun --nproc-per-node N -m vace_core run ... --parallel usp")
+        check_environment()
         cuda = torch.cuda.is_available() and backend != "gloo"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -5,7 +5,16 @@ from typing import NamedTuple
 import torch
 
 from ..errors import VaceError
+from ..settings import Knob
 from .curves import Curve, parse_curve
+
+# one context stream's knobs (ContextStream is a tuple, so they are declared here rather than on fields)
+STREAM_KNOBS = {
+    "strength": Knob("strength", 1.0, "How strongly this VCU steers the video (context scale).", min=0.0, max=10.0,
+                     step=0.01),
+    "start": Knob("start", 0.0, "Fraction of the steps where this VCU starts to apply.", min=0.0, max=1.0, step=0.01),
+    "end": Knob("end", 1.0, "Fraction of the steps where this VCU stops applying.", min=0.0, max=1.0, step=0.01),
+}
 
 
 def cfg(cond_v: torch.Tensor, uncond_v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -26,9 +35,9 @@ class ContextStream(NamedTuple):
     e.g. "0:1, 0.2:0" for a reference that fades after the first frames. None: flat.
     """
 
-    strength: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
+    strength: float = STREAM_KNOBS["strength"].default
+    start: float = STREAM_KNOBS["start"].default
+    end: float = STREAM_KNOBS["end"].default
     curve: Curve | str | None = None
     frames: Curve | str | None = None
 

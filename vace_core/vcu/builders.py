@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import VaceError
 from .pixels import letterbox, resize_cover, resize_masks, to_masks, to_video
-from .unit import VCU, check_memory, fit_length, fit_size
+from .unit import VCU, check_memory, check_trained_size, fit_length, fit_size
 
 MAX_REFERENCES = 8  # VACE was trained with 1-3; more is almost always a video wired in by mistake
 
@@ -57,15 +57,24 @@ def inpaint(video: Tensor, masks: Tensor, height: int | None = None, width: int 
     return VCU(frames * (1 - masks), masks, kind="repaint")
 
 
+def outpaint_pads(height: int, width: int, left: float, right: float, top: float, bottom: float) -> list[int]:
+    """[left, right, top, bottom] pixels added to a height x width video: pixels (>= 1) or fractions of the side
+    (< 1). Refuses nothing to add, and canvases far beyond what VACE was trained at."""
+    pad = [int(v if v >= 1 else v * dim) for v, dim in ((left, width), (right, width), (top, height), (bottom, height))]
+    if min(pad) < 0 or not any(pad):
+        raise VaceError(f"outpaint needs a positive amount on at least one side, got left={left} right={right} "
+                        f"top={top} bottom={bottom}")
+    check_trained_size(height + pad[2] + pad[3], width + pad[0] + pad[1], f"outpainting {width}x{height} by "
+                       f"{pad[0]}, {pad[1]}, {pad[2]}, {pad[3]} px (left, right, top, bottom)")
+    return pad
+
+
 def outpaint(video: Tensor, left: float = 0, right: float = 0, top: float = 0, bottom: float = 0,
              height: int | None = None, width: int | None = None, length: int | None = None) -> VCU:
     """MV2V: extend the canvas. Each side is pixels (>= 1) or a fraction of the width/height (< 1)."""
     frames = to_video(video, "video")
     _, t, h, w = frames.shape
-    pad = [int(v if v >= 1 else v * dim) for v, dim in ((left, w), (right, w), (top, h), (bottom, h))]
-    if min(pad) < 0 or not any(pad):
-        raise VaceError(f"outpaint needs a positive amount on at least one side, got left={left} right={right} "
-                        f"top={top} bottom={bottom}")
+    pad = outpaint_pads(h, w, left, right, top, bottom)
     check_memory(t, h + pad[2] + pad[3], w + pad[0] + pad[1])
     canvas = torch.nn.functional.pad(frames, pad)  # gray (0) outside
     masks = torch.nn.functional.pad(torch.zeros(t, h, w), pad, value=1.0)

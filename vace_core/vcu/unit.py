@@ -60,6 +60,22 @@ def check_size(height: int, width: int):
         raise VaceError(f"frame size {height}x{width} must be positive multiples of {SPATIAL_MULTIPLE}")
 
 
+# the largest frames VACE was trained at: 1280x720 (14B; the 1.3B: 832x480). Beyond four times that area the
+# model has never seen anything near it, and the memory and time grow with the square of the tokens
+TRAINED_PIXELS = 1280 * 720
+MAX_PIXELS = 4 * TRAINED_PIXELS
+
+
+def check_trained_size(height: int, width: int, what: str) -> None:
+    """Refuses a frame size far beyond what VACE was trained at (`what` names it for the user)."""
+    if height * width > MAX_PIXELS:
+        raise VaceError(f"{what} makes {width}x{height} frames, {height * width / TRAINED_PIXELS:.0f}x the pixels of "
+                        f"the largest size VACE was trained at (1280x720 for the 14B, 832x480 for the 1.3B): it has "
+                        f"never seen frames near that size, and attention memory grows with the square of the pixels. "
+                        f"Stay within {MAX_PIXELS / 1e6:.1f} megapixels (e.g. 2560x1440), ideally 1280x720 or "
+                        "832x480.")
+
+
 def fit_size(height: int, width: int) -> tuple[int, int]:
     """Rounds a size down to multiples of 16 (at least 16), saying so when it changes."""
     fitted = tuple(max(SPATIAL_MULTIPLE, v // SPATIAL_MULTIPLE * SPATIAL_MULTIPLE) for v in (height, width))

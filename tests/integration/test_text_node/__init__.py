@@ -158,10 +158,44 @@ class VACETestSaveConditioning(SaveNode):
         return save_output(tensors, name)
 
 
-NODE_CLASS_MAPPINGS = {"VACETestTextEncode": VACETestTextEncode, "VACETestSigmas": VACETestSigmas,
+class VACETestLoadedModels:
+    """ComfyUI's loaded-models list (model_management.current_loaded_models) as the ui output "models": per model
+    its class (an annotator's: the class of the module it holds), device and loaded bytes. need_bytes > 0 first
+    asks model management for that much room on its device, the call load_models_gpu makes before loading a model
+    on a GPU (a small-VRAM budget: everything that can go, goes), and lists the models before and after."""
+
+    CATEGORY = "testing"
+    RETURN_TYPES = ()
+    FUNCTION = "list"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"need_bytes": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e30})},
+                "optional": {"images": ("IMAGE",), "latent": ("LATENT",)}}
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        return float("nan")  # never cached: the list changes between prompts
+
+    def list(self, need_bytes, images=None, latent=None):
+        import comfy.model_management as mm
+
+        def listed():
+            return [{"name": type(getattr(m.model.model, "net", m.model.model)).__name__, "device": str(m.device),
+                     "loaded_bytes": m.model_loaded_memory()} for m in mm.current_loaded_models if m.model is not None]
+        before = listed()
+        if need_bytes > 0:
+            mm.free_memory(need_bytes, mm.get_torch_device())
+        return {"ui": {"before": before, "after": listed()}}
+
+
+NODE_CLASS_MAPPINGS = {"VACETestLoadedModels": VACETestLoadedModels,
+                       "VACETestTextEncode": VACETestTextEncode, "VACETestSigmas": VACETestSigmas,
                        "VACETestFill": VACETestFill, "VACETestCLIPLoader": VACETestCLIPLoader,
                        "VACETestSaveWeights": VACETestSaveWeights, "VACETestSaveConditioning": VACETestSaveConditioning}
-NODE_DISPLAY_NAME_MAPPINGS = {"VACETestTextEncode": "VACE Test Text Encode (tests only)",
+NODE_DISPLAY_NAME_MAPPINGS = {"VACETestLoadedModels": "VACE Test Loaded Models (tests only)",
+                              "VACETestTextEncode": "VACE Test Text Encode (tests only)",
                               "VACETestSigmas": "VACE Test Sigmas (tests only)",
                               "VACETestFill": "VACE Test Fill (tests only)",
                               "VACETestCLIPLoader": "VACE Test CLIP Loader (tests only)",

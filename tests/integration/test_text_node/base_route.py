@@ -29,7 +29,7 @@ def use_base(base: str) -> None:
     folder_paths.filename_list_cache.clear()
 
 
-async def caches_emptied(queue, timeout: float = 120.0) -> None:
+async def caches_emptied(queue, timeout: float = 150.0) -> None:
     """What POST /free {"unload_models", "free_memory"} asks of the prompt worker (loaded models unloaded, the
     output cache reset), waited for: the worker takes the flags when it is idle."""
     queue.set_flag("unload_models", True)
