@@ -29,6 +29,7 @@ from vace_core.pipeline import SamplerSettings, generate
 from vace_core.regional import RegionalText, Regions
 from vace_core.speed import Speed, apply_speed
 from vace_core.step_cache import TeaCache
+from vace_core.timeline import Timeline
 from vace_core.vae import WanVAE
 
 FRAMES, LONG = 9, 13  # one window of 9 frames; a long video of 13 (2 autoregressive windows)
@@ -49,6 +50,7 @@ class Spec:
     streams: int = 1
     job: bool = False
     lean: bool = False
+    timeline: bool = False  # a second prompt from frame 8 on (frame-mapped: any window count)
 
 
 def _long(spec: Spec, length: int = LONG, **changes) -> Spec:
@@ -69,11 +71,17 @@ FEATURES = {
     "vcu streams": lambda s: replace(s, streams=2),
     "job file": lambda s: replace(s, job=True),
     "lean": lambda s: replace(s, lean=True),
+    "timeline": lambda s: replace(_long(s), timeline=True),
+    "anchor guidance": lambda s: _long(s, anchor_guidance=1.0, anchor_end=0.7),
 }
 MODES = {"autoregressive", "hierarchical", "fused"}
 EXCLUSIVE = {frozenset(p) for p in (("autoregressive", "hierarchical"), ("autoregressive", "fused"),
                                     ("hierarchical", "fused"))}
-REFUSED = {frozenset(("job file", "regions")): "--region and --job cannot be combined"}
+REFUSED = {frozenset(("job file", "regions")): "--region and --job cannot be combined",
+           frozenset(("timeline", "fused")): "a timeline directs windows one after another, but fused windows are "
+                                             "denoised together",
+           frozenset(("timeline", "regions")): "regional prompts and a timeline's per-window prompts cannot be "
+                                               "combined"}
 
 
 def _one_window(mode):
@@ -88,7 +96,8 @@ REDUCTIONS = {
     "teacache threshold 0 == no cache": lambda s: replace(s, cache=0.0) if s.cache is None else s,
     "one-window autoregressive == generate": _one_window("autoregressive"),
     "one-window fused == generate": _one_window("fused"),
-    "one region covering everything == plain": lambda s: replace(s, regions="full") if s.regions is None else s,
+    "one region covering everything == plain": lambda s: replace(s, regions="full")
+    if s.regions is None and not s.timeline else s,  # regions with a timeline's prompts are refused
     "job file == the same run": lambda s: replace(s, job=True) if s.regions is None else s,
 }
 
@@ -152,6 +161,13 @@ def make_texts(spec: Spec) -> tuple[torch.Tensor, torch.Tensor, Regions | None]:
     return positive, negative, Regions(RegionalText(positive[0], groups), masks, end=0.7)
 
 
+def make_timeline(spec: Spec) -> Timeline | None:
+    if not spec.timeline:
+        return None
+    second = torch.randn(1, 6, 64, generator=torch.Generator().manual_seed(2))
+    return Timeline(prompts=[make_texts(spec)[0], second], starts=[0, 8])
+
+
 def settings_of(spec: Spec) -> SamplerSettings:
     cache = None if spec.cache is None else TeaCache(spec.cache, coefficients=IDENTITY)
     return SamplerSettings(steps=3, guidance=1.0 if spec.fast else 4.0, shift=3.0,
@@ -166,15 +182,17 @@ def run(spec: Spec, vae, wrap=None) -> torch.Tensor:
     units, streams = make_vcus(spec)
     positive, negative, regions = make_texts(spec)
     settings = settings_of(spec)
+    timeline = make_timeline(spec)
     with torch.no_grad():
         if spec.job:
             with tempfile.TemporaryDirectory() as tmp:
                 path = save_job(Path(tmp) / "job.safetensors",
-                                Job(units, positive, negative, streams, replace(settings, step_cache=None)))
+                                Job(units, positive, negative, streams, replace(settings, step_cache=None),
+                                    timeline=timeline))
                 return run_job(load_job(path), model, vae, None, long=spec.long, step_cache=settings.step_cache)
         if spec.long is not None:
             return generate_long(model, vae, units, positive, negative, streams, settings, spec.long,
-                                 regions=regions).video
+                                 regions=regions, timeline=timeline).video
         return generate(model, vae, units, positive, negative, streams, settings, regions=regions)
 
 

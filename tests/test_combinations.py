@@ -76,10 +76,20 @@ def test_carry_guidance_in_fused_mode_is_fused_mode(vae):
 def test_refused_pairs_name_both_features(tmp_path):
     from vace_core.__main__ import main
 
-    assert set(C.REFUSED) == {frozenset(("job file", "regions"))}
+    assert set(C.REFUSED) == {frozenset(p) for p in (("job file", "regions"), ("timeline", "fused"),
+                                                     ("timeline", "regions"))}
     with pytest.raises(SystemExit, match=C.REFUSED[frozenset(("job file", "regions"))] + ".*--prompt and --region"):
         main(["run", "--job", str(tmp_path / "job.safetensors"), "--region", "a cat", str(tmp_path / "mask.png"),
               "--out", str(tmp_path / "out.mp4")])
+
+
+@pytest.mark.parametrize("pair", [("timeline", "fused"), ("timeline", "regions")], ids=" + ".join)
+def test_refused_library_pairs_say_what_to_do(pair):
+    """The pairs the library refuses: the message names both features and what to do instead."""
+    from vace_core.errors import VaceError
+
+    with pytest.raises(VaceError, match=C.REFUSED[frozenset(pair)]):
+        C.run(spec_of(*pair), C.tiny_vae())
 
 
 @pytest.fixture(scope="module")

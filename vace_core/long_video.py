@@ -527,6 +527,11 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
     long.check()
     if regions is not None:
         regions.check_length(vcus[0].length)
+        if timeline is not None and timeline.prompts:
+            raise VaceError("regional prompts and a timeline's per-window prompts cannot be combined: the regions "
+                            "steer one prompt's words, which a window's own prompt replaces. Put the regions' words "
+                            "in one prompt for every window, or drop the timeline's prompts (its references, end "
+                            "frames and seeds still work)")
     if long.mode == "fused":
         if timeline is not None:
             timeline.check(1, "fused")

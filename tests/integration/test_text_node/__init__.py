@@ -202,4 +202,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {"VACETestLoadedModels": "VACE Test Loaded Models (
                               "VACETestSaveWeights": "VACE Test Save Weights (tests only)",
                               "VACETestSaveConditioning": "VACE Test Save Conditioning (tests only)"}
 
-from . import base_route  # noqa: E402, F401 (registers POST /vace_test/base)
+if "server" in sys.modules:  # inside ComfyUI (tests also import TestClip and features() outside it)
+    from . import base_route  # noqa: F401 (registers POST /vace_test/base)
