@@ -273,11 +273,11 @@ def test_example_workflow_runs_from_the_ui_queue(page, name):
     run_to_a_video(page, name)
 
 
-def test_vcu_preview_after_a_run(ui, request):
+# Not with Nodes 2.0 (known, not fixed; README "In the browser"): there the VCU strip is not built on Build VCU
+# after a run, and the node overlaps the one below it.
+@pytest.mark.parametrize("ui", [PINNED, NEWEST], indirect=True)
+def test_vcu_preview_after_a_run(ui):
     page = ui
-    if page.frontend == NODES_2:  # strict: passes (and so fails as xfail) once fixed
-        request.applymarker(pytest.mark.xfail(strict=True, reason="Nodes 2.0 on the newest frontend: after the T2V "
-                                              "run the Build VCU node (with its preview) overlaps the node below it"))
     run_to_a_video(page, "vace_t2v")
     [build] = nodes_of(page, "VACEBuildVCU")
     show_node(page, build)

@@ -170,3 +170,12 @@ def test_command_line_runs_a_wan22_release_folder(tmp_path, monkeypatch):
     two, one = read_video(tmp_path / "two.mp4")[0], read_video(tmp_path / "one.mp4")[0]
     assert two.shape == one.shape == (5, 32, 48, 3)
     assert (two - one).abs().mean() > 0.01  # the low-noise expert (its weights, cfg 2) ran the later steps
+
+
+def test_a_plain_model_has_no_low_noise_guidance_of_its_own():
+    """A plain model is the one expert of every step: its guidance is the run's at every step (the low-noise
+    expert's default cfg 3 is only for Wan2.2 pairs), so cfg 1 is unguided throughout."""
+    from vace_core.embedded import tiny_model
+    from vace_core.experts import as_experts
+
+    assert as_experts(tiny_model(0)).guidances(1.0) == (1.0, 1.0)
