@@ -2,7 +2,10 @@
 declaration, and a job file keeping them (and the streams' curves) exactly."""
 
 import argparse
+import subprocess
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,6 +54,17 @@ def test_command_line_flags():
     assert s.nag == NAG(8.0, 3.0, 0.25) and s.slg.mode == "third" and s.apg.eta == 0.5 and s.denoise == 0.6
     with pytest.raises(VaceError, match="--init-video"):
         _settings(parse("--denoise", "0.5"))
+
+
+def test_run_help_lists_the_add_on_flags():
+    """`run --help` prints (a help text's '%', as in SLG's 'Wan2GP: 10%', once crashed argparse's formatting)."""
+    result = subprocess.run([sys.executable, "-m", "vace_core", "run", "--help"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-500:]
+    for flag in ("--nag-scale", "--slg-blocks", "--combination", "--strength-curve", "--frame-weights",
+                 "--init-video", "--denoise", "--magcache", "--magcache-k"):
+        assert flag in result.stdout
+    assert "(Wan2GP: 10%)" in " ".join(result.stdout.split())
 
 
 def test_job_files_keep_guidance_and_curves(tmp_path):
