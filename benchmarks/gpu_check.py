@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 LIMITS = {"env": 30, "precision": 60, "noise": 20, "attention": 30, "syncs": 40, "speed": 90, "switches": 180,
           "estimate": 30, "vram": 120, "vae": 120, "e2e": 90, "load": 120}
 DRY_LIMIT = 600  # per part on a CPU (a busy 2-core machine: the dry run checks the script, not the speed)
+DRY_JOBS = 2  # dry-run parts running at once
 COMFY_PARTS = ("vram", "e2e", "load")  # run with ComfyUI's Python when one is found (its memory manager, node API)
 
 
@@ -107,9 +109,15 @@ def main():
         p.error(f"unknown parts {sorted(unknown)}: choose from {', '.join(LIMITS)}")
     start = time.perf_counter()
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "dry_run": args.dry_run, "parts": {}}
-    for part in parts:
-        report["parts"][part] = result = run_child(part, args)
-        print(f"{part:10} {result['status']} ({result['seconds']} s)", flush=True)
+    # a dry run's parts two at a time, the longest (compiling) first: on a CPU each is mostly imports and compiling,
+    # and every number checked (errors, peaks of its own process) holds whatever runs beside it; on a GPU one at a
+    # time (timings, free memory). Reported in the parts' order.
+    with ThreadPoolExecutor(max_workers=DRY_JOBS if args.dry_run else 1) as pool:
+        started = {part: pool.submit(run_child, part, args)
+                   for part in sorted(parts, key=lambda part: args.dry_run and part != "switches")}
+        for part in parts:
+            report["parts"][part] = result = started[part].result()
+            print(f"{part:10} {result['status']} ({result['seconds']} s)", flush=True)
     report["seconds"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1))

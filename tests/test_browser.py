@@ -253,15 +253,17 @@ def test_example_workflow_in_the_browser(page, server, name):
 
 
 def run_to_a_video(page, name: str) -> dict:
-    """Loads `name` and runs it as the Run button does, to a video; nothing overlaps after the run (previews
-    shown); returns the run's result."""
+    """Loads `name` and runs it as the Run button does, to a video; on the classic canvas nothing overlaps after the
+    run (previews shown; with Nodes 2.0 the examples' spacing is too tight: README "In the browser"); the pack's
+    panels stay inside their nodes; returns the run's result."""
     load(page, name)
     result = run_queue(page)
     assert result["status"] == "success", json.dumps(result)[:3000]
     [save] = nodes_of(page, "SaveVideo")
     assert result["outputs"][str(save)]["images"][0]["filename"].endswith(".mp4")
     page.wait_for_timeout(300)
-    assert not overlaps(bounds(page)), f"overlapping nodes after a run: {overlaps(bounds(page))}"
+    if page.frontend != NODES_2:
+        assert not overlaps(bounds(page)), f"overlapping nodes after a run: {overlaps(bounds(page))}"
     assert not panels_outside_their_nodes(page)
     return result
 
@@ -273,21 +275,26 @@ def test_example_workflow_runs_from_the_ui_queue(page, name):
     run_to_a_video(page, name)
 
 
-# Not with Nodes 2.0 (known, not fixed; README "In the browser"): there the VCU strip is not built on Build VCU
-# after a run, and the node overlaps the one below it.
-@pytest.mark.parametrize("ui", [PINNED, NEWEST], indirect=True)
 def test_vcu_preview_after_a_run(ui):
+    """After a run, Build VCU's strip holds every frame of the VCU (one strip frame per VCU frame), is drawn on
+    screen inside the node, scrubs with its slider and shows T2V's frames as all 'generate'. The server's caches are
+    emptied first: the other passes ran the same graph on it, and a cached node sends no preview."""
     page = ui
+    page.server.empty_caches()
     run_to_a_video(page, "vace_t2v")
     [build] = nodes_of(page, "VACEBuildVCU")
     show_node(page, build)
     frames = page.evaluate("""(id) => { const v = window.app.graph.getNodeById(id).vacePreview;
-        return {loaded: !!v.strip, max: Number(v.slider.max), label: v.label.textContent}; }""", build)
-    assert frames["loaded"] and frames["max"] == CLIP_FRAMES - 1, frames
-    slider = page.locator(".vace-strip-slider").first
+        const r = v.canvas.getBoundingClientRect();
+        return {loaded: !!v.strip, width: v.strip?.naturalWidth, frame_width: v.entry?.frame_width,
+                max: Number(v.slider.max), label: v.label.textContent, shown: [r.width, r.height]}; }""", build)
+    assert frames["loaded"] and frames["width"] == CLIP_FRAMES * frames["frame_width"], frames
+    assert frames["max"] == CLIP_FRAMES - 1 and frames["label"] == f"frame 0 (1 of {CLIP_FRAMES} shown)", frames
+    assert min(frames["shown"]) > 50, f"the strip is not on screen: {frames}"
+    slider = page.evaluate_handle("(id) => window.app.graph.getNodeById(id).vacePreview.slider", build).as_element()
     slider.fill(str(CLIP_FRAMES - 1))
     label = page.evaluate("(id) => window.app.graph.getNodeById(id).vacePreview.label.textContent", build)
-    assert label.startswith(f"frame {CLIP_FRAMES - 1} "), label
+    assert label == f"frame {CLIP_FRAMES - 1} ({CLIP_FRAMES} of {CLIP_FRAMES} shown)", label
     pixel = page.evaluate("""(id) => { const c = window.app.graph.getNodeById(id).vacePreview.canvas;
         const d = c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data; return Array.from(d); }""",
                           build)

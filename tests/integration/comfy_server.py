@@ -188,6 +188,11 @@ class ComfyServer:
             if self.alive():
                 self._use(self.start_base)
 
+    def empty_caches(self):
+        """Empties ComfyUI's caches on the base in use: the next run of a graph that already ran here executes every
+        node again (a cached node sends no `executed` message, so a fresh page would get no previews from it)."""
+        self._use(self.base_dir)
+
     def _use(self, base: Path):
         self.post("/queue", {"clear": True})  # what a failed test left queued or running must not hold the switch
         self.interrupt()

@@ -1,8 +1,13 @@
 """Tiny checkpoints under the real file names, and small real input media, in a ComfyUI base directory.
 
-Weights are random (fixed seeds): the tests check plumbing, errors and parity, never picture quality.
+Weights are random (fixed seeds): the tests check plumbing, errors and parity, never picture quality. The model
+writers run once per session: later calls copy the files the first one wrote (`written_once`).
 """
 
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,32 @@ TINY_VAE = dict(dim=8, z_dim=16, dim_mult=(1, 2, 2, 2), num_res_blocks=1, tempor
 FULL_VAE = dict(dim=96, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=2, temporal_downsample=(False, True, True))
 
 
+def written_once(write):
+    """`write(base, ...)` runs once per session for each set of arguments, into a folder of its own; every call
+    copies those files into its `base` (a copy: tests may overwrite or damage their files), leaves torch's RNG as
+    the writer left it, and returns the writer's paths moved to `base`."""
+    done = {}
+
+    def moved(result, source: Path, base: Path):
+        if isinstance(result, dict):
+            return {k: moved(v, source, base) for k, v in result.items()}
+        return base / result.relative_to(source)
+
+    @functools.wraps(write)
+    def copy(base: Path, *args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in done:
+            source = Path(tempfile.mkdtemp(prefix=f"vace_{write.__name__}_"))
+            atexit.register(shutil.rmtree, source, ignore_errors=True)
+            done[key] = source, write(source, *args, **kwargs), torch.get_rng_state()
+        source, result, rng = done[key]
+        shutil.copytree(source, base, dirs_exist_ok=True)
+        torch.set_rng_state(rng)
+        return moved(result, source, Path(base))
+    return copy
+
+
+@written_once
 def write_models(base: Path, vae_shape: dict = TINY_VAE) -> dict[str, Path]:
     """The DiT (fp16, official keys), the VAE (the shape given), a VACE-module-only file, and two Wan2.2 experts."""
     torch.manual_seed(0)
@@ -52,6 +83,7 @@ def write_models(base: Path, vae_shape: dict = TINY_VAE) -> dict[str, Path]:
     return paths
 
 
+@written_once
 def write_annotator_models(base: Path) -> Path:
     """A tiny random MiDaS DPT-hybrid folder under the name the depth annotator looks for."""
     from tests.test_annotators_depth import tiny_dpt_hybrid
@@ -72,6 +104,7 @@ def write_dwpose_models(base: Path) -> Path:
     return folder
 
 
+@written_once
 def write_sam2_checkpoint(base: Path) -> Path:
     """SAM2.1 hiera-tiny (the released architecture and file layout) with random weights, its object-score head
     biased to +10: the model then always finds the prompted object present (a random head often scores it absent,
