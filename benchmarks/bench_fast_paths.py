@@ -1,5 +1,5 @@
 """What users run to go faster, on the pipeline benchmark's config (bench_pipeline.py's defaults): the official
-50 steps at cfg 5, 8 steps at cfg 1 (the speed-LoRA recipe), and 50 steps at cfg 5 with TeaCache.
+50 steps at cfg 5, 8 steps at cfg 1 (the speed-LoRA recipe), and 50 steps at cfg 5 with TeaCache or MagCache.
 
     .venv/bin/python benchmarks/bench_fast_paths.py [--dim 256 --layers 4 --size 128 192 --frames 17 \
         --threshold 0.08]
@@ -22,15 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RUNS = {"cfg5_50": (50, 5.0, False), "cfg1_8": (8, 1.0, False), "cfg5_50_teacache": (50, 5.0, True)}
+RUNS = {"cfg5_50": (50, 5.0, None), "cfg1_8": (8, 1.0, None), "cfg5_50_teacache": (50, 5.0, "teacache"),
+        "cfg5_50_magcache": (50, 5.0, "magcache")}
 TITLES = {"cfg5_50": "50 steps, cfg 5 (official)", "cfg1_8": "8 steps, cfg 1",
-          "cfg5_50_teacache": "50 steps, cfg 5, TeaCache"}
+          "cfg5_50_teacache": "50 steps, cfg 5, TeaCache", "cfg5_50_magcache": "50 steps, cfg 5, MagCache"}
 
 
 def run_one(impl: str, args) -> dict:
     import torch
 
     from vace_core.config import VaceConfig
+    from vace_core.magcache import MAG_RATIOS, MagCache
     from vace_core.pipeline import SamplerSettings, sample_latent
     from vace_core.step_cache import COEFFICIENTS, TeaCache
     from vace_core.transformer import VaceTransformer
@@ -45,7 +47,8 @@ def run_one(impl: str, args) -> dict:
     contexts = [torch.randn(1, 96, (args.frames - 1) // 4 + 1, h // 8, w // 8, generator=g)]
     positive, negative = torch.randn(1, 512, 4096, generator=g), torch.randn(1, 512, 4096, generator=g)
     steps, guidance, cached = RUNS[impl]
-    cache = TeaCache(args.threshold, coefficients=COEFFICIENTS["t_emb", 1536]) if cached else None
+    cache = {"teacache": TeaCache(args.threshold, coefficients=COEFFICIENTS["t_emb", 1536]),
+             "magcache": MagCache(args.mag_threshold, ratios=MAG_RATIOS[1536]), None: None}[cached]
     settings = SamplerSettings(steps=steps, guidance=guidance, shift=16.0, seed=1, step_cache=cache)
     warm = SamplerSettings(steps=1, guidance=guidance, shift=16.0, seed=1)
     sample_latent(dit, contexts, positive, negative, settings=warm)  # one step: allocator and kernels warm
@@ -68,6 +71,7 @@ def main():
     p.add_argument("--size", type=int, nargs=2, default=(128, 192), metavar=("H", "W"))
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--threshold", type=float, default=0.08, help="TeaCache threshold (1.3B 'fast': 0.08)")
+    p.add_argument("--mag-threshold", type=float, default=0.12, help="MagCache threshold (published default 0.12)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--latents", default=tempfile.gettempdir(), help=argparse.SUPPRESS)
     p.add_argument("--impl", choices=tuple(RUNS), help=argparse.SUPPRESS)
@@ -79,7 +83,8 @@ def main():
         latents = {k: torch.load(Path(tmp) / f"{k}.pt") for k in RUNS}
     base = rows["cfg5_50"]
     print(f"DiT dim {args.dim}, {args.layers} layers (random weights); {args.frames} frames {args.size[0]}x"
-          f"{args.size[1]}; shift 16, UniPC; TeaCache threshold {args.threshold}; {args.threads} threads")
+          f"{args.size[1]}; shift 16, UniPC; TeaCache threshold {args.threshold}, MagCache {args.mag_threshold} "
+          f"(published Wan2.1 1.3B ratios); {args.threads} threads")
     print("| run | model evaluations | seconds | speed-up | latent rel. diff vs official |")
     print("|---|---|---|---|---|")
     for k, row in rows.items():

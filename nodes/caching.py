@@ -1,7 +1,9 @@
-"""VACE Step Cache: TeaCache settings for the VACE Sampler (see vace_core/step_cache.py)."""
+"""VACE Step Cache nodes: TeaCache and MagCache settings for the VACE samplers (vace_core/step_cache.py,
+vace_core/magcache.py)."""
 
 from comfy_api.latest import io
 
+from ..vace_core.magcache import MagCache
 from ..vace_core.settings import knobs
 from ..vace_core.step_cache import COEFFICIENTS, SIZES, SIZES_HELP, TeaCache
 from .inputs import widget
@@ -38,4 +40,21 @@ class VaceStepCache(io.ComfyNode):
                                       coefficients=None if dim is None else COEFFICIENTS[mode, dim]))
 
 
-NODES = [VaceStepCache]
+class VaceMagCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VACEMagCache", display_name="VACE Step Cache (MagCache)", category=CATEGORY,
+            description="Skips the DiT blocks of steps whose residual magnitude barely changes, by MagCache's "
+                        "published Wan2.1 magnitude ratios. VACE-aware like TeaCache: a VCU stream switching or "
+                        "its strength moving forces a computed step; one cache per CFG call and per Wan2.2 expert.",
+            inputs=[widget(spec) for spec in knobs(MagCache).values()],
+            outputs=[StepCache.Output(display_name="step_cache")],
+        )
+
+    @classmethod
+    def execute(cls, threshold, retention, k) -> io.NodeOutput:
+        return io.NodeOutput(MagCache(threshold, retention, k))
+
+
+NODES = [VaceStepCache, VaceMagCache]

@@ -148,3 +148,21 @@ def narrow_bias(bias, rows=None, queries=None, keys=None):
         bias = bias.index_select(3, keys.to(bias.device))
     return bias
 
+
+
+def compose_bias(hook, inner):
+    """An attention hook that wraps another (NAG and skip-layer guidance around regional prompts' modulation):
+    `hook.around(inner)`; either alone when the other is None. Two modulations that cannot nest are refused."""
+    if hook is None or inner is None:
+        return inner if hook is None else hook
+    if not hasattr(hook, "around"):
+        refuse(type(hook).__name__, type(inner).__name__, "drop one of the two attention modulations")
+    return hook.around(inner)
+
+
+def bias_key(bias):
+    """What a step cache compares of an attention bias: the hook's own `cache_key` (NAG and skip-layer guidance
+    say what they change), True for any other modulation, None for none."""
+    if bias is None:
+        return None
+    return getattr(bias, "cache_key", True)
