@@ -192,6 +192,7 @@ def _apply_loras(model, specs):
 
 def _settings(args):
     """The sampler settings: explicit flags, else the preset's, else the official VACE ones."""
+    from .easycache import EasyCache
     from .magcache import MagCache
     from .pipeline import SamplerSettings
     from .sampling.presets import lora_strength, preset
@@ -205,15 +206,22 @@ def _settings(args):
     if args.preset and args.preset != "official":
         print(f"preset {args.preset}: {values['steps']} steps, cfg {values['cfg']}, shift {values['shift']}, "
               f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
-    if args.teacache and args.magcache:
-        raise VaceError("--teacache and --magcache are two step caches: choose one")
+    chosen_caches = [flag for flag, value in (("--teacache", args.teacache), ("--magcache", args.magcache),
+                                              ("--easycache", args.easycache)) if value]
+    if len(chosen_caches) > 1:
+        raise VaceError(f"{' and '.join(chosen_caches)} are {len(chosen_caches)} step caches: choose one")
+    if args.teacache_context_every_step and not args.teacache:
+        raise VaceError("--teacache-context-every-step is a TeaCache option: give --teacache THRESHOLD too")
     cache = None
     if args.teacache:
         size = SIZES[args.teacache_coefficients]
         cache = TeaCache(threshold=args.teacache, mode=args.teacache_mode,
-                         coefficients=None if size is None else COEFFICIENTS[args.teacache_mode, size])
+                         coefficients=None if size is None else COEFFICIENTS[args.teacache_mode, size],
+                         context_every_step=args.teacache_context_every_step)
     elif args.magcache:
         cache = MagCache(threshold=args.magcache, retention=args.magcache_retention, k=args.magcache_k)
+    elif args.easycache:
+        cache = EasyCache(threshold=args.easycache, warmup=args.easycache_warmup)
     guidance = GuidanceOptions(**{f.name: getattr(args, f.name) for f in fields(GuidanceOptions)}).settings()
     return SamplerSettings(steps=values["steps"], guidance=values["cfg"], shift=values["shift"],
                            solver=values["sampler"], seed=args.seed, step_cache=cache,
@@ -497,6 +505,7 @@ def _model_flags(run):
     from .checkpoints import LoadSettings
     from .experts import Experts
     from .speed import Speed
+    from .easycache import EasyCache
     from .step_cache import SIZES, SIZES_HELP, TeaCache
 
     run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
@@ -514,10 +523,14 @@ def _model_flags(run):
     add_flag(run, cache["threshold"], "--teacache", default=0.0, metavar="THRESHOLD", help_suffix=" Default 0 (off).")
     add_flag(run, cache["mode"], "--teacache-mode")
     run.add_argument("--teacache-coefficients", choices=list(SIZES), default="auto", help=SIZES_HELP)
+    add_flag(run, cache["context_every_step"], "--teacache-context-every-step")
     run.add_argument("--magcache", type=float, default=0.0, metavar="THRESHOLD",
                      help="step caching (MagCache, published Wan2.1 ratios): 0.12 published default; 0 = off")
     run.add_argument("--magcache-retention", type=float, default=0.2, help="MagCache: first steps always computed")
     run.add_argument("--magcache-k", type=int, default=2, help="MagCache: most steps in a row from the cache")
+    easy = knobs(EasyCache)
+    add_flag(run, easy["threshold"], "--easycache", default=0.0, metavar="THRESHOLD", help_suffix=" Default 0 (off).")
+    add_flag(run, easy["warmup"], "--easycache-warmup")
     speed = run.add_argument_group("speed switches (default off: the exact path)")
     for name, spec in knobs(Speed).items():
         add_flag(speed, spec, dest=name)
