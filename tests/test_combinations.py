@@ -1,7 +1,9 @@
 """Every feature with every other (issue 18), on the tiny embedded models: each pair of FEATURES runs to a finite
-video of the right shape; the defined reductions hold bit for bit in every join where they apply (TeaCache at
-threshold 0 == no cache; a one-window long video == generate; one region covering everything == no regions; a job
-file == the same run); two gloo processes == one process within 1e-5 with each feature; the refused pairs say why.
+video of the right shape; the defined reductions hold bit for bit in every join where they apply (TeaCache or
+EasyCache at threshold 0 == no cache; TeaCache's context-every-step option with no step skipped == no cache; a
+one-window long video == generate; one region covering everything == no regions; a job file == the same run); two
+gloo processes == one process within 1e-5 with each feature; the refused pairs say why. The step caches are one
+choice a run (EXCLUSIVE).
 
 Rows live in tests/combination_cases.py (FEATURES, REDUCTIONS): add one there and every pair with it is tested."""
 

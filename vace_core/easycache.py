@@ -61,7 +61,7 @@ class EasyCache(ResidualCache):
     label = "EasyCache"
 
     def __post_init__(self):
-        check(self, LABELS)
+        check(self, LABELS, open_above=("threshold",))  # the node's maximum (1) is the users'
         self._check_threshold("published default 0.05; lower is safer")
 
     def decide(self, state: EasyState, inp: torch.Tensor, step: int) -> bool:
