@@ -8,8 +8,9 @@ context blocks run every step (context_every_step), MagCache or EasyCache.
 Times the sampling (the DiT evaluations; VAE encode/decode is the same for all three and left out), each in its
 own subprocess, one timed run after a one-step warm-up. Reports model evaluations (one per CFG branch per step, as
 TeaCache counts them; "+ N context" = evaluations that ran only the context blocks), seconds, the speed-up over the
-official run, and the difference of the final latent from the official run's. The context-every-step row also
-states the context blocks' share of a forward's FLOPs (DESIGN.md's per-block count): what each skipped step costs. The weights are random (no real checkpoint here): TeaCache uses the published Wan2.1
+official run, and the difference of the final latent from the official run's. The table's header also states the
+context blocks' share of a forward's FLOPs (DESIGN.md's per-block count): what each skipped step of the
+context-every-step row costs. The weights are random (no real checkpoint here): TeaCache uses the published Wan2.1
 1.3B polynomial on them, so how many steps it skips and the difference it makes are a sanity figure for the
 plumbing, not a quality or speed claim for real models; the 8-step run is a different sampling altogether
 (its latent difference is shown for scale only).

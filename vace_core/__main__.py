@@ -503,9 +503,9 @@ def _sampling_flags(run):
 def _model_flags(run):
     """Load VACE Model / Load VACE VAE, Wan2.2's low-noise expert, the step cache and the speed switches."""
     from .checkpoints import LoadSettings
+    from .easycache import EasyCache
     from .experts import Experts
     from .speed import Speed
-    from .easycache import EasyCache
     from .step_cache import SIZES, SIZES_HELP, TeaCache
 
     run.add_argument("--model", help="VACE checkpoint (file or folder); default: the embedded tiny model")
