@@ -242,7 +242,7 @@ class TeaCache(ResidualCache):
 
 
 class Cached(Wrapper):
-    """One step's denoiser with a step cache (TeaCache, MagCache): the blocks of `inner` (a staged denoiser)
+    """One step's denoiser with a step cache (TeaCache, MagCache, EasyCache): the work of `inner` (a staged denoiser)
     skipped when the cache allows. The i-th call within the step uses cache slot i; the key is which streams are on
     and the attention hooks in use (`denoiser.bias_key`: NAG, skip-layer guidance, regional prompts' first steps);
     the strengths themselves are compared within STRENGTH_TOLERANCE."""
