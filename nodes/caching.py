@@ -13,7 +13,7 @@ from .types import CATEGORY, StepCache
 # the node's words (saved workflows hold them) -> TeaCache's mode and SIZES' names
 MODES = {"timestep embedding": "t_emb", "modulation (first 5 steps kept)": "e"}
 SIZE_LABELS = {"auto (from the model)": "auto", "wan2.1 1.3B": "1.3B", "wan2.1 14B": "14B"}
-CACHE, EASY = knobs(TeaCache), knobs(EasyCache)
+CACHE = knobs(TeaCache)
 
 
 class VaceStepCache(io.ComfyNode):
@@ -51,15 +51,7 @@ class VaceMagCache(io.ComfyNode):
             description="Skips the DiT blocks of steps whose residual magnitude barely changes, by MagCache's "
                         "published Wan2.1 magnitude ratios. VACE-aware like TeaCache: a VCU stream switching or "
                         "its strength moving forces a computed step; one cache per CFG call and per Wan2.2 expert.",
-            inputs=[
-                io.Float.Input("threshold", default=0.12, min=0.0, max=1.0, step=0.005,
-                               tooltip="How much accumulated magnitude error a skipped run may build up (published "
-                                       "default 0.12; lower is safer). 0 turns caching off."),
-                io.Float.Input("retention", default=0.2, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the first steps always computed (published default 0.2)."),
-                io.Int.Input("k", default=2, min=1, max=10,
-                             tooltip="At most this many steps in a row reuse the cache (published default 2)."),
-            ],
+            inputs=[widget(spec) for spec in knobs(MagCache).values()],
             outputs=[StepCache.Output(display_name="step_cache")],
         )
 
@@ -78,7 +70,7 @@ class VaceEasyCache(io.ComfyNode):
                         "coefficients), stays under the threshold. VACE-aware like TeaCache: a VCU stream "
                         "switching or its strength moving forces a computed step; one cache per CFG branch, per "
                         "Wan2.2 expert and per long-video window.",
-            inputs=[widget(EASY["threshold"]), widget(EASY["warmup"])],
+            inputs=[widget(spec) for spec in knobs(EasyCache).values()],
             outputs=[StepCache.Output(display_name="step_cache")],
         )
 

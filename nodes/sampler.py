@@ -13,7 +13,7 @@ from ..vace_core.errors import VaceError
 from ..vace_core.lora.region import TokenSpace
 from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
 from ..vace_core.sampling import ContextStream, parse_curve
-from ..vace_core.sampling.guidance import STREAM_KNOBS
+from ..vace_core.sampling.guidance import CURVE_KNOBS, STREAM_KNOBS
 from ..vace_core.settings import knobs
 from ..vace_core.vae import from_comfy_latent, to_comfy_latent
 from . import memory
@@ -35,14 +35,7 @@ def stream_inputs(i: int):
                   tooltip="A VCU (from Build VCU and friends)." if i == 1 else
                   "Another VCU as its own context stream, with its own strength (e.g. pose 1.0 + reference 0.7)."),
         *[widget(spec, f"{name}{suffix}", optional=optional) for name, spec in STREAM_KNOBS.items()],
-        io.String.Input(f"curve{suffix}", default="", optional=True,
-                        tooltip="Optional strength schedule over the steps, multiplying strength: keyframes "
-                                "'0:1.0, 0.3:0.6, 1:0.2' (step fraction:value, interpolated) or one value per step "
-                                "'1, 0.8, 0.6'. Empty: flat."),
-        io.String.Input(f"frame_weights{suffix}", default="", optional=True,
-                        tooltip="Optional weights per latent frame (reference latents first): keyframes over the "
-                                "frames ('0:1, 0.2:0' fades a reference after the first frames) or one value per "
-                                "latent frame. Empty: every frame 1."),
+        *[widget(spec, f"{name}{suffix}", optional=True) for name, spec in CURVE_KNOBS.items()],
     ]
 
 

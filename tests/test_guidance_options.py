@@ -10,17 +10,18 @@ import torch
 from vace_core import vcu as V
 from vace_core.__main__ import _run_parser, _settings
 from vace_core.errors import VaceError
-from vace_core.guidance_options import HELP, GuidanceOptions, parse_blocks
+from vace_core.guidance_options import GuidanceOptions, parse_blocks
 from vace_core.job import Job, load_job, save_job
 from vace_core.nag import NAG
 from vace_core.pipeline import SamplerSettings
 from vace_core.sampling import ContextStream
 from vace_core.sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
+from vace_core.settings import knobs
 
 
 def test_defaults_are_all_off():
     assert GuidanceOptions().settings() == {"nag": None, "slg": None, "cfg_zero_star": None, "apg": None}
-    assert set(HELP) == {f.name for f in fields(GuidanceOptions)}  # one help text per knob
+    assert set(knobs(GuidanceOptions)) == {f.name for f in fields(GuidanceOptions)}  # every field a declared knob
 
 
 def test_knobs_build_the_published_defaults():
@@ -30,6 +31,10 @@ def test_knobs_build_the_published_defaults():
     assert GuidanceOptions(combination="apg").settings()["apg"] == AdaptiveProjectedGuidance(0.0, 0.0, -0.5)
     with pytest.raises(VaceError, match="SLG blocks"):
         parse_blocks("9; x")
+    with pytest.raises(VaceError, match="combination: 'pag' is not one of cfg, cfg-zero\\*, apg"):
+        GuidanceOptions(combination="pag")
+    with pytest.raises(VaceError, match="nag_tau: 0.5 is outside the range from 1 to 10"):
+        GuidanceOptions(nag_tau=0.5)
 
 
 def parse(*flags):

@@ -3,14 +3,13 @@
 import argparse
 import logging
 import sys
-from dataclasses import fields
 
 import torch
 
 from .denoiser import refuse
 from .errors import VaceError
 from .experts import WAN22_BOUNDARY
-from .guidance_options import COMBINATIONS, HELP, GuidanceOptions
+from .guidance_options import GuidanceOptions
 from .outputs import check_writable
 from .settings import add_flag, knobs
 from .video_io import WRITE_EXTS
@@ -222,7 +221,7 @@ def _settings(args):
         cache = MagCache(threshold=args.magcache, retention=args.magcache_retention, k=args.magcache_k)
     elif args.easycache:
         cache = EasyCache(threshold=args.easycache, warmup=args.easycache_warmup)
-    guidance = GuidanceOptions(**{f.name: getattr(args, f.name) for f in fields(GuidanceOptions)}).settings()
+    guidance = GuidanceOptions(**{name: getattr(args, name) for name in knobs(GuidanceOptions)}).settings()
     return SamplerSettings(steps=values["steps"], guidance=values["cfg"], shift=values["shift"],
                            solver=values["sampler"], seed=args.seed, step_cache=cache,
                            reference_weight=args.reference_weight, reference_decay=args.reference_decay,
@@ -505,6 +504,7 @@ def _model_flags(run):
     from .checkpoints import LoadSettings
     from .easycache import EasyCache
     from .experts import Experts
+    from .magcache import MagCache
     from .speed import Speed
     from .step_cache import SIZES, SIZES_HELP, TeaCache
 
@@ -524,10 +524,11 @@ def _model_flags(run):
     add_flag(run, cache["mode"], "--teacache-mode")
     run.add_argument("--teacache-coefficients", choices=list(SIZES), default="auto", help=SIZES_HELP)
     add_flag(run, cache["context_every_step"], "--teacache-context-every-step")
-    run.add_argument("--magcache", type=float, default=0.0, metavar="THRESHOLD",
-                     help="step caching (MagCache, published Wan2.1 ratios): 0.12 published default; 0 = off")
-    run.add_argument("--magcache-retention", type=float, default=0.2, help="MagCache: first steps always computed")
-    run.add_argument("--magcache-k", type=int, default=2, help="MagCache: most steps in a row from the cache")
+    magcache = knobs(MagCache)
+    add_flag(run, magcache["threshold"], "--magcache", default=0.0, metavar="THRESHOLD",
+             help_suffix=" Default 0 (off).")
+    add_flag(run, magcache["retention"], "--magcache-retention")
+    add_flag(run, magcache["k"], "--magcache-k")
     easy = knobs(EasyCache)
     add_flag(run, easy["threshold"], "--easycache", default=0.0, metavar="THRESHOLD", help_suffix=" Default 0 (off).")
     add_flag(run, easy["warmup"], "--easycache-warmup")
@@ -537,20 +538,16 @@ def _model_flags(run):
 
 
 def _guidance_flags(run):
-    """NAG, skip-layer guidance, CFG-Zero* / APG (vace_core/guidance_options.py: one help text per knob)."""
+    """NAG, skip-layer guidance, CFG-Zero* / APG (vace_core/guidance_options.py), the VCU's strength curves and
+    video-to-video."""
     from .pipeline import SamplerSettings
+    from .sampling.guidance import CURVE_KNOBS
 
     g = run.add_argument_group("guidance add-ons (all off by default: plain CFG)")
-    for f in fields(GuidanceOptions):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "combination":
-            g.add_argument(flag, choices=COMBINATIONS, default=f.default, help=HELP[f.name])
-        else:
-            g.add_argument(flag, type=type(f.default), default=f.default, help=HELP[f.name])
-    g.add_argument("--strength-curve", default="", help="the VCU's strength per step: keyframes '0:1.0, 0.3:0.6, "
-                   "1:0.2' (step fraction:value) or one value per step")
-    g.add_argument("--frame-weights", default="", help="the VCU's weight per latent frame (references first): "
-                   "keyframes '0:1, 0.2:0' or one value per latent frame")
+    for spec in knobs(GuidanceOptions).values():
+        add_flag(g, spec)
+    add_flag(g, CURVE_KNOBS["curve"], "--strength-curve")
+    add_flag(g, CURVE_KNOBS["frame_weights"], "--frame-weights")
     g.add_argument("--init-video", help="video-to-video: the video to refine (fitted to --width/--height/--length)")
     add_flag(g, knobs(SamplerSettings)["denoise"], help_suffix=" With --init-video FILE.")
 

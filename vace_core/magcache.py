@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import VaceError
+from .settings import check, knob
 from .step_cache import CacheStats, DenoiserCache, ResidualCache
+
+LABELS = {"threshold": "the MagCache threshold", "retention": "the MagCache retention", "k": "MagCache K"}
 
 # ||r_t|| / ||r_(t-1)|| per call (conditional, unconditional) of 50 steps, Wan2.1 T2V, by model width
 MAG_RATIOS = {
@@ -69,18 +72,19 @@ class MagCache(ResidualCache):
     the published Wan2.1 ratios for the model's width (Wan2.2 A14B experts use the 14B ones: none are published
     for VACE or Wan2.2 in this form)."""
 
-    threshold: float = 0.12
-    retention: float = 0.2
-    k: int = 2
+    threshold: float = knob(0.12, "How much accumulated magnitude error a skipped run may build up (published "
+                            "default 0.12; lower is safer). 0 turns caching off.", min=0.0, max=1.0, step=0.005)
+    retention: float = knob(0.2, "Fraction of the first steps always computed (published default 0.2).",
+                            min=0.0, max=1.0, step=0.01)
+    k: int = knob(2, "At most this many steps in a row reuse the cache (published default 2).", min=1, max=10)
     ratios: tuple[float, ...] | None = None
     stats: CacheStats = field(default_factory=CacheStats)
 
     label = "MagCache"
 
     def __post_init__(self):
-        if not 0 <= self.retention <= 1 or isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise VaceError(f"MagCache retention is a fraction of the steps (0.2) and K a whole number of steps >= 1 "
-                            f"(2), got {self.retention!r} and {self.k!r}")
+        # the node's and the command line's maxima; a library caller may allow longer skipped runs
+        check(self, LABELS, open_above=("threshold", "k"))
         self._check_threshold("published default 0.12; lower is safer")
 
     def _ratios(self, model) -> np.ndarray:

@@ -265,6 +265,8 @@ def encode_init(video: Tensor | None, vcu: VCU, vae_encode: Callable[[Tensor], T
                         f"is {vcu.length} frames at {vcu.size[0]}x{vcu.size[1]}: give the init video at the VCU's "
                         "size and length")
     return vae_encode(video[None])
+
+
 class ReferenceWeighted(Wrapper):
     """One step's denoiser with the reference-leak weighting as its self-attention bias."""
 

@@ -15,6 +15,15 @@ STREAM_KNOBS = {
     "start": Knob("start", 0.0, "Fraction of the steps where this VCU starts to apply.", min=0.0, max=1.0, step=0.01),
     "end": Knob("end", 1.0, "Fraction of the steps where this VCU stops applying.", min=0.0, max=1.0, step=0.01),
 }
+# its optional schedules (text: `curves.parse_curve`; empty = flat)
+CURVE_KNOBS = {
+    "curve": Knob("curve", "", "Optional strength schedule over the steps, multiplying strength: keyframes "
+                  "'0:1.0, 0.3:0.6, 1:0.2' (step fraction:value, interpolated) or one value per step '1, 0.8, 0.6'. "
+                  "Empty: flat."),
+    "frame_weights": Knob("frame_weights", "", "Optional weights per latent frame (reference latents first): "
+                          "keyframes over the frames ('0:1, 0.2:0' fades a reference after the first frames) or one "
+                          "value per latent frame. Empty: every frame 1."),
+}
 
 
 def cfg(cond_v: torch.Tensor, uncond_v: torch.Tensor, scale: float) -> torch.Tensor:
