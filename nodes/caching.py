@@ -31,7 +31,7 @@ class VaceStepCache(io.ComfyNode):
                 widget(CACHE["mode"], labels=MODES),
                 io.Combo.Input("coefficients", options=list(SIZE_LABELS), default="auto (from the model)",
                                tooltip=SIZES_HELP),
-                widget(CACHE["context_every_step"]),
+                widget(CACHE["context_every_step"], optional=True),  # graphs saved before it still validate
             ],
             outputs=[StepCache.Output(display_name="step_cache")],
         )
