@@ -27,8 +27,12 @@ from vace_core.job import Job, load_job, run_job, save_job
 from vace_core.long_video import LongVideoSettings, generate_long
 from vace_core.lora import apply_lora
 from vace_core.lora.apply import param_shapes
+from vace_core.magcache import MAG_RATIOS, MagCache
+from vace_core.nag import NAG
 from vace_core.pipeline import SamplerSettings, generate
 from vace_core.regional import RegionalText, Regions
+from vace_core.sampling import ContextStream
+from vace_core.sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
 from vace_core.speed import Speed, apply_speed
 from vace_core.step_cache import TeaCache
 from vace_core.timeline import Timeline
@@ -55,6 +59,12 @@ class Spec:
     job: bool = False
     lean: bool = False
     timeline: bool = False  # a second prompt from frame 8 on (frame-mapped: any window count)
+    nag: float | None = None  # NAG scale (None: no NAG; 0: NAG off, the plain run)
+    slg: bool = False  # skip-layer guidance on block 1 (the unconditional pass)
+    combination: str = "cfg"  # or "cfg-zero*", "apg"
+    curve: str | None = None  # the first stream's strength curve and frame weights (None: flat)
+    denoise: float | None = None  # video-to-video from an init video (None: none given)
+    magcache: float | None = None  # MagCache threshold (None: no cache)
 
 
 def _long(spec: Spec, length: int = LONG, **changes) -> Spec:
@@ -80,16 +90,44 @@ FEATURES = {
     "lean": lambda s: replace(s, lean=True),
     "timeline": lambda s: replace(_long(s), timeline=True),
     "anchor guidance": lambda s: _long(s, anchor_guidance=1.0, anchor_end=0.7),
+    "nag": lambda s: replace(s, nag=10.0),  # with the guidance of the run (4, or 1 with "cfg 1 + lcm")
+    "nag at cfg 1": lambda s: replace(s, nag=10.0, fast=True),  # a speed LoRA's settings: NAG alone guides
+    "slg": lambda s: replace(s, slg=True),
+    "cfg-zero*": lambda s: replace(s, combination="cfg-zero*"),
+    "apg": lambda s: replace(s, combination="apg"),
+    "strength curve": lambda s: replace(s, curve="0:1, 1:0.4"),  # over the steps, and over the latent frames
+    "denoise": lambda s: replace(s, denoise=0.6),
+    "magcache": lambda s: replace(s, magcache=1e9),  # skips every step it may
 }
 MODES = {"autoregressive", "hierarchical", "fused"}
-CACHE_FEATURES = ("teacache", "teacache context every step", "easycache")  # one step cache a run
+CACHE_FEATURES = ("teacache", "teacache context every step", "easycache", "magcache")  # one a run
 EXCLUSIVE = {frozenset(p) for p in (("autoregressive", "hierarchical"), ("autoregressive", "fused"),
-                                    ("hierarchical", "fused"), *combinations(CACHE_FEATURES, 2))}
+                                    ("hierarchical", "fused"), ("cfg-zero*", "apg"),  # one combination
+                                    *combinations(CACHE_FEATURES, 2),  # one step cache
+                                    ("nag", "nag at cfg 1"), ("cfg 1 + lcm", "nag at cfg 1"))}  # the same runs
+UNCOND = "changes the unconditional \\(negative-prompt\\) pass, which guidance 1 does not run"
 REFUSED = {frozenset(("job file", "regions")): "--region and --job cannot be combined",
            frozenset(("timeline", "fused")): "a timeline directs windows one after another, but fused windows are "
                                              "denoised together",
            frozenset(("timeline", "regions")): "regional prompts and a timeline's per-window prompts cannot be "
-                                               "combined"}
+                                               "combined",
+           # the CFG variants act on the negative-prompt pass: at cfg 1 NAG (or SLG's third pass) is the way
+           **{frozenset((variant, fast)): f"{label} {UNCOND}: raise cfg above 1 with a negative prompt, or use SLG "
+              "mode 'third' / NAG at cfg 1" for variant, label in (("slg", "SLG mode 'uncond'"),
+                                                                  ("cfg-zero*", "CFG-Zero\\*"), ("apg", "APG"))
+              for fast in ("cfg 1 + lcm", "nag at cfg 1")}}
+
+
+# each issue-20 option switched off (tests/test_combinations.py also holds each one alone): NAG scale 0, MagCache
+# threshold 0, denoise 1 with an init video given, a flat strength curve and frame weights
+ADD_ONS_OFF = {"nag": 0.0, "magcache": 0.0, "denoise": 1.0, "curve": "0:1, 1:1"}
+
+
+def add_ons_off(s: Spec) -> Spec:
+    """Every add-on of ADD_ONS_OFF switched off where none is on (MagCache's only where TeaCache is not the cache)."""
+    if any(getattr(s, name) is not None for name in ADD_ONS_OFF):
+        return s
+    return replace(s, **{k: v for k, v in ADD_ONS_OFF.items() if k != "magcache" or s.cache is None})
 
 
 def _one_window(mode):
@@ -112,6 +150,7 @@ REDUCTIONS = {
     "one region covering everything == plain": lambda s: replace(s, regions="full")
     if s.regions is None and not s.timeline else s,  # regions with a timeline's prompts are refused
     "job file == the same run": lambda s: replace(s, job=True) if s.regions is None else s,
+    "every add-on off == today": add_ons_off,
 }
 
 
@@ -152,7 +191,7 @@ def make_vcus(spec: Spec) -> tuple[list, list]:
     masks = torch.zeros(spec.length, *SIZE)
     masks[:, 4:12, 8:24] = 1
     units = [V.inpaint(_clip(spec.length, 0), masks)]
-    streams = [(1.0, 0.0, 1.0)]
+    streams = [ContextStream(1.0, 0.0, 1.0, spec.curve, spec.curve)]
     if spec.streams == 2:
         units.append(V.control(_clip(spec.length, 1)))
         streams.append((0.6, 0.3, 1.0))
@@ -188,8 +227,20 @@ CACHES = {"teacache": lambda t: TeaCache(t, coefficients=IDENTITY),
 
 def settings_of(spec: Spec) -> SamplerSettings:
     cache = None if spec.cache is None else CACHES[spec.cache_kind](spec.cache)
+    if spec.magcache is not None:  # the tiny model has no published ratios: the 1.3B ones, resampled to 3 steps
+        cache = MagCache(spec.magcache, k=3, ratios=MAG_RATIOS[1536])
+    guides = {"nag": None if spec.nag is None else NAG(spec.nag),
+              "slg": SkipLayerGuidance((1,), 0.0, 1.0) if spec.slg else None,
+              "cfg_zero_star": CFGZeroStar(1) if spec.combination == "cfg-zero*" else None,
+              "apg": AdaptiveProjectedGuidance(0.0, 2.0, -0.5) if spec.combination == "apg" else None}
     return SamplerSettings(steps=spec.steps, guidance=1.0 if spec.fast else 4.0, shift=3.0,
-                           solver="lcm" if spec.fast else "unipc", seed=1, step_cache=cache)
+                           solver="lcm" if spec.fast else "unipc", seed=1, step_cache=cache,
+                           denoise=1.0 if spec.denoise is None else spec.denoise, **guides)
+
+
+def init_video(spec: Spec) -> torch.Tensor | None:
+    """The video to refine (3, T, H, W) in [-1, 1]: another clip at the VCU's size and length."""
+    return None if spec.denoise is None else _clip(spec.length, 5).permute(3, 0, 1, 2) * 2 - 1
 
 
 def run(spec: Spec, vae, wrap=None) -> torch.Tensor:
@@ -200,18 +251,18 @@ def run(spec: Spec, vae, wrap=None) -> torch.Tensor:
     units, streams = make_vcus(spec)
     positive, negative, regions = make_texts(spec)
     settings = settings_of(spec)
-    timeline = make_timeline(spec)
+    timeline, init = make_timeline(spec), init_video(spec)
     with torch.no_grad():
         if spec.job:
             with tempfile.TemporaryDirectory() as tmp:
                 path = save_job(Path(tmp) / "job.safetensors",
                                 Job(units, positive, negative, streams, replace(settings, step_cache=None),
-                                    timeline=timeline))
+                                    timeline=timeline, init_video=init))
                 return run_job(load_job(path), model, vae, None, long=spec.long, step_cache=settings.step_cache)
         if spec.long is not None:
             return generate_long(model, vae, units, positive, negative, streams, settings, spec.long,
-                                 regions=regions, timeline=timeline).video
-        return generate(model, vae, units, positive, negative, streams, settings, regions=regions)
+                                 regions=regions, timeline=timeline, init_video=init).video
+        return generate(model, vae, units, positive, negative, streams, settings, regions=regions, init_video=init)
 
 
 def rel_err(a, b) -> float:

@@ -97,7 +97,7 @@ def test_depth_from_transformers_folder(tmp_path, kind, make):
     assert (out[..., 0] - (d - lo) / (hi - lo)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("size", [(100, 140), (64, 96), (96, 64)])
+@pytest.mark.parametrize("size", [(100, 140), (64, 96), (96, 64), (24, 40)])
 def test_midas_runs_at_sizes_other_than_its_config(tmp_path, size):
     """Real MiDaS files say 384x384; VACE feeds e.g. 512x832. Other and non-square working sizes (128x128,
     64x128, 128x64) work on a 64x64 config (at the config's size the output equals the model's: test above)."""
@@ -112,6 +112,7 @@ def test_working_sizes_follow_vace():
     assert working_size(480, 832, 518, 14, True) == (518, 896)  # Depth-Anything-V2: short side 518, x14
     assert working_size(720, 1280, 1024, 64, False) == (704, 1280)  # MiDaS: short side min(1024, 720), x64
     assert working_size(1080, 1920, 1024, 64, False) == (1024, 1792)
+    assert working_size(24, 40, 1024, 64, False) == (64, 64)  # sides under 32 px would round to 0
 
 
 def test_depth_errors(tmp_path):

@@ -4,6 +4,7 @@ start/end window bit for bit, per-frame weights change only the frames they weig
 import pytest
 import torch
 
+from tests.small_dit import sampler_inputs, small_dit
 from vace_core.config import VaceConfig
 from vace_core.errors import VaceError
 from vace_core.pipeline import SamplerSettings, sample_latent
@@ -46,19 +47,13 @@ def test_a_list_must_have_one_value_per_step():
         context_strengths([ContextStream(curve="1, 0.5, 0")], 0, 4)
 
 
-CFG = VaceConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=3, vace_layers=(0, 2), text_dim=32)
-
-
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return VaceTransformer(CFG).eval().requires_grad_(False)
+    return small_dit()
 
 
 def run(model, streams, steps=6, **kwargs):
-    g = torch.Generator().manual_seed(1)
-    contexts = [torch.randn(1, 96, 3, 4, 4, generator=g) for _ in streams]
-    positive, negative = torch.randn(1, 5, 32, generator=g), torch.randn(1, 4, 32, generator=g)
+    contexts, positive, negative = sampler_inputs(contexts=len(streams))
     settings = SamplerSettings(steps=steps, guidance=3.0, shift=3.0, seed=2, **kwargs)
     return sample_latent(model, contexts, positive, negative, streams, settings)
 

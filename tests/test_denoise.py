@@ -7,12 +7,11 @@ import torch
 import vace_core.long_video as L
 import vace_core.pipeline as pipeline
 import vace_core.vcu as V
-from vace_core.config import VaceConfig
+from tests.small_dit import small_dit
 from vace_core.embedded import tiny_model
 from vace_core.errors import VaceError
 from vace_core.pipeline import SamplerSettings, generate, sample_latent
 from vace_core.sampling import denoise_sigmas, flow_sigmas, make_noise, sample
-from vace_core.transformer import VaceTransformer
 from vace_core.vae import WanVAE
 from vace_core.vcu.pixels import to_video
 
@@ -37,13 +36,9 @@ def test_bad_denoise_is_refused(denoise):
         denoise_sigmas(10, 5.0, "wan", denoise)
 
 
-CFG = VaceConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=3, vace_layers=(0, 2), text_dim=32)
-
-
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return VaceTransformer(CFG).eval().requires_grad_(False)
+    return small_dit()
 
 
 def run_inputs(refs=0):

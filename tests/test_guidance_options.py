@@ -2,7 +2,10 @@
 declaration, and a job file keeping them (and the streams' curves) exactly."""
 
 import argparse
+import subprocess
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,11 +56,27 @@ def test_command_line_flags():
         _settings(parse("--denoise", "0.5"))
 
 
-def test_job_files_keep_guidance_and_curves(tmp_path):
+def test_run_help_lists_the_add_on_flags():
+    """`run --help` prints (a help text's '%', as in SLG's 'Wan2GP: 10%', once crashed argparse's formatting)."""
+    result = subprocess.run([sys.executable, "-m", "vace_core", "run", "--help"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-500:]
+    for flag in ("--nag-scale", "--slg-blocks", "--combination", "--strength-curve", "--frame-weights",
+                 "--init-video", "--denoise", "--magcache", "--magcache-k"):
+        assert flag in result.stdout
+    assert "(Wan2GP: 10%)" in " ".join(result.stdout.split())
+
+
+def test_job_files_keep_guidance_curves_and_the_init_video(tmp_path):
     settings = SamplerSettings(steps=3, denoise=0.5, **GuidanceOptions(nag_scale=10, slg_blocks="1, 2",
                                                                         combination="apg").settings())
     streams = [ContextStream(0.8, 0.0, 1.0, "0:1, 1:0.5", [1.0, 0.5])]
-    job = Job([V.text_to_video(5, 16, 16)], torch.randn(1, 3, 8), None, streams, settings)
+    unit = V.text_to_video(5, 16, 16)
+    init = torch.rand(3, 5, 16, 16) * 2 - 1
+    job = Job([unit], torch.randn(1, 3, 8), None, streams, settings, init_video=init)
     loaded = load_job(save_job(tmp_path / "job.safetensors", job))
-    assert loaded.settings == settings
+    assert loaded.settings == settings and torch.equal(loaded.init_video, init)
     assert [tuple(s) for s in loaded.streams] == [(0.8, 0.0, 1.0, "0:1, 1:0.5", [1.0, 0.5])]
+    with pytest.raises(VaceError, match="denoise 0.5 refines a video, but the job holds none: give the job its init "
+                                        "video \\(the Save VACE Job node's init_images\\), or set denoise to 1"):
+        save_job(tmp_path / "none.safetensors", Job([unit], torch.randn(1, 3, 8), None, streams, settings))

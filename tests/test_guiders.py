@@ -1,34 +1,28 @@
 """CFG variants as sampler options: off == plain CFG bit for bit; SLG, CFG-Zero* and APG each against its
 published formula (written here from the reference code / paper) on the velocities a real run recorded."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 import vace_core.pipeline as pipeline
-from vace_core.config import VaceConfig
+from tests.small_dit import SMALL, sampler_inputs, small_dit
 from vace_core.errors import VaceError
 from vace_core.layer_skip import SkipLayers
 from vace_core.pipeline import SamplerSettings, sample_latent
 from vace_core.sampling import cfg, context_strengths, flow_sigmas, make_noise, sample, seeded_generator
 from vace_core.sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
 from vace_core.step_cache import TeaCache
-from vace_core.transformer import VaceTransformer
 
 TOL = 1e-6
-CFG = VaceConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=4, vace_layers=(0, 2), text_dim=32)
+CFG = replace(SMALL, num_layers=4)
 STEPS = 6
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return VaceTransformer(CFG).eval().requires_grad_(False)
-
-
-def run_inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(1, 96, 3, 4, 4, generator=g)], torch.randn(1, 5, 32, generator=g), \
-        torch.randn(1, 4, 32, generator=g)
+    return small_dit(CFG)
 
 
 def settings(**kwargs):
@@ -36,13 +30,13 @@ def settings(**kwargs):
 
 
 def run(model, **kwargs):
-    contexts, positive, negative = run_inputs()
+    contexts, positive, negative = sampler_inputs()
     return sample_latent(model, contexts, positive, negative, settings=settings(**kwargs))
 
 
 def plain_cfg_run(model, streams=((1.0, 0.0, 1.0),)):
     """The sampler as it was before the variants existed: one batched forward, uncond + g (cond - uncond)."""
-    contexts, positive, negative = run_inputs()
+    contexts, positive, negative = sampler_inputs()
     s = settings()
     sigmas = flow_sigmas(s.steps, s.shift, s.schedule)
     text = torch.cat([positive, torch.nn.functional.pad(negative, (0, 0, 0, 1))])
@@ -107,7 +101,7 @@ def rel(a, b):
 # ---- SLG ----
 
 def test_skipped_blocks_are_identities_without_their_hints(model, monkeypatch):
-    contexts, positive, _ = run_inputs()
+    contexts, positive, _ = sampler_inputs()
     x, t = torch.randn(1, 16, 3, 4, 4), torch.tensor([600.0])
     with torch.no_grad():
         skipped = model(x, t, positive, contexts, [0.9], self_bias=SkipLayers(frozenset({0, 1}), (True,)))
@@ -132,7 +126,7 @@ def test_slg_uncond_mode_on_recorded_velocities(model, monkeypatch):
 
 
 def test_rows_skip_their_blocks_only(model):
-    contexts, positive, negative = run_inputs()
+    contexts, positive, negative = sampler_inputs()
     g = torch.Generator().manual_seed(4)
     x, t = torch.randn(1, 16, 3, 4, 4, generator=g).expand(2, -1, -1, -1, -1), torch.tensor([600.0, 600.0])
     text = torch.cat([positive, torch.nn.functional.pad(negative, (0, 0, 0, 1))])

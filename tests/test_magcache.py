@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from vace_core.config import VaceConfig
+from tests.small_dit import sampler_inputs, small_dit
 from vace_core.errors import VaceError
 from vace_core.magcache import MAG_RATIOS, MagCache, nearest_interp, step_ratios
 from vace_core.pipeline import SamplerSettings, sample_latent
-from vace_core.transformer import VaceTransformer
 
 
 def reference_decisions(mag_ratios, num_steps, thresh, k, retention):
@@ -48,20 +47,16 @@ def test_branch_decisions_equal_the_published_rule(dim, steps, thresh, k):
     assert not all(expected)  # the published ratios do let steps be skipped
 
 
-CFG = VaceConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=3, vace_layers=(0, 2), text_dim=32)
 RATIOS = MAG_RATIOS[1536]
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return VaceTransformer(CFG).eval().requires_grad_(False)
+    return small_dit()
 
 
 def run(model, cache=None, streams=None, steps=10, guidance=4.0):
-    g = torch.Generator().manual_seed(1)
-    contexts = [torch.randn(1, 96, 3, 4, 4, generator=g)]
-    positive, negative = torch.randn(1, 5, 32, generator=g), torch.randn(1, 4, 32, generator=g)
+    contexts, positive, negative = sampler_inputs()
     settings = SamplerSettings(steps=steps, guidance=guidance, shift=3.0, seed=2, step_cache=cache)
     return sample_latent(model, contexts, positive, negative, streams, settings)
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.reference import diffusers_vace
+from tests.small_dit import sampler_inputs, small_dit
 from vace_core.attention import attention
-from vace_core.config import VaceConfig
 from vace_core.errors import VaceError
 from vace_core.nag import NAG, NagAttention, normalized_attention_guidance, text_with_negative
 from vace_core.pipeline import SamplerSettings, sample_latent
@@ -124,23 +124,13 @@ def test_one_dit_forward_against_diffusers_with_a_nag_processor():
     assert rel_err(plain, expected) > 1e-3  # NAG changed the forward
 
 
-CFG = VaceConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=3, vace_layers=(0, 2), text_dim=32)
-
-
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return VaceTransformer(CFG).eval().requires_grad_(False)
-
-
-def run_inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return ([torch.randn(1, 96, 3, 4, 4, generator=g)], torch.randn(1, 5, 32, generator=g),
-            torch.randn(1, 4, 32, generator=g), torch.randn(1, 6, 32, generator=g))
+    return small_dit()
 
 
 def run(model, guidance, nag=None, negative_index=2, steps=4, **kwargs):
-    inputs = run_inputs()
+    inputs = sampler_inputs(texts=3)
     settings = SamplerSettings(steps=steps, guidance=guidance, shift=3.0, seed=2, nag=nag, **kwargs)
     return sample_latent(model, inputs[0], inputs[1], inputs[negative_index], settings=settings)
 
@@ -154,7 +144,7 @@ def test_scale_or_alpha_zero_is_the_plain_run_bit_for_bit(model, guidance, nag):
 def test_scale_zero_hook_is_the_plain_forward(model):
     # the sampler passes no hook at all when NAG is off (bit for bit above); the hook itself then attends the
     # row's own prompt only: the same forward up to the projections' rounding on the longer text
-    contexts, positive, negative, _ = run_inputs()
+    contexts, positive, negative, _ = sampler_inputs(texts=3)
     x, t = torch.randn(1, 16, 3, 4, 4), torch.tensor([500.0])
     text, split = text_with_negative(positive, negative)
     with torch.no_grad():
@@ -187,7 +177,7 @@ def test_at_cfg_1_the_negative_prompt_acts_with_one_batch_row(model, monkeypatch
 
 
 def test_with_cfg_nag_guides_the_conditional_row_only(model):
-    contexts, positive, negative, _ = run_inputs()
+    contexts, positive, negative, _ = sampler_inputs(texts=3)
     g = torch.Generator().manual_seed(5)
     x, t = torch.randn(1, 16, 3, 4, 4, generator=g), torch.tensor([500.0, 500.0])
     # row 1 holds another text than the NAG negative, so guiding it too would show
@@ -218,6 +208,6 @@ def test_bad_settings_and_missing_negative_are_refused(model):
                             ({"start": 0.8, "end": 0.2}, "start")]:
         with pytest.raises(VaceError, match=message):
             NAG(**kwargs)
-    contexts, positive, _, _ = run_inputs()
+    contexts, positive, _, _ = sampler_inputs(texts=3)
     with pytest.raises(VaceError, match="negative prompt"):
         sample_latent(model, contexts, positive, None, settings=SamplerSettings(steps=2, guidance=1.0, nag=NAG()))

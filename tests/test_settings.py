@@ -46,8 +46,7 @@ def links():
         (sampler["seed"], [(n, "seed") for n in SAMPLERS], "--seed", None),
         *((sampler[name], [(n, name) for n in SAMPLERS], "--" + name.replace("_", "-"), None)
           for name in ("reference_weight", "reference_decay")),
-        # video-to-video (the Save VACE Job node has no init video to refine)
-        (sampler["denoise"], [(n, "denoise") for n in SAMPLERS[:2]], "--denoise", None),
+        (sampler["denoise"], [(n, "denoise") for n in SAMPLERS], "--denoise", None),
         *((spec, [(n, name + suffix) for n in SAMPLERS for suffix in ("", "_2", "_3")], f"--{name}", None)
           for name, spec in STREAM_KNOBS.items()),
         *((spec, [(n, name + suffix) for n in SAMPLERS for suffix in ("", "_2", "_3")], flag, None)

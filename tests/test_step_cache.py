@@ -8,28 +8,19 @@ import numpy as np
 import pytest
 import torch
 
+from tests.small_dit import LATENT, sampler_inputs, small_dit
 from vace_core.config import VaceConfig
 from vace_core.errors import VaceError
 from vace_core.pipeline import SamplerSettings, sample_latent
 from vace_core.sampling import flow_sigmas, sigma_to_timestep
 from vace_core.step_cache import COEFFICIENTS, RETENTION, DenoiserCache, TeaCache
-from vace_core.transformer import VaceTransformer
 
 IDENTITY = (1.0, 0.0)  # poly(x) = x: the accumulated estimate is the sum of the relative L1 changes
-CFG = VaceConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=3, vace_layers=(0, 2), text_dim=32)
-LATENT = (3, 4, 4)
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return VaceTransformer(CFG).eval().requires_grad_(False)
-
-
-def run_inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    contexts = [torch.randn(1, 96, *LATENT, generator=g)]
-    return contexts, torch.randn(1, 5, 32, generator=g), torch.randn(1, 4, 32, generator=g)
+    return small_dit()
 
 
 def count_block_runs(model, monkeypatch):
@@ -46,7 +37,7 @@ def count_block_runs(model, monkeypatch):
 
 
 def test_threshold_zero_is_the_plain_forward_bit_for_bit(model):
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     settings = SamplerSettings(steps=6, shift=3.0, seed=2)
     plain = sample_latent(model, contexts, pos, neg, settings=settings)
     cache = TeaCache(0.0)
@@ -58,7 +49,7 @@ def test_threshold_zero_is_the_plain_forward_bit_for_bit(model):
 
 def test_computed_steps_through_the_stages_equal_the_forward_bit_for_bit(model):
     # threshold tiny and poly(x) = x + 1: every step computes, but through embed / run_blocks / unpatchify
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     plain = sample_latent(model, contexts, pos, neg, settings=SamplerSettings(steps=5, shift=3.0))
     cache = TeaCache(1e-9, coefficients=(1.0, 1.0))
     cached = sample_latent(model, contexts, pos, neg, settings=SamplerSettings(steps=5, shift=3.0, step_cache=cache))
@@ -148,8 +139,7 @@ def test_decisions_equal_the_published_loop_on_a_recorded_sequence(mode):
     """The modulated inputs of a CFG-batched run (cond and uncond text, 20 steps), decided by our cache with the
     polynomial it picks for the mode and width, and by the published per-branch loop on each branch's own rows
     with the published polynomial: the same decisions, for both branches."""
-    torch.manual_seed(0)
-    model = VaceTransformer(WIDE).eval().requires_grad_(False)
+    model = small_dit(WIDE)
     model.time_embedding[2].bias += 5  # the inputs then change 1.6-2.8 % per step, as a real Wan's (random: ~80 %)
     steps = 20
     sigmas = flow_sigmas(steps, 5.0)[:-1].tolist()
@@ -174,7 +164,7 @@ def test_decisions_equal_the_published_loop_on_a_recorded_sequence(mode):
 
 
 def test_a_stream_window_boundary_forces_a_computed_step(model, monkeypatch):
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     runs = count_block_runs(model, monkeypatch)
     huge = TeaCache(1e9, coefficients=IDENTITY)  # would skip every step it may
     sample_latent(model, contexts, pos, neg, [(1.0, 0.0, 1.0)], SamplerSettings(steps=8, step_cache=huge))
@@ -202,7 +192,7 @@ def _recording(should_compute, log):
 
 
 def test_cached_step_adds_each_branchs_own_residual_and_batch_change_recomputes(model):
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     text = torch.cat([pos, torch.nn.functional.pad(neg, (0, 0, 0, 1))])
     x = torch.randn(2, 16, *LATENT)
     cache = TeaCache(1e9, coefficients=IDENTITY)
@@ -224,7 +214,7 @@ def test_bad_settings_are_refused(model):
         TeaCache(-0.1)
     with pytest.raises(VaceError, match="mode"):
         TeaCache(0.1, mode="magic")
-    contexts, pos, _ = run_inputs()
+    contexts, pos, _ = sampler_inputs()
     with pytest.raises(VaceError, match="width 24"):  # the tiny model has no published polynomial
         sample_latent(model, contexts, pos, settings=SamplerSettings(steps=3, step_cache=TeaCache(0.1)))
 

@@ -46,8 +46,8 @@ ANCHOR = ("lab_mean", "lab_std", "rgb_mean", "rgb_cov")
 
 @dataclass
 class Job:
-    """What to sample; `long` / `timeline` for a long video, and `video` / `anchor` / `records` once it ran (the
-    saved state a window is re-rendered from)."""
+    """What to sample; `long` / `timeline` for a long video, `init_video` to refine (settings.denoise < 1), and
+    `video` / `anchor` / `records` once it ran (the saved state a window is re-rendered from)."""
 
     vcus: list[VCU]
     positive: torch.Tensor  # (1, L, D) text features
@@ -59,11 +59,11 @@ class Job:
     video: torch.Tensor | None = None  # (3, T, H, W) in [-1, 1]
     anchor: ColourAnchor | None = None
     records: list[WindowRecord] = field(default_factory=list)
+    init_video: torch.Tensor | None = None  # (3, T, H, W) in [-1, 1], the first VCU's size and length
 
     def with_run(self, result: LongVideo) -> "Job":
         """This job with a long-video run's state (to save, then re-render a window from)."""
-        return Job(self.vcus, self.positive, self.negative, self.streams, self.settings, self.long, self.timeline,
-                   result.video, result.anchor, list(result.records))
+        return replace(self, video=result.video, anchor=result.anchor, records=list(result.records))
 
     def rerender(self, window: int, seed: int | None = None, prompt: torch.Tensor | None = None) -> "Job":
         """This saved run set to sample window `window` with a new seed and / or prompt features (1, L, D)."""
@@ -148,7 +148,12 @@ def save_job(path, job: Job) -> Path:
     if len(job.vcus) != len(job.streams) or not job.vcus:
         raise VaceError(f"a job needs at least one VCU and one stream setting per VCU (got {len(job.vcus)} VCUs, "
                         f"{len(job.streams)} stream settings)")
+    if job.settings.denoise <= 0.9999 and job.init_video is None:
+        raise VaceError(f"denoise {job.settings.denoise} refines a video, but the job holds none: give the job its "
+                        "init video (the Save VACE Job node's init_images), or set denoise to 1")
     tensors = {"positive": job.positive}
+    if job.init_video is not None:
+        tensors["init_video"] = job.init_video
     if job.negative is not None:
         tensors["negative"] = job.negative
     for i, unit in enumerate(job.vcus):
@@ -251,6 +256,8 @@ def _job(path, meta: dict, tensors: dict) -> Job:
     if "step_cache" in meta:
         settings = replace(settings, step_cache=_cache_from(meta["step_cache"]))
     job = Job(vcus, positive, negative, streams, settings)
+    if "init_video" in tensors:
+        job.init_video = _checked(path, "init_video", tensors, -1, 1, "init video pixels")
     if "long" in meta:
         job.long = LongVideoSettings(**meta["long"], colour_anchor=tensors.get("long.colour_anchor"))
     if "timeline" in meta:
@@ -292,11 +299,12 @@ def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, t
                         "window and has no saved run (save it from a long-video run)")
     if not windows:
         video = generate(model, vae, job.vcus, job.positive, job.negative, job.streams, job.settings, tiling=tiling,
-                         composite_feather=feather)
+                         composite_feather=feather, init_video=job.init_video)
     else:
         resume = None if rerender is None else job.resume(rerender, later)
         result = generate_long(model, vae, job.vcus, job.positive, job.negative, job.streams, job.settings, job.long,
-                               tiling=tiling, composite_feather=feather, timeline=job.timeline, resume=resume)
+                               tiling=tiling, composite_feather=feather, timeline=job.timeline, resume=resume,
+                               init_video=job.init_video)
         video = result.video
         if state is not None:
             save_job(state, job.with_run(result))

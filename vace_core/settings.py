@@ -109,7 +109,7 @@ def add_flag(parser, spec: Knob, flag: str | None = None, default=..., help_suff
     (default off) is a switch. `default` replaces the knob's default where the command line has its own
     (None: a preset's); flag defaults to --the-knob-name."""
     flag = flag or "--" + spec.name.replace("_", "-")
-    text = f"{spec.help}{help_suffix}"
+    text = f"{spec.help}{help_suffix}".replace("%", "%%")  # argparse formats help with %: "10%" is literal
     if spec.kind is bool:
         return parser.add_argument(flag, action="store_true", help=text, **kwargs)
     default = spec.default if default is ... else default

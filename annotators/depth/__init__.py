@@ -62,7 +62,7 @@ def working_size(h: int, w: int, short: int, multiple: int, lower_bound: bool) -
 
     def fit(x: float) -> int:
         y = round(x / multiple) * multiple
-        return int(-(-x // multiple) * multiple if lower_bound and y < short else y)
+        return int(-(-x // multiple) * multiple if lower_bound and y < short else max(y, multiple))
 
     return fit(h * k), fit(w * k)
 
