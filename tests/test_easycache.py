@@ -5,15 +5,13 @@ computed steps, each CFG row reuses its own difference, one cache per expert, th
 import pytest
 import torch
 
-from vace_core.config import VaceConfig
+from tests.small_dit import SMALL, sampler_inputs, small_dit
 from vace_core.denoiser import Wrapper
 from vace_core.easycache import EasyCache, EasyState
 from vace_core.errors import VaceError
 from vace_core.experts import Experts
 from vace_core.pipeline import SamplerSettings, sample_latent
 from vace_core.transformer import VaceTransformer
-
-CFG = VaceConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=3, vace_layers=(0, 2), text_dim=32)
 
 
 class PublishedEasyCache:
@@ -99,14 +97,11 @@ def published(sequence, thresh: float, warmup: int) -> tuple[list[bool], list[to
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return VaceTransformer(CFG).eval().requires_grad_(False)
+    return small_dit()
 
 
-def run(model, cache=None, streams=None, steps=12, guidance=4.0, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    contexts = [torch.randn(1, 96, 3, 4, 4, generator=g)]
-    positive, negative = torch.randn(1, 5, 32, generator=g), torch.randn(1, 4, 32, generator=g)
+def run(model, cache=None, streams=None, steps=12, guidance=4.0):
+    contexts, positive, negative = sampler_inputs()
     settings = SamplerSettings(steps=steps, guidance=guidance, shift=3.0, seed=2, step_cache=cache)
     return sample_latent(model, contexts, positive, negative, streams, settings)
 
@@ -196,8 +191,7 @@ def test_each_cfg_row_reuses_its_own_difference(model):
 
 
 def test_each_expert_keeps_its_own_cache():
-    torch.manual_seed(0)
-    high, low = (VaceTransformer(CFG).eval().requires_grad_(False) for _ in range(2))
+    high, low = small_dit(), VaceTransformer(SMALL).eval().requires_grad_(False)  # two different experts
     cache = EasyCache(0.5, 0)
     run(Experts(high, low, boundary=0.875, guidance_low=4.0), cache)
     assert len(cache._states) == 2  # one state per expert

@@ -223,7 +223,7 @@ def test_bad_settings_are_refused(model):
 
 
 def test_run_blocks_stages_split_the_residual_into_main_blocks_and_hints(model):
-    contexts, pos, _ = run_inputs()
+    contexts, pos, _ = sampler_inputs()
     x = torch.randn(1, 16, *LATENT)
     tokens = model.embed(x, torch.tensor([900.0]), pos, contexts * 2)
     full = model.run_blocks(tokens, [1.0, 0.6])
@@ -250,7 +250,7 @@ def count_context_block_runs(model, monkeypatch):
 
 @pytest.mark.parametrize("fresh", [False, True])
 def test_context_blocks_run_on_skipped_steps_only_with_the_option(model, monkeypatch, fresh):
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     calls = count_context_block_runs(model, monkeypatch)
     cache = TeaCache(1e9, coefficients=IDENTITY, context_every_step=fresh)
     sample_latent(model, contexts, pos, neg, settings=SamplerSettings(steps=8, shift=3.0, step_cache=cache))
@@ -262,7 +262,7 @@ def test_context_blocks_run_on_skipped_steps_only_with_the_option(model, monkeyp
 
 
 def test_the_option_differs_from_plain_teacache_only_through_the_fresh_hints(model, monkeypatch):
-    contexts, pos, _ = run_inputs()
+    contexts, pos, _ = sampler_inputs()
     x = torch.randn(1, 16, *LATENT)
     seen = {}
     original = model.unpatchify
@@ -287,7 +287,7 @@ def test_the_option_differs_from_plain_teacache_only_through_the_fresh_hints(mod
 
 
 def test_the_option_keeps_teacaches_decisions_and_off_is_todays_run(model):
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     runs = {}
     for fresh in (None, False, True):
         cache = TeaCache(1e9, coefficients=IDENTITY, **({} if fresh is None else {"context_every_step": fresh}))
