@@ -154,7 +154,8 @@ class VaceSampler(io.ComfyNode):
                                   tooltip="From Regional Prompts: a prompt per masked region. Its `positive` output "
                                           "must be this sampler's positive."),
                 StepCache.Input("step_cache", optional=True,
-                                tooltip="From VACE Step Cache: skip the blocks of near-redundant steps (faster)."),
+                                tooltip="From a VACE Step Cache node (TeaCache, MagCache or EasyCache): skip the "
+                                        "work of near-redundant steps (faster)."),
                 LowNoiseExpert.Input("low_noise_expert", optional=True,
                                      tooltip="Wan2.2-VACE-Fun: the low-noise expert (vace_model is then the "
                                              "high-noise one, and cfg its guidance)."),

@@ -13,12 +13,14 @@ Everything is tiny: the embedded 4-block DiT, a width-4 Wan VAE, 16x32 frames, 3
 import json
 import tempfile
 from dataclasses import dataclass, replace
+from itertools import combinations
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from vace_core import vcu as V
+from vace_core.easycache import EasyCache
 from vace_core.embedded import tiny_model
 from vace_core.experts import Experts
 from vace_core.job import Job, load_job, run_job, save_job
@@ -47,7 +49,9 @@ class Spec:
     experts: bool = False
     long: LongVideoSettings | None = None
     length: int = FRAMES
-    cache: float | None = None  # TeaCache threshold (None: no cache)
+    cache: float | None = None  # the step cache's threshold (None: no cache)
+    cache_kind: str = "teacache"  # which: one of CACHES
+    steps: int = 3
     regions: str | None = None  # "split": two regions, left and right; "full": one region covering everything
     lora: bool = False
     fast: bool = False  # cfg 1 + the LCM solver (a speed LoRA's settings)
@@ -75,6 +79,9 @@ FEATURES = {
     "fused": lambda s: _long(s, mode="fused"),
     "carry guidance": lambda s: _long(s, carry_guidance=1.0),
     "teacache": lambda s: replace(s, cache=1e9),  # skips every step it may
+    "teacache context every step": lambda s: replace(s, cache=1e9, cache_kind="teacache context"),
+    # EasyCache measures its rate on two computed steps and always computes the last: 4 steps let it skip one
+    "easycache": lambda s: replace(s, cache=1e9, cache_kind="easycache", steps=4),
     "regions": lambda s: replace(s, regions="split"),
     "lora": lambda s: replace(s, lora=True),
     "cfg 1 + lcm": lambda s: replace(s, fast=True),
@@ -93,9 +100,10 @@ FEATURES = {
     "magcache": lambda s: replace(s, magcache=1e9),  # skips every step it may
 }
 MODES = {"autoregressive", "hierarchical", "fused"}
+CACHE_FEATURES = ("teacache", "teacache context every step", "easycache", "magcache")  # one a run
 EXCLUSIVE = {frozenset(p) for p in (("autoregressive", "hierarchical"), ("autoregressive", "fused"),
                                     ("hierarchical", "fused"), ("cfg-zero*", "apg"),  # one combination
-                                    ("teacache", "magcache"),  # one step cache
+                                    *combinations(CACHE_FEATURES, 2),  # one step cache
                                     ("nag", "nag at cfg 1"), ("cfg 1 + lcm", "nag at cfg 1"))}  # the same runs
 UNCOND = "changes the unconditional \\(negative-prompt\\) pass, which guidance 1 does not run"
 REFUSED = {frozenset(("job file", "regions")): "--region and --job cannot be combined",
@@ -132,6 +140,11 @@ def _one_window(mode):
 # the defined reductions: feature off (or trivially on) == the run without it, bit for bit
 REDUCTIONS = {
     "teacache threshold 0 == no cache": lambda s: replace(s, cache=0.0) if s.cache is None else s,
+    "easycache threshold 0 == no cache": lambda s: replace(s, cache=0.0, cache_kind="easycache")
+    if s.cache is None else s,
+    # every step computed through the stages, the hints split off and added back: the plain forward
+    "teacache context every step, no step skipped == no cache":
+        lambda s: replace(s, cache=1e-12, cache_kind="teacache context") if s.cache is None else s,
     "one-window autoregressive == generate": _one_window("autoregressive"),
     "one-window fused == generate": _one_window("fused"),
     "one region covering everything == plain": lambda s: replace(s, regions="full")
@@ -207,15 +220,20 @@ def make_timeline(spec: Spec) -> Timeline | None:
     return Timeline(prompts=[make_texts(spec)[0], second], starts=[0, 8])
 
 
+CACHES = {"teacache": lambda t: TeaCache(t, coefficients=IDENTITY),
+          "teacache context": lambda t: TeaCache(t, coefficients=IDENTITY, context_every_step=True),
+          "easycache": lambda t: EasyCache(t, warmup=0)}
+
+
 def settings_of(spec: Spec) -> SamplerSettings:
-    cache = None if spec.cache is None else TeaCache(spec.cache, coefficients=IDENTITY)
+    cache = None if spec.cache is None else CACHES[spec.cache_kind](spec.cache)
     if spec.magcache is not None:  # the tiny model has no published ratios: the 1.3B ones, resampled to 3 steps
         cache = MagCache(spec.magcache, k=3, ratios=MAG_RATIOS[1536])
     guides = {"nag": None if spec.nag is None else NAG(spec.nag),
               "slg": SkipLayerGuidance((1,), 0.0, 1.0) if spec.slg else None,
               "cfg_zero_star": CFGZeroStar(1) if spec.combination == "cfg-zero*" else None,
               "apg": AdaptiveProjectedGuidance(0.0, 2.0, -0.5) if spec.combination == "apg" else None}
-    return SamplerSettings(steps=3, guidance=1.0 if spec.fast else 4.0, shift=3.0,
+    return SamplerSettings(steps=spec.steps, guidance=1.0 if spec.fast else 4.0, shift=3.0,
                            solver="lcm" if spec.fast else "unipc", seed=1, step_cache=cache,
                            denoise=1.0 if spec.denoise is None else spec.denoise, **guides)
 

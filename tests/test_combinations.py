@@ -1,8 +1,10 @@
 """Every feature with every other (issues 18 and 20), on the tiny embedded models: each pair of FEATURES runs to a
-finite video of the right shape; the defined reductions hold bit for bit in every join where they apply (TeaCache at
-threshold 0 == no cache; a one-window long video == generate; one region covering everything == no regions; a job
-file == the same run; NAG scale 0, MagCache threshold 0, denoise 1 and a flat strength curve == today); two gloo
-processes == one process within 1e-5 with each feature; the refused pairs say why and what to do instead.
+finite video of the right shape; the defined reductions hold bit for bit in every join where they apply (TeaCache or
+EasyCache at threshold 0 == no cache; TeaCache's context-every-step option with no step skipped == no cache; a
+one-window long video == generate; one region covering everything == no regions; a job file == the same run; NAG
+scale 0, MagCache threshold 0, denoise 1 and a flat strength curve == today); two gloo processes == one process within
+1e-5 with each feature; the refused pairs say why and what to do instead. The step caches are one choice a run
+(EXCLUSIVE).
 
 Rows live in tests/combination_cases.py (FEATURES, REDUCTIONS): add one there and every pair with it is tested."""
 

@@ -11,6 +11,7 @@ import pytest
 from tests.integration.node_schemas import node_schemas
 from vace_core.__main__ import parser
 from vace_core.checkpoints import LoadSettings
+from vace_core.easycache import EasyCache
 from vace_core.errors import VaceError
 from vace_core.experts import Experts
 from vace_core.guidance_options import GuidanceOptions
@@ -36,6 +37,7 @@ def links():
     """(knob, [(node id, input id)], command-line flag, node labels -> knob choices): every declared knob."""
     sampler, long, regions = knobs(SamplerSettings), knobs(LongVideoSettings), knobs(Regions)
     cache, experts, load, size = knobs(TeaCache), knobs(Experts), knobs(LoadSettings), knobs(TaskInputs)
+    easy = knobs(EasyCache)
     rows = [
         (sampler["steps"], [(n, "steps") for n in SAMPLERS], "--steps", None),
         (sampler["guidance"], [(n, "cfg") for n in SAMPLERS], "--cfg", None),
@@ -60,8 +62,12 @@ def links():
         (regions["soft_edges"], [("VACERegionalPrompts", "soft_edges")], "--region-soft-edges", None),
         (cache["threshold"], [("VACEStepCache", "threshold")], "--teacache", None),
         (cache["mode"], [("VACEStepCache", "mode")], "--teacache-mode", CACHE_MODE_LABELS),
+        (cache["context_every_step"], [("VACEStepCache", "context_every_step")], "--teacache-context-every-step",
+         None),
         *((spec, [("VACEMagCache", name)], flag, None) for (name, spec), flag in
           zip(knobs(MagCache).items(), ("--magcache", "--magcache-retention", "--magcache-k"), strict=True)),
+        (easy["threshold"], [("VACEEasyCache", "threshold")], "--easycache", None),
+        (easy["warmup"], [("VACEEasyCache", "warmup")], "--easycache-warmup", None),
         (experts["guidance_low"], [("VACEWan22LowNoiseExpert", "cfg")], "--cfg-low", None),
         (experts["boundary"], [("VACEWan22LowNoiseExpert", "boundary")], "--boundary", None),
         *((load[name], [("VACEModelLoader", name)], "--" + name.replace("_", "-"), None)
@@ -77,6 +83,7 @@ def links():
 # the command line's own defaults where it has a reason to differ from the knob's
 CLI_DEFAULTS = {"--steps": None, "--cfg": None, "--shift": None, "--sampler": None,  # None: the --preset's
                 "--teacache": 0.0, "--magcache": 0.0,  # off unless asked for (the node is on by being connected)
+                "--easycache": 0.0,  # same
                 "--cfg-low": None,  # 3, or a speed-LoRA preset's cfg (see __main__._guidance_low)
                 "--composite": None}  # no paste-back unless asked for
 # node widgets of these nodes that are no knob, and why
@@ -89,8 +96,8 @@ NODE_ONLY = {("VACESampler", "offload_after"): "a server's memory choice; the co
              ("VACELongVideoSampler", "rerender_window"): "--rerender WINDOW (with --job STATE)",
              ("VACELongVideoSampler", "later_windows"): "--later"}
 CHECKED_NODES = {"VACESampler", "VACELongVideoSampler", "VACERegionalPrompts", "VACEStepCache", "VACEMagCache",
-                 "VACEGuidance", "VACEWan22LowNoiseExpert", "VACEModelLoader", "VACEVAELoader", "VACESpeed",
-                 "VACESaveJob"}
+                 "VACEEasyCache", "VACEGuidance", "VACEWan22LowNoiseExpert", "VACEModelLoader", "VACEVAELoader",
+                 "VACESpeed", "VACESaveJob"}
 
 
 def run_actions():

@@ -217,3 +217,83 @@ def test_bad_settings_are_refused(model):
     contexts, pos, _ = sampler_inputs()
     with pytest.raises(VaceError, match="width 24"):  # the tiny model has no published polynomial
         sample_latent(model, contexts, pos, settings=SamplerSettings(steps=3, step_cache=TeaCache(0.1)))
+
+
+# TeaCache's context_every_step (vllm-omni's VACE TeaCache): context blocks every step, main blocks' residual reused
+
+
+def test_run_blocks_stages_split_the_residual_into_main_blocks_and_hints(model):
+    contexts, pos, _ = sampler_inputs()
+    x = torch.randn(1, 16, *LATENT)
+    tokens = model.embed(x, torch.tensor([900.0]), pos, contexts * 2)
+    full = model.run_blocks(tokens, [1.0, 0.6])
+    with_hints, hints = model.run_blocks(tokens, [1.0, 0.6], hints=True)
+    torch.testing.assert_close(with_hints, full, rtol=0, atol=0)  # the default path is untouched
+    context_only = model.run_blocks(tokens, [1.0, 0.6], main=False)
+    torch.testing.assert_close(context_only, tokens.x + hints)  # the same hints, without any main block
+    assert hints.abs().sum() > 0
+
+
+def count_context_block_runs(model, monkeypatch):
+    """Records the step (by timestep) of every context-block call."""
+    seen = []
+    for block in model.vace_blocks:
+        original = block.forward
+
+        def spy(c, x0, e, *args, original=original, **kwargs):
+            seen.append(round(float(e[0, 0, 0]), 6))
+            return original(c, x0, e, *args, **kwargs)
+
+        monkeypatch.setattr(block, "forward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_context_blocks_run_on_skipped_steps_only_with_the_option(model, monkeypatch, fresh):
+    contexts, pos, neg = sampler_inputs()
+    calls = count_context_block_runs(model, monkeypatch)
+    cache = TeaCache(1e9, coefficients=IDENTITY, context_every_step=fresh)
+    sample_latent(model, contexts, pos, neg, settings=SamplerSettings(steps=8, shift=3.0, step_cache=cache))
+    computed, skipped = cache.stats.computed // 2, cache.stats.skipped // 2  # steps (2 CFG rows each)
+    assert skipped > 0
+    blocks = len(model.vace_blocks)
+    assert len(calls) == blocks * (computed + (skipped if fresh else 0))  # one stream, both rows in one call
+    assert len(set(calls)) == (8 if fresh else computed)  # with the option: every step's embedding
+
+
+def test_the_option_differs_from_plain_teacache_only_through_the_fresh_hints(model, monkeypatch):
+    contexts, pos, _ = sampler_inputs()
+    x = torch.randn(1, 16, *LATENT)
+    seen = {}
+    original = model.unpatchify
+    monkeypatch.setattr(model, "unpatchify", lambda out, tokens, dtype: seen.setdefault("out", []).append(out)
+                        or original(out, tokens, dtype))
+
+    def residual_streams(fresh):
+        cache = TeaCache(1e9, coefficients=IDENTITY, context_every_step=fresh)
+        cache.begin(4)
+        seen["out"] = []
+        cache(model, x, torch.tensor([900.0]), pos, contexts, [1.0], step=0)
+        cache(model, x * 0.9, torch.tensor([880.0]), pos, contexts, [1.0], step=1)  # skipped
+        assert cache.stats.skipped == 1
+        return seen["out"][1]
+
+    plain, fresh = residual_streams(False), residual_streams(True)
+    def hints(xi, t):
+        tokens = model.embed(xi, torch.tensor([t]), pos, contexts)
+        return model.run_blocks(tokens, [1.0], hints=True)[1]
+    torch.testing.assert_close(fresh - plain, hints(x * 0.9, 880.0) - hints(x, 900.0), rtol=1e-5, atol=1e-5)
+    assert (fresh - plain).abs().max() > 1e-3  # the hints did change with the latent
+
+
+def test_the_option_keeps_teacaches_decisions_and_off_is_todays_run(model):
+    contexts, pos, neg = sampler_inputs()
+    runs = {}
+    for fresh in (None, False, True):
+        cache = TeaCache(1e9, coefficients=IDENTITY, **({} if fresh is None else {"context_every_step": fresh}))
+        latent = sample_latent(model, contexts, pos, neg, settings=SamplerSettings(steps=8, shift=3.0,
+                                                                                   step_cache=cache))
+        runs[fresh] = latent, (cache.stats.computed, cache.stats.skipped)
+    torch.testing.assert_close(runs[False][0], runs[None][0], rtol=0, atol=0)
+    assert runs[True][1] == runs[False][1]  # the rule reads the timestep embedding only
+    assert not torch.equal(runs[True][0], runs[False][0])

@@ -191,6 +191,7 @@ def _apply_loras(model, specs):
 
 def _settings(args):
     """The sampler settings: explicit flags, else the preset's, else the official VACE ones."""
+    from .easycache import EasyCache
     from .magcache import MagCache
     from .pipeline import SamplerSettings
     from .sampling.presets import lora_strength, preset
@@ -204,15 +205,22 @@ def _settings(args):
     if args.preset and args.preset != "official":
         print(f"preset {args.preset}: {values['steps']} steps, cfg {values['cfg']}, shift {values['shift']}, "
               f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
-    if args.teacache and args.magcache:
-        raise VaceError("--teacache and --magcache are two step caches: choose one")
+    chosen_caches = [flag for flag, value in (("--teacache", args.teacache), ("--magcache", args.magcache),
+                                              ("--easycache", args.easycache)) if value]
+    if len(chosen_caches) > 1:
+        raise VaceError(f"{' and '.join(chosen_caches)} are {len(chosen_caches)} step caches: choose one")
+    if args.teacache_context_every_step and not args.teacache:
+        raise VaceError("--teacache-context-every-step is a TeaCache option: give --teacache THRESHOLD too")
     cache = None
     if args.teacache:
         size = SIZES[args.teacache_coefficients]
         cache = TeaCache(threshold=args.teacache, mode=args.teacache_mode,
-                         coefficients=None if size is None else COEFFICIENTS[args.teacache_mode, size])
+                         coefficients=None if size is None else COEFFICIENTS[args.teacache_mode, size],
+                         context_every_step=args.teacache_context_every_step)
     elif args.magcache:
         cache = MagCache(threshold=args.magcache, retention=args.magcache_retention, k=args.magcache_k)
+    elif args.easycache:
+        cache = EasyCache(threshold=args.easycache, warmup=args.easycache_warmup)
     guidance = GuidanceOptions(**{name: getattr(args, name) for name in knobs(GuidanceOptions)}).settings()
     return SamplerSettings(steps=values["steps"], guidance=values["cfg"], shift=values["shift"],
                            solver=values["sampler"], seed=args.seed, step_cache=cache,
@@ -494,6 +502,7 @@ def _sampling_flags(run):
 def _model_flags(run):
     """Load VACE Model / Load VACE VAE, Wan2.2's low-noise expert, the step cache and the speed switches."""
     from .checkpoints import LoadSettings
+    from .easycache import EasyCache
     from .experts import Experts
     from .magcache import MagCache
     from .speed import Speed
@@ -514,11 +523,15 @@ def _model_flags(run):
     add_flag(run, cache["threshold"], "--teacache", default=0.0, metavar="THRESHOLD", help_suffix=" Default 0 (off).")
     add_flag(run, cache["mode"], "--teacache-mode")
     run.add_argument("--teacache-coefficients", choices=list(SIZES), default="auto", help=SIZES_HELP)
+    add_flag(run, cache["context_every_step"], "--teacache-context-every-step")
     magcache = knobs(MagCache)
     add_flag(run, magcache["threshold"], "--magcache", default=0.0, metavar="THRESHOLD",
              help_suffix=" Default 0 (off).")
     add_flag(run, magcache["retention"], "--magcache-retention")
     add_flag(run, magcache["k"], "--magcache-k")
+    easy = knobs(EasyCache)
+    add_flag(run, easy["threshold"], "--easycache", default=0.0, metavar="THRESHOLD", help_suffix=" Default 0 (off).")
+    add_flag(run, easy["warmup"], "--easycache-warmup")
     speed = run.add_argument_group("speed switches (default off: the exact path)")
     for name, spec in knobs(Speed).items():
         add_flag(speed, spec, dest=name)

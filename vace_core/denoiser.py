@@ -112,8 +112,8 @@ class Wrapper:
     def embed(self, x, t, text, contexts):
         return self.inner.embed(x, t, text, contexts)
 
-    def run_blocks(self, tokens, strengths=(), self_bias=None, cross_bias=None):
-        return self.inner.run_blocks(tokens, strengths, self_bias, cross_bias)
+    def run_blocks(self, tokens, strengths=(), self_bias=None, cross_bias=None, **stages):
+        return self.inner.run_blocks(tokens, strengths, self_bias, cross_bias, **stages)
 
     def unpatchify(self, x, tokens, dtype):
         return self.inner.unpatchify(x, tokens, dtype)

@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .colour import ColourAnchor
+from .easycache import EasyCache
 from .errors import VaceError
 from .long_video import LongVideo, LongVideoSettings, Resume, WindowRecord
 from .magcache import MagCache
@@ -106,7 +107,7 @@ def _read_timeline(meta: dict, tensors: dict) -> Timeline:
                     {int(w): s for w, s in meta["seeds"].items()}, meta["loop"])
 
 
-CACHES = {"TeaCache": TeaCache, "MagCache": MagCache}
+CACHES = {"TeaCache": TeaCache, "MagCache": MagCache, "EasyCache": EasyCache}
 GUIDES = {"nag": NAG, "slg": SkipLayerGuidance, "cfg_zero_star": CFGZeroStar, "apg": AdaptiveProjectedGuidance}
 
 
@@ -131,8 +132,8 @@ def _settings_from(record: dict) -> SamplerSettings:
 
 
 def _cache_record(cache) -> dict:
-    """A step cache's settings (not the run's cache state): TeaCache's as version 1 wrote them, MagCache's with
-    its kind."""
+    """A step cache's settings (not the run's cache state): TeaCache's as version 1 wrote them (an older file
+    without context_every_step reads as off), MagCache's and EasyCache's with their kind."""
     record = {f.name: getattr(cache, f.name) for f in fields(cache) if f.name != "stats"}
     return record if isinstance(cache, TeaCache) else {"kind": type(cache).__name__, **record}
 

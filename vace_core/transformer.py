@@ -175,6 +175,13 @@ def _rows(x: torch.Tensor, rows: slice, part: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[:rows.start], part, x[rows.stop:]])
 
 
+def _add_hint(x: torch.Tensor, hint: torch.Tensor, kept) -> torch.Tensor:
+    """x + hint on the rows that keep the block (`kept`: all rows, a slice of them, or None: none)."""
+    if kept == slice(None):
+        return x + hint
+    return x if kept is None else _rows(x, kept, x[kept] + hint[kept])
+
+
 class VaceTransformer(nn.Module):
     """Wan2.1 DiT + VACE context blocks. One or more VCU context streams, each with its own strength.
 
@@ -287,12 +294,18 @@ class VaceTransformer(nn.Module):
         streams = [self._patchify(self.vace_patch_embedding, c, hp).expand_as(x) for c in vace_context]
         return Tokens(x, x, streams, e, t_emb, text, rope, grid)
 
-    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None) -> torch.Tensor:
+    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None, *, main: bool = True,
+                   hints: bool = False):
         """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim). A stream's
         strength is a number, or per token (1, L, 1) (`token_scale` of per-frame strengths). A block whose
         self-attention bias is a `layer_skip.SkipRows` runs on the rows that keep it only, and only they get its
-        hint (skip-layer guidance)."""
+        hint (skip-layer guidance).
+
+        main False: the context blocks alone (they read x0, never the main stream, so they need no main block):
+        tokens.x plus the scaled hints. hints True: returns (x, the sum of the scaled hints added, (B, L, dim))
+        instead of x. A step cache that reuses the main blocks' residual but not the hints uses both."""
         x, streams = tokens.x, list(tokens.streams)
+        total = torch.zeros_like(x) if hints else None
         e, text, rope = tokens.e, tokens.text, tokens.rope
         context_bias = block_bias(self_bias, "context"), block_bias(cross_bias, "context")
         scales = [token_scale(scale, tokens.grid) for scale in vace_scale]
@@ -301,9 +314,9 @@ class VaceTransformer(nn.Module):
             if isinstance(bias, SkipRows):  # skip-layer guidance: only the rows that keep this block run it
                 kept = bias.kept(x.shape[0])
                 bias, cross = narrow_bias(bias.inner, rows=kept), narrow_bias(cross, rows=kept)
-            if kept == slice(None):
+            if main and kept == slice(None):
                 x = block(x, e, text, rope, bias, cross)
-            elif kept is not None:
+            elif main and kept is not None:
                 x = _rows(x, kept, block(x[kept], e[kept], text[kept], rope, bias, cross))
             j = self.context_block_after.get(i)
             if j is None:
@@ -311,11 +324,9 @@ class VaceTransformer(nn.Module):
             for s, scale in enumerate(scales):  # interleaved: one hint alive at a time
                 streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope, *context_bias)
                 hint = hint * (scale.to(hint) if isinstance(scale, torch.Tensor) else scale)
-                if kept == slice(None):
-                    x = x + hint
-                elif kept is not None:
-                    x = _rows(x, kept, x[kept] + hint[kept])
-        return x
+                x = _add_hint(x, hint, kept)
+                total = None if total is None else _add_hint(total, hint, kept)
+        return x if total is None else (x, total)
 
     def unpatchify(self, x, tokens: Tokens, dtype) -> torch.Tensor:
         """Head over the residual stream (B, L, dim) -> (B, out_dim, T, H, W) in `dtype`."""

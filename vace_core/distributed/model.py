@@ -162,15 +162,16 @@ class ParallelVace(nn.Module):
                 cross_bias = narrow_bias(cross_bias, queries=torch.where(queries < tokens.length, queries, -1))
         return self_bias, cross_bias
 
-    def run_blocks(self, tokens: ShardTokens, vace_scale=(), self_bias=None, cross_bias=None) -> torch.Tensor:
-        """The blocks on this rank's shard, self-attention across the processes -> the shard's residual stream."""
+    def run_blocks(self, tokens: ShardTokens, vace_scale=(), self_bias=None, cross_bias=None, **stages):
+        """The blocks on this rank's shard, self-attention across the processes -> the shard's residual stream
+        (`stages`: VaceTransformer.run_blocks' main / hints, on the shard)."""
         self_bias, cross_bias = self._biases(tokens, self_bias, cross_bias)
         # per-frame strengths as per-token scales, cut like the tokens
         vace_scale = [shard(token_scale(s, tokens.grid), 1, self.layout.shard, self.layout.degrees.sequence)
                       for s in vace_scale]
         attend = partial(sequence_parallel_attention, layout=self.layout, length=tokens.length)
         with parallel_self_attention(self.model, attend):
-            return self.model.run_blocks(tokens, vace_scale, self_bias, cross_bias)
+            return self.model.run_blocks(tokens, vace_scale, self_bias, cross_bias, **stages)
 
     def unpatchify(self, x, tokens: ShardTokens, dtype) -> torch.Tensor:
         """The head on this rank's shard; its narrow output gathered (tokens, then CFG halves) -> the video."""
