@@ -5,12 +5,11 @@ computed steps, each CFG row reuses its own difference, one cache per expert, th
 import pytest
 import torch
 
-from tests.small_dit import SMALL, sampler_inputs, small_dit
+from tests.small_dit import SMALL, sample_small, small_dit
 from vace_core.denoiser import Wrapper
 from vace_core.easycache import EasyCache, EasyState
 from vace_core.errors import VaceError
 from vace_core.experts import Experts
-from vace_core.pipeline import SamplerSettings, sample_latent
 from vace_core.transformer import VaceTransformer
 
 
@@ -101,9 +100,7 @@ def model():
 
 
 def run(model, cache=None, streams=None, steps=12, guidance=4.0):
-    contexts, positive, negative = sampler_inputs()
-    settings = SamplerSettings(steps=steps, guidance=guidance, shift=3.0, seed=2, step_cache=cache)
-    return sample_latent(model, contexts, positive, negative, streams, settings)
+    return sample_small(model, cache, streams, steps, guidance)
 
 
 def recorded(model, steps=12):

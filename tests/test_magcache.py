@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.small_dit import sampler_inputs, small_dit
+from tests.small_dit import sample_small, small_dit
 from vace_core.errors import VaceError
 from vace_core.magcache import MAG_RATIOS, MagCache, nearest_interp, step_ratios
-from vace_core.pipeline import SamplerSettings, sample_latent
 
 
 def reference_decisions(mag_ratios, num_steps, thresh, k, retention):
@@ -56,9 +55,7 @@ def model():
 
 
 def run(model, cache=None, streams=None, steps=10, guidance=4.0):
-    contexts, positive, negative = sampler_inputs()
-    settings = SamplerSettings(steps=steps, guidance=guidance, shift=3.0, seed=2, step_cache=cache)
-    return sample_latent(model, contexts, positive, negative, streams, settings)
+    return sample_small(model, cache, streams, steps, guidance)
 
 
 def test_threshold_zero_is_no_cache_bit_for_bit(model):
