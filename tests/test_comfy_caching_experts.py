@@ -4,8 +4,9 @@ Caching: VACE Step Cache (TeaCache, and EasyCache) -> VACE Sampler; threshold 0 
 bit, a positive threshold skips model evaluations and reports how many; TeaCache's context-every-step keeps its
 skips and changes the latent (the hints are refreshed on skipped steps). Wan2.2: two tiny random experts saved
 under the release names (scaled fp8, as Comfy-Org ships them), the low-noise one through VACE Wan2.2 Low-Noise
-Expert; the example workflow runs; boundary 0 (high-noise expert only) gives exactly the high-noise expert's single-model latent;
-only one expert is resident when each is loaded (ComfyUI's loaded-model list, logged by the sampler).
+Expert; the example workflow runs; boundary 0 (high-noise expert only) gives exactly the high-noise expert's
+single-model latent; only one expert is resident when each is loaded (ComfyUI's loaded-model list, logged by
+the sampler).
 """
 
 import re
