@@ -12,10 +12,15 @@ the CPU, keeping the file's dtype, in its own process:
 - ComfyUI: `comfy.sd.load_diffusion_model`, run in ComfyUI's Python (COMFYUI_PATH / COMFYUI_PYTHON, else
   ~/.cache/vace-comfyui); ComfyUI reads single files only.
 Neither reference merges a module onto a base: their module + base rows load the equivalent single file.
-Per load: seconds, then seconds to read every weight byte once more (what a first forward pays for pages the
-loader did not read: diffusers reads none at load, we read each once for the NaN/inf check), peak resident
-memory above the process before the call (VmHWM after clearing it), and the anonymous / file-backed memory
-the process holds after it (RssAnon / RssFile); ratios ours / reference.
+Per load: seconds until the loader returns; for ours, seconds until its NaN/inf check (left running in the
+background, vace_core.checkpoints.finite) is done, measured by waiting for it right after the load (a sampler
+waits for it only before its first step, after encoding text and VCUs); seconds to read every weight byte once
+more (what a first forward pays for pages the loader did not read: diffusers reads none, our check reads each
+once; for ours this runs after the check, so it reads pages already mapped, and ours' time until every byte was
+read once is the check's); peak resident memory above the process before the call, at the load's return (VmHWM
+after clearing it);
+the anonymous / file-backed memory the process holds then (RssAnon / RssFile); ratios ours / reference; the load
+average at the start and the end (the machine may be shared).
 Files go to --dir (default /tmp/vace_bench_load) and are deleted after each dtype unless --keep.
 """
 
@@ -58,7 +63,11 @@ def measure(load) -> dict:
     model = load()
     seconds = time.perf_counter() - start
     after = status()
-    return {"seconds": seconds, "read_seconds": read_every_byte(model), "peak": after["VmHWM"] - before["VmRSS"],
+    checked = getattr(model, "weights_checked", None)  # ours: the NaN/inf check left running in the background
+    if checked is not None:
+        checked()
+    return {"seconds": seconds, "checked_seconds": time.perf_counter() - start if checked else None,
+            "read_seconds": read_every_byte(model), "peak": after["VmHWM"] - before["VmRSS"],
             "anon": after["RssAnon"] - before["RssAnon"], "file_rss": after["RssFile"] - before["RssFile"]}
 
 
@@ -188,8 +197,9 @@ class StreamedSafetensors:
         self.file.write(value.reshape(-1).view(torch.uint8).numpy().data)
 
 
-def write_files(cfg, dtype: str, folder: Path) -> dict:
-    """Every layout of one random model in `dtype`, written in one pass over its tensors. Returns the paths."""
+def write_files(cfg, dtype: str, folder: Path, layouts=LAYOUTS) -> dict:
+    """`layouts` of one random model in `dtype` (the single file always: the references' module + base rows
+    read it), written in one pass over its tensors. Returns the paths."""
     from vace_core.checkpoints.keymap import is_vace_module_key, official_to_diffusers_name
     from vace_core.checkpoints.save import diffusers_config_json
 
@@ -207,25 +217,30 @@ def write_files(cfg, dtype: str, folder: Path) -> dict:
     paths = {"single": folder / "vace.safetensors", "sharded": folder / "diffusers",
              "module": folder / "vace_module.safetensors", "base": folder / "t2v.safetensors"}
     module_keys = {k for k, _, _ in specs if is_vace_module_key(k) or k == "scaled_fp8"}
-    writers = {"single": StreamedSafetensors(paths["single"], specs),
-               "module": StreamedSafetensors(paths["module"], [s for s in specs if s[0] in module_keys]),
-               "base": StreamedSafetensors(paths["base"], [s for s in specs if s[0] not in module_keys or
-                                                            s[0] == "scaled_fp8"])}
+    writers = {"single": StreamedSafetensors(paths["single"], specs)}
+    if "module_base" in layouts:
+        writers |= {"module": StreamedSafetensors(paths["module"], [s for s in specs if s[0] in module_keys]),
+                    "base": StreamedSafetensors(paths["base"], [s for s in specs if s[0] not in module_keys or
+                                                                s[0] == "scaled_fp8"])}
     shards = [StreamedSafetensors(paths["sharded"] / name, [(diffusers_key[k], s, d) for k, s, d in specs
-                                                            if shard_of[k] == i]) for i, name in enumerate(names)]
+                                                            if shard_of[k] == i])
+              for i, name in enumerate(names)] if "sharded" in layouts else []
     shapes = {key: shape for key, shape, _ in specs}
     for seed, (key, shape, dt) in enumerate(specs):
         value = make_tensor(key, shape, dt, seed, shapes)
-        shards[shard_of[key]].write(value)
+        if shards:
+            shards[shard_of[key]].write(value)
         for writer in writers.values():
             if key in writer.keys:
                 writer.write(value)
     for writer in (*writers.values(), *shards):
         writer.file.close()
-    index = {"metadata": {"total_size": total}, "weight_map": {diffusers_key[k]: names[shard_of[k]] for k in shard_of}}
-    (paths["sharded"] / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
     config = json.dumps(diffusers_config_json(cfg))
-    (paths["sharded"] / "config.json").write_text(config)
+    if shards:
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {diffusers_key[k]: names[shard_of[k]] for k in shard_of}}
+        (paths["sharded"] / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+        (paths["sharded"] / "config.json").write_text(config)
     (folder / "config" / "transformer").mkdir(parents=True)  # from_single_file's config=: a model folder
     (folder / "config" / "transformer" / "config.json").write_text(config)
     (folder / "config" / "config.json").write_text(config)
@@ -289,8 +304,10 @@ def bench_dtype(args, cfg, dtype: str) -> list[dict]:
     folder = args.dir / dtype
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
-    paths = write_files(cfg, dtype, folder)
-    print(f"{dtype}: wrote {paths['bytes'] / 2**30:.2f} GiB x 3 layouts in {time.perf_counter() - start:.0f} s",
+    paths = write_files(cfg, dtype, folder, args.layouts)
+    os.sync()  # the first load must not wait for the written files' writeback (it did: 15 s for 4 GiB)
+    print(f"{dtype}: wrote {paths['bytes'] / 2**30:.2f} GiB per layout ({', '.join(args.layouts)}) in "
+          f"{time.perf_counter() - start:.0f} s",
           flush=True)
     rows = []
     try:
@@ -313,25 +330,26 @@ def bench_dtype(args, cfg, dtype: str) -> list[dict]:
 
 def format_row(r: dict) -> str:
     if "error" in r:
-        return f"| {r['dtype']} | {r['layout']} | {r['loader']} | n/a: {r['error']} | | | | |"
+        return f"| {r['dtype']} | {r['layout']} | {r['loader']} | n/a: {r['error']} | | | | | |"
     f = r["file"]
+    checked = "-" if r.get("checked_seconds") is None else f"{r['checked_seconds']:.2f}"
     return (f"| {r['dtype']} | {r['layout']} | {r['loader']}{' (' + r['note'] + ')' if r.get('note') else ''} | "
-            f"{r['seconds']:.2f} | {r['seconds'] + r['read_seconds']:.2f} | "
+            f"{r['seconds']:.2f} | {checked} | {r['seconds'] + r['read_seconds']:.2f} | "
             f"{r['peak'] / MIB:.0f} ({r['peak'] / f:.2f}x) | "
             f"{r['anon'] / MIB:.0f} ({r['anon'] / f:.1%}) | {r['file_rss'] / MIB:.0f} |")
 
 
 def ratios(rows: list[dict]) -> list[str]:
     """ours / reference, time and peak, per dtype and layout."""
-    lines = ["| dtype | layout | reference | load time ours/ref | load + first read ours/ref | peak ours/ref |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| dtype | layout | reference | load time ours/ref | every byte read: check done ours / load + first "
+             "read ref | peak ours/ref | anonymous after ours/ref |", "|---|---|---|---|---|---|---|"]
     ours = {(r["dtype"], r["layout"]): r for r in rows if r["loader"] == "ours" and "error" not in r}
     for r in rows:
         mine = ours.get((r["dtype"], r["layout"]))
         if r["loader"] != "ours" and mine and "error" not in r:
-            total = (mine["seconds"] + mine["read_seconds"]) / (r["seconds"] + r["read_seconds"])
+            read = mine["checked_seconds"] / (r["seconds"] + r["read_seconds"])
             lines.append(f"| {r['dtype']} | {r['layout']} | {r['loader']} | {mine['seconds'] / r['seconds']:.2f} | "
-                         f"{total:.2f} | {mine['peak'] / r['peak']:.2f} |")
+                         f"{read:.2f} | {mine['peak'] / r['peak']:.2f} | {mine['anon'] / max(r['anon'], MIB):.2f} |")
     return lines
 
 
@@ -353,12 +371,14 @@ def main():
         return
     args.layouts, args.loaders = args.layouts.split(","), args.loaders.split(",")
     cfg = model_config(args.shape)
-    header = ["| dtype | layout | loader | load s | load + first read s | peak MiB (x file) | "
-              "anonymous after MiB (% of file) | file-backed after MiB |", "|---|---|---|---|---|---|---|---|"]
+    args.load_at_start = Path("/proc/loadavg").read_text().split()[:3]
+    header = ["| dtype | layout | loader | load s | check done s | load + first read s | peak MiB (x file) | "
+              "anonymous after MiB (% of file) | file-backed after MiB |", "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(header), flush=True)
     rows = [row for dtype in args.dtypes.split(",") for row in bench_dtype(args, cfg, dtype)]
     table = "\n".join(header + [format_row(r) for r in rows] + [""] + ratios(rows))
-    print("\n" + table)
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"\n{table}\n\nload average at the end: {' '.join(load)} (at the start: {' '.join(args.load_at_start)})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "shape": args.shape, "rows": rows}, indent=1))
 

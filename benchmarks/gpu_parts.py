@@ -682,8 +682,10 @@ HOST_SLACK = 128 * 2**20  # interpreter, meta model, the driver's staging buffer
 def part_load() -> dict:
     """A 1.3B-shaped fp16 checkpoint file loaded with load_vace_model: to CUDA, the host's peak resident memory
     above the start is at most the largest tensor plus HOST_SLACK (each tensor read from the map, moved, its pages
-    dropped); on the CPU (dry run) the weights are the file's map (peak about the file, no anonymous copy). The
-    weights equal safetensors' load_file bit for bit. With ComfyUI: the Load VACE Model node's ModelPatcher holds
+    dropped, its NaN/inf check run on the GPU copy at once); on the CPU (dry run) the weights are the file's map
+    (peak about the file, no anonymous copy) and their NaN/inf check runs in the background (`deferred_tensors`,
+    done after `checked_seconds`). The weights equal safetensors' load_file bit for bit, and a damaged copy (NaN in
+    one tensor) is refused by name (`nan_refused`). With ComfyUI: the Load VACE Model node's ModelPatcher holds
     the mapped file, and on CUDA one step streamed in low-VRAM mode (half the model) equals the fully loaded one."""
     import tempfile
 
@@ -708,22 +710,45 @@ def part_load() -> dict:
         sync()
         seconds = time.perf_counter() - start
         after = host_status()
+        model.weights_checked()
+        checked_seconds = time.perf_counter() - start
         largest = max(t.nbytes for t in model.state_dict().values())
         with safe_open(str(path), "pt") as f:
             exact = all(torch.equal(t.cpu(), f.get_tensor(k)) for k, t in model.state_dict().items())
         result = {"file_mib": size / 2**20, "seconds": seconds, "largest_tensor_mib": largest / 2**20,
                   "host_peak_mib": (after["VmHWM"] - before["VmRSS"]) / 2**20,
-                  "host_anon_after_mib": (after["RssAnon"] - before["RssAnon"]) / 2**20, "bit_exact": exact}
+                  "host_anon_after_mib": (after["RssAnon"] - before["RssAnon"]) / 2**20, "bit_exact": exact,
+                  "checked_seconds": checked_seconds, "deferred_tensors": model.weights_check.count}
         if dev.type == "cuda":
-            ok = result["host_peak_mib"] * 2**20 <= largest + HOST_SLACK
+            ok = result["host_peak_mib"] * 2**20 <= largest + HOST_SLACK and result["deferred_tensors"] == 0
         else:
             result["mapped"] = all_mapped(model, path)
             ok = result["mapped"] and result["host_anon_after_mib"] * 2**20 <= 0.1 * size + HOST_SLACK
+            ok = ok and result["deferred_tensors"] == len(model.state_dict())
         free(model)
+        result["nan_refused"] = refuses_nan(cfg, dev, Path(tmp))
+        ok = ok and result["nan_refused"]
         result["comfyui_node"] = node_load(Path(tmp), path, cfg)
     node_ok = result["comfyui_node"].get("ok", True)
     status = "ok" if ok and exact and node_ok else "fail"
     return {"status": status + ("" if dev.type == "cuda" else " on CPU (host peak bound needs CUDA)"), **result}
+
+
+def refuses_nan(cfg, dev, folder: Path) -> bool:
+    """Whether a checkpoint with a NaN in one tensor is refused naming it: while loading to CUDA (checked on the
+    GPU), before the model's first call on the CPU (the background check)."""
+    from vace_core.checkpoints import load_vace_model, save_checkpoint
+    from vace_core.errors import VaceError
+
+    weights = {k: v.cpu() for k, v in random_weights(cfg, torch.float16, dev).items()}
+    key = "blocks.1.ffn.0.weight"
+    weights[key].view(-1)[-1] = math.nan
+    path = save_checkpoint(weights, folder / "damaged.safetensors", "official")
+    try:
+        load_vace_model(path, device=dev, compute_dtype=fast_dtype()).weights_checked()
+    except VaceError as e:
+        return key in str(e)
+    return False
 
 
 def node_load(models: Path, path: Path, cfg) -> dict:

@@ -12,6 +12,7 @@ from . import (
     caching,
     decode,
     experts,
+    guidance,
     job,
     loaders,
     long_video,
@@ -37,7 +38,7 @@ class VaceExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         nodes = [*loaders.NODES, *vcu_nodes.NODES, *annotator_nodes.NODES, *sampler.NODES, *decode.NODES,
                  *long_video.NODES, *regional.NODES, *lora.NODES, *native.NODES, *caching.NODES, *experts.NODES,
-                 *job.NODES, *speed.NODES, *timeline.NODES]
+                 *job.NODES, *speed.NODES, *timeline.NODES, *guidance.NODES]
         return [guard(node) for node in nodes]  # every node of the pack gets the input guard (nodes/guard.py)
 
 

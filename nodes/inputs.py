@@ -16,6 +16,8 @@ def widget(spec: Knob, name: str | None = None, *, labels: dict | None = None, *
         labels = labels or {c: c for c in spec.choices}
         default = next(label for label, value in labels.items() if value == spec.default)
         return io.Combo.Input(name, options=list(labels), default=default, **extra)
+    if spec.kind is str:
+        return io.String.Input(name, **{"default": spec.default} | extra)
     if spec.kind is bool:
         return io.Boolean.Input(name, **{"default": spec.default} | extra)
     number = io.Int if spec.kind is int else io.Float

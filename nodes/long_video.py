@@ -19,11 +19,18 @@ from ..vace_core.job import Job, load_job, save_job
 from ..vace_core.long_video import LATER, LongVideoSettings, generate_long, plan_windows
 from ..vace_core.pipeline import FEATHER
 from ..vace_core.settings import knobs
-from ..vace_core.vcu import to_images
+from ..vace_core.vcu import fit_to, to_images
 from . import memory
 from .experts import loaded_models, two_experts
 from .inputs import widget
-from .sampler import VaceSampler, context_streams, reference_settings, sampler_settings, text_features
+from .sampler import (
+    VaceSampler,
+    context_streams,
+    guidance_settings,
+    reference_settings,
+    sampler_settings,
+    text_features,
+)
 from .speed import use_speed
 from .types import CATEGORY, TimelineType
 
@@ -110,7 +117,10 @@ class VaceLongVideoSampler(io.ComfyNode):
                         "decoded frames) and outputs the whole video as IMAGE. Regions, a step cache and the Wan2.2 "
                         "low-noise expert work as in the VACE Sampler, in every window. Cancel returns the finished "
                         "windows.",
-            inputs=[*VaceSampler.define_schema().inputs, *LONG_INPUTS],
+            inputs=[*(i for i in VaceSampler.define_schema().inputs if i.id != "latent"), *LONG_INPUTS,
+                    io.Image.Input("init_images", optional=True,
+                                   tooltip="Video-to-video: the video to refine (the VCU's size and length), used "
+                                           "when denoise is below 1; each window refines its own frames of it.")],
             outputs=[io.Image.Output(display_name="images")],
         )
 
@@ -120,7 +130,8 @@ class VaceLongVideoSampler(io.ComfyNode):
                 fused_weights, colour_method, colour_strength, colour_masked, paste_kept, feather,
                 colour_anchor=None, regions=None, step_cache=None, low_noise_expert=None, timeline=None,
                 save_state=False, rerender_from="", rerender_window=0, later_windows="keep", anchor_guidance=0.0,
-                anchor_end=0.3, anchor_source="first", **streams) -> io.NodeOutput:
+                anchor_end=0.3, anchor_source="first", guidance=None, denoise=1.0, init_images=None,
+                **streams) -> io.NodeOutput:
         options = reference_settings(streams)
         units, stream_settings = context_streams(streams)
         long = LongVideoSettings(mode=mode, window=window, overlap=overlap, discard=discard, perturbation=perturbation,
@@ -142,7 +153,12 @@ class VaceLongVideoSampler(io.ComfyNode):
         model = memory.Managed(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
             if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
-        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache, **options)
+        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache, **options,
+                                    **guidance_settings(guidance, denoise))
+        if denoise <= 0.9999 and init_images is None:
+            raise VaceError(f"denoise {denoise} refines a video: connect init_images (the video at the VCU's size "
+                            "and length), or set denoise to 1")
+        init = None if init_images is None or denoise > 0.9999 else fit_to(init_images, units[0])
         width = patcher.model.config.text_dim
         job = Job(units, text_features(positive, "positive", width).cpu(),
                   text_features(negative, "negative", width).cpu(), stream_settings, settings, long, timeline)
@@ -151,7 +167,8 @@ class VaceLongVideoSampler(io.ComfyNode):
             result = generate_long(
                 model, memory.ManagedVAE(vace_vae), units, job.positive, job.negative, stream_settings, settings, long,
                 progress(windows, steps, device, len(units[0].references)), "auto",
-                feather if paste_kept else None, device=device, regions=regions, timeline=timeline, resume=resume)
+                feather if paste_kept else None, device=device, regions=regions, timeline=timeline, resume=resume,
+                init_video=init)
         finally:
             if offload_after:
                 for loaded in loaded_models(vace_model, low_noise_expert):

@@ -104,6 +104,9 @@ class Managed(Wrapper):
     compute_dtype = property(lambda self: self.patcher.model.compute_dtype)
     config = property(lambda self: self.patcher.model.config)
 
+    def weights_checked(self) -> None:  # without loading the model
+        self.patcher.model.weights_checked()
+
 
 class ManagedVAE:
     """A ModelPatcher's VACE VAE, loaded through ComfyUI for each encode / decode."""

@@ -12,16 +12,16 @@ from comfy_api.latest import io
 from ..vace_core.errors import VaceError
 from ..vace_core.lora.region import TokenSpace
 from ..vace_core.pipeline import SamplerSettings, encode_contexts, sample_latent
-from ..vace_core.sampling import ContextStream
-from ..vace_core.sampling.guidance import STREAM_KNOBS
+from ..vace_core.sampling import ContextStream, parse_curve
+from ..vace_core.sampling.guidance import CURVE_KNOBS, STREAM_KNOBS
 from ..vace_core.settings import knobs
-from ..vace_core.vae import to_comfy_latent
+from ..vace_core.vae import from_comfy_latent, to_comfy_latent
 from . import memory
 from .experts import loaded_models, two_experts
 from .inputs import widget
 from .preview import vcu_ui
 from .speed import use_speed
-from .types import CATEGORY, VCU, LowNoiseExpert, RegionsType, StepCache, VaceModel, VaceVAE
+from .types import CATEGORY, VCU, Guidance, LowNoiseExpert, RegionsType, StepCache, VaceModel, VaceVAE
 
 STREAMS = 3
 SOLVERS = {"unipc": "unipc", "euler": "euler", "dpm++_2m": "dpmpp_2m", "lcm": "lcm"}  # ComfyUI's names -> ours
@@ -35,6 +35,7 @@ def stream_inputs(i: int):
                   tooltip="A VCU (from Build VCU and friends)." if i == 1 else
                   "Another VCU as its own context stream, with its own strength (e.g. pose 1.0 + reference 0.7)."),
         *[widget(spec, f"{name}{suffix}", optional=optional) for name, spec in STREAM_KNOBS.items()],
+        *[widget(spec, f"{name}{suffix}", optional=True) for name, spec in CURVE_KNOBS.items()],
     ]
 
 
@@ -64,7 +65,9 @@ def context_streams(streams: dict) -> tuple[list, list[ContextStream]]:
             units.append(streams[f"vcu{suffix}"])
             # streams 2 and 3 are optional (API prompts may leave their settings out): ContextStream's defaults
             given = {k: streams[f"{k}{suffix}"] for k in ("strength", "start", "end") if f"{k}{suffix}" in streams}
-            settings_per_stream.append(ContextStream(**given))
+            curves = {k: parse_curve(streams.get(f"{name}{suffix}")) for k, name in (("curve", "curve"),
+                                                                                    ("frames", "frame_weights"))}
+            settings_per_stream.append(ContextStream(**given, **curves))
     return units, settings_per_stream
 
 
@@ -78,6 +81,29 @@ def text_features(conditioning, what: str, width: int) -> torch.Tensor:
                         f"(1, tokens, {width}). Load the text encoder with Load CLIP, type wan "
                         "(umt5_xxl_fp8_e4m3fn_scaled.safetensors), not another model's CLIP.")
     return features
+
+
+GUIDANCE_INPUTS = [
+    Guidance.Input("guidance", optional=True,
+                   tooltip="From VACE Guidance: NAG (negative prompt at cfg 1), skip-layer guidance, CFG-Zero*, APG."),
+    # optional: graphs and workflows saved without it validate (1: from noise)
+    widget(SETTINGS["denoise"], optional=True),
+]
+
+
+def guidance_settings(guidance, denoise: float) -> dict:
+    """SamplerSettings fields from the VACE Guidance node's options and the denoise input."""
+    return {**(guidance.settings() if guidance is not None else {}), "denoise": denoise}
+
+
+def init_latent(latent, denoise: float, unit):
+    """The LATENT to refine (ComfyUI's Wan 2.1 convention) -> ours, or None for a whole run."""
+    if denoise > 0.9999:
+        return None
+    if latent is None:
+        raise VaceError(f"denoise {denoise} refines a video: connect its latent (VAE Encode of the video at "
+                        f"{unit.size[1]}x{unit.size[0]}, {unit.length} frames), or set denoise to 1")
+    return from_comfy_latent(latent["samples"].float())
 
 
 def interrupt_hooks(model):
@@ -128,18 +154,24 @@ class VaceSampler(io.ComfyNode):
                                   tooltip="From Regional Prompts: a prompt per masked region. Its `positive` output "
                                           "must be this sampler's positive."),
                 StepCache.Input("step_cache", optional=True,
-                                tooltip="From VACE Step Cache: skip the blocks of near-redundant steps (faster)."),
+                                tooltip="From a VACE Step Cache node (TeaCache, MagCache or EasyCache): skip the "
+                                        "work of near-redundant steps (faster)."),
                 LowNoiseExpert.Input("low_noise_expert", optional=True,
                                      tooltip="Wan2.2-VACE-Fun: the low-noise expert (vace_model is then the "
                                              "high-noise one, and cfg its guidance)."),
                 *REFERENCE_INPUTS,
+                *GUIDANCE_INPUTS,
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Video-to-video: the latent to refine (VAE Encode of a video at the VCU's "
+                                        "size and length). Used when denoise is below 1."),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
     def execute(cls, vace_model, vace_vae, positive, negative, steps, cfg, shift, sampler, seed, offload_after,
-                regions=None, step_cache=None, low_noise_expert=None, **streams) -> io.NodeOutput:
+                regions=None, step_cache=None, low_noise_expert=None, guidance=None, denoise=1.0, latent=None,
+                **streams) -> io.NodeOutput:
         options = reference_settings(streams)
         units, settings_per_stream = context_streams(streams)
         experts = loaded_models(vace_model, low_noise_expert)
@@ -155,7 +187,9 @@ class VaceSampler(io.ComfyNode):
         vae = memory.load(vace_vae)
         contexts = encode_contexts(units, lambda v: vae.encode(v.to(device), tiling="auto"))
         step_cache = dataclasses.replace(step_cache) if step_cache is not None else None  # this run's own cache
-        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache, **options)
+        settings = sampler_settings(steps, cfg, shift, sampler, seed, step_cache, **options,
+                                    **guidance_settings(guidance, denoise))
+        init = init_latent(latent, denoise, units[0])
 
         model = memory.load(patcher, reserve + memory.swap_reserve(patcher.model, vace_model.block_swap)) \
             if low_noise_expert is None else two_experts(vace_model, low_noise_expert, reserve)
@@ -164,7 +198,8 @@ class VaceSampler(io.ComfyNode):
             latent = sample_latent(model, contexts, *texts, settings_per_stream, settings,
                                    progress(steps, device, len(units[0].references)), device,
                                    regions=regions.for_vcu(units[0]) if regions is not None else None,
-                                   space=TokenSpace.for_vcu(units[0], region_masks=getattr(regions, "masks", None)))
+                                   space=TokenSpace.for_vcu(units[0], region_masks=getattr(regions, "masks", None)),
+                                   init_latent=init)
         finally:
             for hook in hooks:
                 hook.remove()

@@ -10,4 +10,5 @@ VCU = io.Custom("VACE_VCU")  # vace_core.vcu.VCU: frames, masks, references (pix
 CATEGORY = "VACE"
 StepCache = io.Custom("VACE_STEP_CACHE")  # vace_core.step_cache.TeaCache settings (the sampler copies it per run)
 LowNoiseExpert = io.Custom("VACE_LOW_NOISE_EXPERT")  # nodes.experts.LowNoiseExpert: Wan2.2's second expert
+Guidance = io.Custom("VACE_GUIDANCE")  # vace_core.guidance_options.GuidanceOptions (NAG, SLG, CFG-Zero*, APG)
 TimelineType = io.Custom("VACE_TIMELINE")  # vace_core.timeline.Timeline: per-window prompts, references, end frames

@@ -13,20 +13,26 @@ Everything is tiny: the embedded 4-block DiT, a width-4 Wan VAE, 16x32 frames, 3
 import json
 import tempfile
 from dataclasses import dataclass, replace
+from itertools import combinations
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from vace_core import vcu as V
+from vace_core.easycache import EasyCache
 from vace_core.embedded import tiny_model
 from vace_core.experts import Experts
 from vace_core.job import Job, load_job, run_job, save_job
 from vace_core.long_video import LongVideoSettings, generate_long
 from vace_core.lora import apply_lora
 from vace_core.lora.apply import param_shapes
+from vace_core.magcache import MAG_RATIOS, MagCache
+from vace_core.nag import NAG
 from vace_core.pipeline import SamplerSettings, generate
 from vace_core.regional import RegionalText, Regions
+from vace_core.sampling import ContextStream
+from vace_core.sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
 from vace_core.speed import Speed, apply_speed
 from vace_core.step_cache import TeaCache
 from vace_core.timeline import Timeline
@@ -43,7 +49,9 @@ class Spec:
     experts: bool = False
     long: LongVideoSettings | None = None
     length: int = FRAMES
-    cache: float | None = None  # TeaCache threshold (None: no cache)
+    cache: float | None = None  # the step cache's threshold (None: no cache)
+    cache_kind: str = "teacache"  # which: one of CACHES
+    steps: int = 3
     regions: str | None = None  # "split": two regions, left and right; "full": one region covering everything
     lora: bool = False
     fast: bool = False  # cfg 1 + the LCM solver (a speed LoRA's settings)
@@ -51,6 +59,12 @@ class Spec:
     job: bool = False
     lean: bool = False
     timeline: bool = False  # a second prompt from frame 8 on (frame-mapped: any window count)
+    nag: float | None = None  # NAG scale (None: no NAG; 0: NAG off, the plain run)
+    slg: bool = False  # skip-layer guidance on block 1 (the unconditional pass)
+    combination: str = "cfg"  # or "cfg-zero*", "apg"
+    curve: str | None = None  # the first stream's strength curve and frame weights (None: flat)
+    denoise: float | None = None  # video-to-video from an init video (None: none given)
+    magcache: float | None = None  # MagCache threshold (None: no cache)
 
 
 def _long(spec: Spec, length: int = LONG, **changes) -> Spec:
@@ -65,6 +79,9 @@ FEATURES = {
     "fused": lambda s: _long(s, mode="fused"),
     "carry guidance": lambda s: _long(s, carry_guidance=1.0),
     "teacache": lambda s: replace(s, cache=1e9),  # skips every step it may
+    "teacache context every step": lambda s: replace(s, cache=1e9, cache_kind="teacache context"),
+    # EasyCache measures its rate on two computed steps and always computes the last: 4 steps let it skip one
+    "easycache": lambda s: replace(s, cache=1e9, cache_kind="easycache", steps=4),
     "regions": lambda s: replace(s, regions="split"),
     "lora": lambda s: replace(s, lora=True),
     "cfg 1 + lcm": lambda s: replace(s, fast=True),
@@ -73,15 +90,44 @@ FEATURES = {
     "lean": lambda s: replace(s, lean=True),
     "timeline": lambda s: replace(_long(s), timeline=True),
     "anchor guidance": lambda s: _long(s, anchor_guidance=1.0, anchor_end=0.7),
+    "nag": lambda s: replace(s, nag=10.0),  # with the guidance of the run (4, or 1 with "cfg 1 + lcm")
+    "nag at cfg 1": lambda s: replace(s, nag=10.0, fast=True),  # a speed LoRA's settings: NAG alone guides
+    "slg": lambda s: replace(s, slg=True),
+    "cfg-zero*": lambda s: replace(s, combination="cfg-zero*"),
+    "apg": lambda s: replace(s, combination="apg"),
+    "strength curve": lambda s: replace(s, curve="0:1, 1:0.4"),  # over the steps, and over the latent frames
+    "denoise": lambda s: replace(s, denoise=0.6),
+    "magcache": lambda s: replace(s, magcache=1e9),  # skips every step it may
 }
 MODES = {"autoregressive", "hierarchical", "fused"}
+CACHE_FEATURES = ("teacache", "teacache context every step", "easycache", "magcache")  # one a run
 EXCLUSIVE = {frozenset(p) for p in (("autoregressive", "hierarchical"), ("autoregressive", "fused"),
-                                    ("hierarchical", "fused"))}
+                                    ("hierarchical", "fused"), ("cfg-zero*", "apg"),  # one combination
+                                    *combinations(CACHE_FEATURES, 2),  # one step cache
+                                    ("nag", "nag at cfg 1"), ("cfg 1 + lcm", "nag at cfg 1"))}  # the same runs
+UNCOND = "changes the unconditional \\(negative-prompt\\) pass, which guidance 1 does not run"
 REFUSED = {frozenset(("job file", "regions")): "--region and --job cannot be combined",
            frozenset(("timeline", "fused")): "a timeline directs windows one after another, but fused windows are "
                                              "denoised together",
            frozenset(("timeline", "regions")): "regional prompts and a timeline's per-window prompts cannot be "
-                                               "combined"}
+                                               "combined",
+           # the CFG variants act on the negative-prompt pass: at cfg 1 NAG (or SLG's third pass) is the way
+           **{frozenset((variant, fast)): f"{label} {UNCOND}: raise cfg above 1 with a negative prompt, or use SLG "
+              "mode 'third' / NAG at cfg 1" for variant, label in (("slg", "SLG mode 'uncond'"),
+                                                                  ("cfg-zero*", "CFG-Zero\\*"), ("apg", "APG"))
+              for fast in ("cfg 1 + lcm", "nag at cfg 1")}}
+
+
+# each issue-20 option switched off (tests/test_combinations.py also holds each one alone): NAG scale 0, MagCache
+# threshold 0, denoise 1 with an init video given, a flat strength curve and frame weights
+ADD_ONS_OFF = {"nag": 0.0, "magcache": 0.0, "denoise": 1.0, "curve": "0:1, 1:1"}
+
+
+def add_ons_off(s: Spec) -> Spec:
+    """Every add-on of ADD_ONS_OFF switched off where none is on (MagCache's only where TeaCache is not the cache)."""
+    if any(getattr(s, name) is not None for name in ADD_ONS_OFF):
+        return s
+    return replace(s, **{k: v for k, v in ADD_ONS_OFF.items() if k != "magcache" or s.cache is None})
 
 
 def _one_window(mode):
@@ -94,11 +140,17 @@ def _one_window(mode):
 # the defined reductions: feature off (or trivially on) == the run without it, bit for bit
 REDUCTIONS = {
     "teacache threshold 0 == no cache": lambda s: replace(s, cache=0.0) if s.cache is None else s,
+    "easycache threshold 0 == no cache": lambda s: replace(s, cache=0.0, cache_kind="easycache")
+    if s.cache is None else s,
+    # every step computed through the stages, the hints split off and added back: the plain forward
+    "teacache context every step, no step skipped == no cache":
+        lambda s: replace(s, cache=1e-12, cache_kind="teacache context") if s.cache is None else s,
     "one-window autoregressive == generate": _one_window("autoregressive"),
     "one-window fused == generate": _one_window("fused"),
     "one region covering everything == plain": lambda s: replace(s, regions="full")
     if s.regions is None and not s.timeline else s,  # regions with a timeline's prompts are refused
     "job file == the same run": lambda s: replace(s, job=True) if s.regions is None else s,
+    "every add-on off == today": add_ons_off,
 }
 
 
@@ -139,7 +191,7 @@ def make_vcus(spec: Spec) -> tuple[list, list]:
     masks = torch.zeros(spec.length, *SIZE)
     masks[:, 4:12, 8:24] = 1
     units = [V.inpaint(_clip(spec.length, 0), masks)]
-    streams = [(1.0, 0.0, 1.0)]
+    streams = [ContextStream(1.0, 0.0, 1.0, spec.curve, spec.curve)]
     if spec.streams == 2:
         units.append(V.control(_clip(spec.length, 1)))
         streams.append((0.6, 0.3, 1.0))
@@ -168,10 +220,27 @@ def make_timeline(spec: Spec) -> Timeline | None:
     return Timeline(prompts=[make_texts(spec)[0], second], starts=[0, 8])
 
 
+CACHES = {"teacache": lambda t: TeaCache(t, coefficients=IDENTITY),
+          "teacache context": lambda t: TeaCache(t, coefficients=IDENTITY, context_every_step=True),
+          "easycache": lambda t: EasyCache(t, warmup=0)}
+
+
 def settings_of(spec: Spec) -> SamplerSettings:
-    cache = None if spec.cache is None else TeaCache(spec.cache, coefficients=IDENTITY)
-    return SamplerSettings(steps=3, guidance=1.0 if spec.fast else 4.0, shift=3.0,
-                           solver="lcm" if spec.fast else "unipc", seed=1, step_cache=cache)
+    cache = None if spec.cache is None else CACHES[spec.cache_kind](spec.cache)
+    if spec.magcache is not None:  # the tiny model has no published ratios: the 1.3B ones, resampled to 3 steps
+        cache = MagCache(spec.magcache, k=3, ratios=MAG_RATIOS[1536])
+    guides = {"nag": None if spec.nag is None else NAG(spec.nag),
+              "slg": SkipLayerGuidance((1,), 0.0, 1.0) if spec.slg else None,
+              "cfg_zero_star": CFGZeroStar(1) if spec.combination == "cfg-zero*" else None,
+              "apg": AdaptiveProjectedGuidance(0.0, 2.0, -0.5) if spec.combination == "apg" else None}
+    return SamplerSettings(steps=spec.steps, guidance=1.0 if spec.fast else 4.0, shift=3.0,
+                           solver="lcm" if spec.fast else "unipc", seed=1, step_cache=cache,
+                           denoise=1.0 if spec.denoise is None else spec.denoise, **guides)
+
+
+def init_video(spec: Spec) -> torch.Tensor | None:
+    """The video to refine (3, T, H, W) in [-1, 1]: another clip at the VCU's size and length."""
+    return None if spec.denoise is None else _clip(spec.length, 5).permute(3, 0, 1, 2) * 2 - 1
 
 
 def run(spec: Spec, vae, wrap=None) -> torch.Tensor:
@@ -182,18 +251,18 @@ def run(spec: Spec, vae, wrap=None) -> torch.Tensor:
     units, streams = make_vcus(spec)
     positive, negative, regions = make_texts(spec)
     settings = settings_of(spec)
-    timeline = make_timeline(spec)
+    timeline, init = make_timeline(spec), init_video(spec)
     with torch.no_grad():
         if spec.job:
             with tempfile.TemporaryDirectory() as tmp:
                 path = save_job(Path(tmp) / "job.safetensors",
                                 Job(units, positive, negative, streams, replace(settings, step_cache=None),
-                                    timeline=timeline))
+                                    timeline=timeline, init_video=init))
                 return run_job(load_job(path), model, vae, None, long=spec.long, step_cache=settings.step_cache)
         if spec.long is not None:
             return generate_long(model, vae, units, positive, negative, streams, settings, spec.long,
-                                 regions=regions, timeline=timeline).video
-        return generate(model, vae, units, positive, negative, streams, settings, regions=regions)
+                                 regions=regions, timeline=timeline, init_video=init).video
+        return generate(model, vae, units, positive, negative, streams, settings, regions=regions, init_video=init)
 
 
 def rel_err(a, b) -> float:

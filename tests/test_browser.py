@@ -398,23 +398,81 @@ def test_box_editor_writes_the_widgets_a_run_uses(ui):
                                                                                                    "end_box"))
 
 
+STREAM_KNOBS = ["strength", "start", "end", "curve", "frame_weights"]
+STREAM_2, STREAM_3 = [k + "_2" for k in STREAM_KNOBS], [k + "_3" for k in STREAM_KNOBS]
+GUIDANCE_TUNING = ["nag_tau", "nag_alpha", "nag_start", "nag_end", "slg_mode", "slg_start", "slg_end", "slg_scale",
+                   "slg_rescale", "zero_init_steps", "apg_eta", "apg_norm_threshold", "apg_momentum"]
+
+
+def hidden_of(page, node: int, names: list[str]) -> dict[str, bool]:
+    """{widget: hidden} of node's widgets `names` (a missing widget fails)."""
+    return page.evaluate("""([id, names]) => { const n = window.app.graph.getNodeById(id);
+        return Object.fromEntries(names.map(m => [m, !!n.widgets.find(w => w.name === m).hidden])); }""",
+                         [node, names])
+
+
+def set_widget(page, node: int, name: str, value):
+    """Sets a widget as its editor does (value, then its callback)."""
+    page.evaluate("""([id, name, v]) => { const w = window.app.graph.getNodeById(id).widgets.find(w => w.name === name);
+        w.value = v; w.callback?.(v); }""", [node, name, value])
+
+
 def test_sampler_streams_and_outpaint_length_show_when_they_apply(ui):
     page = ui
     load(page, "vace_outpaint")
     [sampler] = nodes_of(page, "VACESampler")
     [outpaint] = nodes_of(page, "VACEOutpaint")
-    hidden = "([id, n]) => !!window.app.graph.getNodeById(id).widgets.find(w => w.name === n).hidden"
-    assert page.evaluate(hidden, [sampler, "strength_2"]) and page.evaluate(hidden, [sampler, "end_3"])
-    assert not page.evaluate(hidden, [sampler, "strength"])
+    assert hidden_of(page, sampler, STREAM_2 + STREAM_3) == dict.fromkeys(STREAM_2 + STREAM_3, True)
+    assert hidden_of(page, sampler, ["strength", "curve", "frame_weights"]) == dict.fromkeys(
+        ["strength", "curve", "frame_weights"], False)
     page.evaluate("([a, s]) => window.app.graph.getNodeById(a).connect(0, window.app.graph.getNodeById(s), "
                   "'vcu_2')", [outpaint, sampler])
-    assert not page.evaluate(hidden, [sampler, "strength_2"]) and page.evaluate(hidden, [sampler, "strength_3"])
-    assert page.evaluate(hidden, [outpaint, "length"])  # length_from_input is on
+    assert hidden_of(page, sampler, STREAM_2 + STREAM_3) == dict.fromkeys(STREAM_2, False) | dict.fromkeys(STREAM_3,
+                                                                                                          True)
+    assert hidden_of(page, outpaint, ["length"]) == {"length": True}  # length_from_input is on
     page.evaluate("(id) => { const w = window.app.graph.getNodeById(id).widgets.find(w => w.name === "
                   "'length_from_input'); w.value = false; w.callback(false); }", outpaint)
-    assert not page.evaluate(hidden, [outpaint, "length"])
+    assert hidden_of(page, outpaint, ["length"]) == {"length": False}
     show_node(page, sampler)
     screenshot(page, sampler, "sampler_streams")
+    assert not ours_in(page.errors), page.errors
+
+
+def test_long_video_streams_and_guidance_options_show_when_they_apply(ui):
+    """Stream 2's and 3's settings (curves included) on the Long Video Sampler follow their VCU input as on the VACE
+    Sampler; the VACE Guidance node shows an add-on's settings only when the add-on is on (NAG scale above 0, SLG
+    blocks given, SLG's third-pass scale in that mode, CFG-Zero*'s and APG's own with that combination)."""
+    page = ui
+    load(page, "vace_long_extension")
+    [sampler] = nodes_of(page, "VACELongVideoSampler")
+    assert hidden_of(page, sampler, STREAM_2 + STREAM_3) == dict.fromkeys(STREAM_2 + STREAM_3, True)
+    assert not any(hidden_of(page, sampler, STREAM_KNOBS).values())
+    page.evaluate("""(s) => { const g = window.app.graph, sampler = g.getNodeById(s);
+        const link = sampler.getInputLink(sampler.findInputSlot("vcu"));  // the first stream's VCU, again as stream 3
+        g.getNodeById(link.origin_id).connect(link.origin_slot, sampler, "vcu_3"); }""", sampler)
+    assert hidden_of(page, sampler, STREAM_2 + STREAM_3) == dict.fromkeys(STREAM_2, True) | dict.fromkeys(STREAM_3,
+                                                                                                         False)
+    guidance = page.evaluate("""() => { const n = LiteGraph.createNode("VACEGuidance"); n.pos = [0, 0];
+        window.app.graph.add(n); return n.id; }""")
+    assert hidden_of(page, guidance, GUIDANCE_TUNING) == dict.fromkeys(GUIDANCE_TUNING, True)  # all off
+    assert not any(hidden_of(page, guidance, ["nag_scale", "slg_blocks", "combination"]).values())
+    set_widget(page, guidance, "nag_scale", 10.0)
+    set_widget(page, guidance, "slg_blocks", "9")
+    set_widget(page, guidance, "combination", "apg")
+    shown = ["nag_tau", "nag_alpha", "nag_start", "nag_end", "slg_mode", "slg_start", "slg_end", "apg_eta",
+             "apg_norm_threshold", "apg_momentum"]
+    assert hidden_of(page, guidance, GUIDANCE_TUNING) == dict.fromkeys(GUIDANCE_TUNING, True) | dict.fromkeys(shown,
+                                                                                                             False)
+    set_widget(page, guidance, "slg_mode", "third")
+    set_widget(page, guidance, "combination", "cfg-zero*")
+    assert hidden_of(page, guidance, ["slg_scale", "slg_rescale", "zero_init_steps", "apg_eta"]) == {
+        "slg_scale": False, "slg_rescale": False, "zero_init_steps": False, "apg_eta": True}
+    set_widget(page, guidance, "slg_blocks", "")
+    set_widget(page, guidance, "nag_scale", 0.0)
+    assert hidden_of(page, guidance, ["nag_tau", "slg_mode", "slg_scale", "zero_init_steps"]) == {
+        "nag_tau": True, "slg_mode": True, "slg_scale": True, "zero_init_steps": False}
+    show_node(page, guidance)
+    screenshot(page, guidance, "guidance_options")
     assert not ours_in(page.errors), page.errors
 
 

@@ -1,7 +1,10 @@
-"""Every feature with every other (issue 18), on the tiny embedded models: each pair of FEATURES runs to a finite
-video of the right shape; the defined reductions hold bit for bit in every join where they apply (TeaCache at
-threshold 0 == no cache; a one-window long video == generate; one region covering everything == no regions; a job
-file == the same run); two gloo processes == one process within 1e-5 with each feature; the refused pairs say why.
+"""Every feature with every other (issues 18 and 20), on the tiny embedded models: each pair of FEATURES runs to a
+finite video of the right shape; the defined reductions hold bit for bit in every join where they apply (TeaCache or
+EasyCache at threshold 0 == no cache; TeaCache's context-every-step option with no step skipped == no cache; a
+one-window long video == generate; one region covering everything == no regions; a job file == the same run; NAG
+scale 0, MagCache threshold 0, denoise 1 and a flat strength curve == today); two gloo processes == one process within
+1e-5 with each feature; the refused pairs say why and what to do instead. The step caches are one choice a run
+(EXCLUSIVE).
 
 Rows live in tests/combination_cases.py (FEATURES, REDUCTIONS): add one there and every pair with it is tested."""
 
@@ -9,6 +12,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from itertools import combinations
 
 import pytest
@@ -56,6 +60,13 @@ def test_reductions_hold_bit_for_bit(reduction, feature, vae):
     assert torch.equal(C.run(C.REDUCTIONS[reduction](spec), vae), C.run(spec, vae))
 
 
+@pytest.mark.parametrize("name", list(C.ADD_ONS_OFF))
+def test_each_add_on_off_is_today_bit_for_bit(name, vae):
+    """One at a time (the reduction above switches them off together): NAG scale 0, MagCache threshold 0, denoise 1
+    with an init video given, a flat curve == the plain run, bit for bit."""
+    assert torch.equal(C.run(replace(C.Spec(), **{name: C.ADD_ONS_OFF[name]}), vae), C.run(C.Spec(), vae))
+
+
 def test_every_feature_changes_the_run(vae):
     """The matrix tests joins, not no-ops: each feature alone changes the plain run's video (or its length)."""
     plain = C.run(C.Spec(), vae)
@@ -77,13 +88,18 @@ def test_refused_pairs_name_both_features(tmp_path):
     from vace_core.__main__ import main
 
     assert set(C.REFUSED) == {frozenset(p) for p in (("job file", "regions"), ("timeline", "fused"),
-                                                     ("timeline", "regions"))}
+                                                     ("timeline", "regions"), *LIBRARY_REFUSED[2:])}
     with pytest.raises(SystemExit, match=C.REFUSED[frozenset(("job file", "regions"))] + ".*--prompt and --region"):
         main(["run", "--job", str(tmp_path / "job.safetensors"), "--region", "a cat", str(tmp_path / "mask.png"),
               "--out", str(tmp_path / "out.mp4")])
 
 
-@pytest.mark.parametrize("pair", [("timeline", "fused"), ("timeline", "regions")], ids=" + ".join)
+LIBRARY_REFUSED = [("timeline", "fused"), ("timeline", "regions"),
+                   *((variant, fast) for variant in ("slg", "cfg-zero*", "apg")
+                     for fast in ("cfg 1 + lcm", "nag at cfg 1"))]
+
+
+@pytest.mark.parametrize("pair", LIBRARY_REFUSED, ids=" + ".join)
 def test_refused_library_pairs_say_what_to_do(pair):
     """The pairs the library refuses: the message names both features and what to do instead."""
     from vace_core.errors import VaceError

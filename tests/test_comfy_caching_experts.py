@@ -1,10 +1,12 @@
 """Step caching and Wan2.2 two-expert sampling in a real ComfyUI server, driven over HTTP.
 
-Caching: VACE Step Cache -> VACE Sampler; threshold 0 gives the uncached latent bit for bit, a positive threshold
-skips model evaluations and reports how many. Wan2.2: two tiny random experts saved under the release names
-(scaled fp8, as Comfy-Org ships them), the low-noise one through VACE Wan2.2 Low-Noise Expert; the example
-workflow runs; boundary 0 (high-noise expert only) gives exactly the high-noise expert's single-model latent;
-only one expert is resident when each is loaded (ComfyUI's loaded-model list, logged by the sampler).
+Caching: VACE Step Cache (TeaCache, and EasyCache) -> VACE Sampler; threshold 0 gives the uncached latent bit for
+bit, a positive threshold skips model evaluations and reports how many; TeaCache's context-every-step keeps its
+skips and changes the latent (the hints are refreshed on skipped steps). Wan2.2: two tiny random experts saved
+under the release names (scaled fp8, as Comfy-Org ships them), the low-noise one through VACE Wan2.2 Low-Noise
+Expert; the example workflow runs; boundary 0 (high-noise expert only) gives exactly the high-noise expert's
+single-model latent; only one expert is resident when each is loaded (ComfyUI's loaded-model list, logged by
+the sampler).
 """
 
 import re
@@ -64,6 +66,12 @@ def with_cache(prompt: dict, threshold: float) -> dict:
     return prompt
 
 
+def with_easycache(prompt: dict, threshold: float, warmup: int) -> dict:
+    prompt["cache"] = {"class_type": "VACEEasyCache", "inputs": {"threshold": threshold, "warmup": warmup}}
+    prompt["sample"]["inputs"]["step_cache"] = ["cache", 0]
+    return prompt
+
+
 def with_low_noise_expert(prompt: dict, boundary: float) -> dict:
     prompt["low_model"] = {**prompt["model"], "inputs": {**prompt["model"]["inputs"], "model_name": EXPERT_NAMES[1]}}
     prompt["low"] = {"class_type": "VACEWan22LowNoiseExpert", "inputs": {
@@ -91,6 +99,26 @@ def test_step_cache_off_is_exact_and_on_saves_evaluations(comfy):
     on, skipped, total = cache_report(comfy, with_cache(latent_graph(SLOW_TEMB), 0.08))
     assert (skipped, total) == (4, 2 * STEPS)
     assert torch.isfinite(on).all() and 0 < (on - plain).abs().max() < plain.abs().max()
+
+
+def test_easycache_node_off_is_exact_and_on_skips(comfy):
+    plain, _ = run_latent(comfy, latent_graph(SLOW_TEMB))
+    off, skipped, total = cache_report(comfy, with_easycache(latent_graph(SLOW_TEMB), 0.0, 10))
+    torch.testing.assert_close(off, plain, rtol=0, atol=0)
+    assert (skipped, total) == (0, 2 * STEPS)
+    on, skipped, total = cache_report(comfy, with_easycache(latent_graph(SLOW_TEMB), 1.0, 0))
+    # steps 0 and 1 measure the rate and the last step always runs: at most 3 of 6 steps skip, both CFG rows each
+    assert total == 2 * STEPS and skipped in (2, 4, 6)
+    assert torch.isfinite(on).all() and 0 < (on - plain).abs().max() < plain.abs().max()
+
+
+def test_teacache_context_every_step_keeps_the_skips_and_refreshes_the_hints(comfy):
+    plain_cache, skipped, _ = cache_report(comfy, with_cache(latent_graph(SLOW_TEMB), 0.08))
+    prompt = with_cache(latent_graph(SLOW_TEMB), 0.08)
+    prompt["cache"]["inputs"]["context_every_step"] = True
+    fresh, fresh_skipped, total = cache_report(comfy, prompt)
+    assert (fresh_skipped, total) == (skipped, 2 * STEPS) == (4, 2 * STEPS)  # TeaCache's own decisions
+    assert torch.isfinite(fresh).all() and not torch.equal(fresh, plain_cache)
 
 
 def test_wan22_example_workflow_runs_with_one_expert_resident(comfy):

@@ -275,9 +275,14 @@ def sampler_prompt(text: str = "a fox", width: int = 4096, model: str = DIT_NAME
 def test_foreign_text_features_damaged_checkpoint_and_image_vae_are_named(comfy):
     error = error_of(comfy, sampler_prompt(width=768))  # e.g. an SD CLIP's features
     assert error["node_type"] == "VACESampler" and "Load CLIP, type wan" in error["exception_message"]
-    error = error_of(comfy, sampler_prompt(model=NAN_DIT))
-    assert error["node_type"] == "VACEModelLoader"
-    assert "blocks.0.ffn.0.weight holds NaN or infinite values" in error["exception_message"]
+    # the damaged DiT loads (its NaN/inf check runs in the background) and the sampler stops before its first step;
+    # run again (the loader's output cached) it is refused again, and the queue goes on with a sound model
+    for _ in range(2):
+        error = error_of(comfy, sampler_prompt(model=NAN_DIT))
+        assert error["node_type"] == "VACESampler"
+        assert "blocks.0.ffn.0.weight holds NaN or infinite values" in error["exception_message"]
+    entry = comfy.run(sampler_prompt(), timeout=180)
+    assert entry["status"]["status_str"] == "success", messages(entry).get("execution_error")
     vae = {"class_type": "VACEVAELoader", "inputs": {"vae_name": IMAGE_VAE, "dtype": "fp32"}}
     error = error_of(comfy, decode(WAN_LATENT) | {"vae": vae})
     assert error["node_type"] == "VACEVAELoader" and "is an image VAE" in error["exception_message"]

@@ -85,6 +85,20 @@ def test_step_cache_in_fused_windows_keeps_one_cache_per_window_position(vae):
     assert str(result.cache_stats) == f"TeaCache skipped the blocks of {2 * windows} of {6 * windows} model evaluations"
 
 
+def test_easycache_in_fused_windows_keeps_one_cache_per_window_position(vae):
+    from vace_core.easycache import EasyCache
+
+    cache = EasyCache(1e9, warmup=0)  # steps 0 and 1 measure the rate, 3 is the last: step 2 of 4 skips
+    units, streams = C.make_vcus(C.Spec(length=17))
+    positive, negative, _ = C.make_texts(C.Spec())
+    settings = SamplerSettings(steps=4, guidance=4.0, shift=3.0, seed=1, step_cache=cache)
+    result = L.generate_long(C._dit(0, C.Spec()), vae, units, positive, negative, streams, settings,
+                             L.LongVideoSettings(window=9, overlap=5, mode="fused"))
+    windows = len(L.fused_spans(5, 3, 2))
+    assert sorted(slot for _, slot in cache._states) == list(range(windows))  # one cache per window position
+    assert (result.cache_stats.computed, result.cache_stats.skipped) == (2 * 3 * windows, 2 * windows)
+
+
 def test_step_cache_over_autoregressive_windows_sums_every_window(vae):
     cache = TeaCache(1e9, coefficients=C.IDENTITY)
     units, streams = C.make_vcus(C.Spec(length=17))

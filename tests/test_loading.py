@@ -6,22 +6,27 @@ outlives a renamed or deleted file; writes never reach the file; memory stays wi
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_checkpoints import CFG, HEADS, make_inputs, random_state_dict, run
-from vace_core.checkpoints import io, load_vace_model, save_checkpoint, split_vace_module
+from tests.test_checkpoints import CFG, HEADS, make_inputs, random_state_dict, reference_output, run
+from vace_core.checkpoints import finite, io, load_vace_model, save_checkpoint, split_vace_module
 from vace_core.checkpoints.fp8 import dequantize_tensor, drop_fp8_markers
 from vace_core.checkpoints.keymap import to_official
 from vace_core.checkpoints.save import convert_tensor
 from vace_core.errors import VaceError
+from vace_core.experts import Experts
 from vace_core.lora import apply_lora
+from vace_core.pipeline import SamplerSettings, sample_latent
 
 ROOT = Path(__file__).resolve().parents[1]
 E4M3 = torch.float8_e4m3fn
@@ -39,6 +44,11 @@ def weights():
 @pytest.fixture(scope="module")
 def inputs():
     return make_inputs()
+
+
+@pytest.fixture(scope="module")
+def exact(weights, inputs):
+    return reference_output(weights, inputs)
 
 
 def write(weights, folder: Path, layout: str, dtype, scaled) -> tuple[Path, Path | None]:
@@ -189,17 +199,107 @@ def test_unknown_dtype_is_named(tmp_path):
         io.read_file(path)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, E4M3])
-def test_nan_anywhere_in_a_mapped_tensor_is_found(weights, tmp_path, monkeypatch, dtype):
-    """The check reads the map in chunks: a NaN in the last chunk of a tensor is found too."""
-    monkeypatch.setattr(io, "FINITE_CHUNK", 7)
-    key = "blocks.1.ffn.0.weight"
+def damaged(weights, key: str, value: float) -> dict[str, torch.Tensor]:
+    """`weights` with `value` (NaN, inf) in the last element of `key`."""
     bad = dict(weights)
     bad[key] = weights[key].clone()
-    bad[key].view(-1)[-1] = float("nan")
-    path = save_checkpoint(bad, tmp_path / "vace.safetensors", "official", dtype)
-    with pytest.raises(VaceError, match=rf"tensor {key} holds NaN or infinite values"):
-        load_vace_model(path, device="cpu", **HEADS)
+    bad[key].view(-1)[-1] = value
+    return bad
+
+
+def refused(key: str):
+    return pytest.raises(VaceError, match=rf"the checkpoint's tensor {re.escape(key)} holds NaN or infinite values")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, E4M3])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_nan_or_inf_in_any_layout_stops_the_first_call(weights, inputs, tmp_path, monkeypatch, layout, dtype):
+    """The check of the mapped weights runs in the background (in chunks: a NaN in the last one is found): the
+    load returns, the model's first call raises naming the tensor, and so does every later wait."""
+    monkeypatch.setattr(finite, "FINITE_CHUNK", 7)
+    key = "blocks.1.ffn.0.weight" if dtype != torch.float32 else "vace_blocks.1.cross_attn.o.bias"
+    bad_value = float("-inf") if dtype == torch.float32 else float("nan")  # fp8 e4m3fn has no inf
+    path, base = write(damaged(weights, key, bad_value), tmp_path, layout, dtype, False)
+    model = load_vace_model(path, base, device="cpu", **HEADS)
+    with refused(key):
+        run(model, inputs)
+    with refused(key):
+        model.weights_checked()
+
+
+def test_a_converted_tensor_is_checked_while_loading(weights, tmp_path):
+    """A tensor the load converts (fp32 file -> bf16 weights) is checked from the pages the conversion read,
+    before they are dropped: the load itself refuses it."""
+    key = "blocks.0.self_attn.q.weight"
+    path = save_checkpoint(damaged(weights, key, float("inf")), tmp_path / "vace.safetensors", "official")
+    with refused(key):
+        load_vace_model(path, device="cpu", storage_dtype=torch.bfloat16, **HEADS)
+
+
+def test_the_load_returns_before_the_check_and_the_first_call_waits_for_it(weights, inputs, exact, tmp_path,
+                                                                           monkeypatch):
+    """The check reads the weights after load_vace_model returned (here held until the gate opens); a call made
+    meanwhile waits for it, then gives the exact output. Every float weight was checked."""
+    gate, seen, real = threading.Event(), [], finite.check_finite
+    deadline = time.monotonic() + 30
+
+    def gated(key, value):
+        gate.wait(timeout=max(0.0, deadline - time.monotonic()))  # a load that waited for the check stalls here
+        seen.append(key)
+        real(key, value)
+
+    monkeypatch.setattr(finite, "check_finite", gated)
+    path = save_checkpoint(weights, tmp_path / "vace.safetensors", "official")
+    start = time.perf_counter()
+    model = load_vace_model(path, device="cpu", **HEADS)
+    assert time.perf_counter() - start < 15 and not seen
+    out = []
+    call = threading.Thread(target=lambda: out.append(run(model, inputs)))
+    call.start()
+    call.join(timeout=1.0)
+    assert call.is_alive() and not out  # waiting for the check
+    gate.set()
+    call.join(timeout=120)
+    assert torch.equal(out[0], exact) and sorted(seen) == sorted(weights)
+    assert model.weights_check.seconds is not None
+
+
+def test_sampling_waits_for_both_experts_checks_before_the_first_step(weights, tmp_path):
+    """Wan2.2: a damaged low-noise expert stops the run before the high-noise expert's first step (no preview,
+    no latent comes out of the high-noise steps)."""
+    key = "head.head.weight"
+    high = load_vace_model(save_checkpoint(weights, tmp_path / "high.safetensors", "official"), device="cpu", **HEADS)
+    low = load_vace_model(save_checkpoint(damaged(weights, key, float("nan")), tmp_path / "low.safetensors",
+                                          "official"), device="cpu", **HEADS)
+    x, _, text, vcu = make_inputs()
+    steps = []
+    with refused(key):
+        sample_latent(Experts(high, low), [vcu], text, text, settings=SamplerSettings(steps=2),
+                      callback=lambda *a: steps.append(a[0]))
+    assert steps == []
+    sample_latent(Experts(high, high), [vcu], text, text, settings=SamplerSettings(steps=2),
+                  callback=lambda *a: steps.append(a[0]))
+    assert steps == [1, 2]  # the same run with a sound low-noise expert samples
+
+
+def test_command_line_refuses_a_damaged_checkpoint_by_tensor_name(tmp_path, monkeypatch):
+    """`run --model` with NaN in one tensor: a message naming it, no video written (one model, and a long video
+    with Wan2.2 experts whose low-noise one is damaged)."""
+    from vace_core import __main__ as cli
+    from vace_core.embedded import tiny_model
+
+    key = "blocks.0.ffn.2.weight"
+    state = tiny_model(0).state_dict()
+    save_file(state, tmp_path / "good.safetensors")
+    save_file(damaged(state, key, float("nan")), tmp_path / "bad.safetensors")
+    monkeypatch.setattr(cli, "_check_model_files", lambda args: None)
+    task = ["run", "--prompt", "a cat", "--width", "16", "--height", "16", "--steps", "2", "--device", "cpu"]
+    with pytest.raises(SystemExit, match=rf"tensor {re.escape(key)} holds NaN or infinite values"):
+        cli.main([*task, "--model", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "one.mp4")])
+    with pytest.raises(SystemExit, match=rf"tensor {re.escape(key)} holds NaN or infinite values"):
+        cli.main([*task, "--length", "13", "--window", "9", "--model", str(tmp_path / "good.safetensors"),
+                  "--model-low", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "long.mp4")])
+    assert not (tmp_path / "one.mp4").exists() and not (tmp_path / "long.mp4").exists()
 
 
 # ------------------------------------------------------------------------------------- memory, fresh processes
@@ -278,6 +378,17 @@ def test_unused_keys_of_a_full_checkpoint_are_never_read(mid_files):
     assert result["peak"] <= 1.1 * dit, result
 
 
+def test_a_program_exiting_while_the_check_runs_exits_cleanly(mid_files):
+    """The background check is stopped after its tensor at exit: a daemon thread left inside a torch op would
+    abort the process ("terminate called without an active exception")."""
+    script = "import sys; from vace_core.checkpoints import load_vace_model; load_vace_model(sys.argv[1], num_heads=4)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", script, str(mid_files["fp32"])], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert out.returncode == 0 and "terminate" not in out.stderr, out.stderr[-2000:]
+
+
 def test_conversion_holds_one_file_tensor_at_a_time(mid_files):
     """fp32 file -> bf16 weights: the converted half plus one tensor of the file, not the whole file too."""
     size = mid_files["fp32"].stat().st_size
@@ -290,16 +401,15 @@ def test_fp8_check_flags_exactly_the_non_finite_bytes(dtype):
     """Every one of the 256 fp8 bit patterns, between finite neighbours: refused iff it is NaN / inf."""
     for byte in range(256):
         value = torch.tensor([0, byte, 56], dtype=torch.uint8).view(dtype)
-        finite = bool(torch.isfinite(value.float()).all())
-        if finite:
-            io.check_finite("w", value)
+        if torch.isfinite(value.float()).all():
+            finite.check_finite("w", value)
         else:
             with pytest.raises(VaceError, match="tensor w holds NaN"):
-                io.check_finite("w", value)
+                finite.check_finite("w", value)
 
 
 def test_a_sum_that_overflows_is_not_mistaken_for_inf():
     """fp16 weights whose sum overflows fp16 are finite: checked again in float32 chunks, accepted."""
-    io.check_finite("w", torch.full((100,), 60000.0, dtype=torch.float16))
+    finite.check_finite("w", torch.full((100,), 60000.0, dtype=torch.float16))
     with pytest.raises(VaceError, match="tensor w holds NaN"):
-        io.check_finite("w", torch.tensor([60000.0] * 3 + [float("inf")], dtype=torch.float16))
+        finite.check_finite("w", torch.tensor([60000.0] * 3 + [float("inf")], dtype=torch.float16))

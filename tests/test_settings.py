@@ -11,12 +11,15 @@ import pytest
 from tests.integration.node_schemas import node_schemas
 from vace_core.__main__ import parser
 from vace_core.checkpoints import LoadSettings
+from vace_core.easycache import EasyCache
 from vace_core.errors import VaceError
 from vace_core.experts import Experts
+from vace_core.guidance_options import GuidanceOptions
 from vace_core.long_video import LongVideoSettings
+from vace_core.magcache import MagCache
 from vace_core.pipeline import FEATHER, SamplerSettings
 from vace_core.regional import Regions
-from vace_core.sampling.guidance import STREAM_KNOBS
+from vace_core.sampling.guidance import CURVE_KNOBS, STREAM_KNOBS
 from vace_core.sampling.presets import PRESETS
 from vace_core.settings import Knob, knobs
 from vace_core.speed import Speed
@@ -34,6 +37,7 @@ def links():
     """(knob, [(node id, input id)], command-line flag, node labels -> knob choices): every declared knob."""
     sampler, long, regions = knobs(SamplerSettings), knobs(LongVideoSettings), knobs(Regions)
     cache, experts, load, size = knobs(TeaCache), knobs(Experts), knobs(LoadSettings), knobs(TaskInputs)
+    easy = knobs(EasyCache)
     rows = [
         (sampler["steps"], [(n, "steps") for n in SAMPLERS], "--steps", None),
         (sampler["guidance"], [(n, "cfg") for n in SAMPLERS], "--cfg", None),
@@ -42,8 +46,13 @@ def links():
         (sampler["seed"], [(n, "seed") for n in SAMPLERS], "--seed", None),
         *((sampler[name], [(n, name) for n in SAMPLERS], "--" + name.replace("_", "-"), None)
           for name in ("reference_weight", "reference_decay")),
+        (sampler["denoise"], [(n, "denoise") for n in SAMPLERS], "--denoise", None),
         *((spec, [(n, name + suffix) for n in SAMPLERS for suffix in ("", "_2", "_3")], f"--{name}", None)
           for name, spec in STREAM_KNOBS.items()),
+        *((spec, [(n, name + suffix) for n in SAMPLERS for suffix in ("", "_2", "_3")], flag, None)
+          for (name, spec), flag in zip(CURVE_KNOBS.items(), ("--strength-curve", "--frame-weights"), strict=True)),
+        *((spec, [("VACEGuidance", name)], "--" + name.replace("_", "-"), None)
+          for name, spec in knobs(GuidanceOptions).items()),
         *((spec, [("VACELongVideoSampler", name)], "--colour" if name == "colour_method" else
            "--" + name.replace("_", "-"), None) for name, spec in long.items()),
         (regions["self_strength"], [("VACERegionalPrompts", "self_strength")], "--region-strength", None),
@@ -53,6 +62,12 @@ def links():
         (regions["soft_edges"], [("VACERegionalPrompts", "soft_edges")], "--region-soft-edges", None),
         (cache["threshold"], [("VACEStepCache", "threshold")], "--teacache", None),
         (cache["mode"], [("VACEStepCache", "mode")], "--teacache-mode", CACHE_MODE_LABELS),
+        (cache["context_every_step"], [("VACEStepCache", "context_every_step")], "--teacache-context-every-step",
+         None),
+        *((spec, [("VACEMagCache", name)], flag, None) for (name, spec), flag in
+          zip(knobs(MagCache).items(), ("--magcache", "--magcache-retention", "--magcache-k"), strict=True)),
+        (easy["threshold"], [("VACEEasyCache", "threshold")], "--easycache", None),
+        (easy["warmup"], [("VACEEasyCache", "warmup")], "--easycache-warmup", None),
         (experts["guidance_low"], [("VACEWan22LowNoiseExpert", "cfg")], "--cfg-low", None),
         (experts["boundary"], [("VACEWan22LowNoiseExpert", "boundary")], "--boundary", None),
         *((load[name], [("VACEModelLoader", name)], "--" + name.replace("_", "-"), None)
@@ -67,7 +82,8 @@ def links():
 
 # the command line's own defaults where it has a reason to differ from the knob's
 CLI_DEFAULTS = {"--steps": None, "--cfg": None, "--shift": None, "--sampler": None,  # None: the --preset's
-                "--teacache": 0.0,  # off unless asked for (the node is on by being connected)
+                "--teacache": 0.0, "--magcache": 0.0,  # off unless asked for (the node is on by being connected)
+                "--easycache": 0.0,  # same
                 "--cfg-low": None,  # 3, or a speed-LoRA preset's cfg (see __main__._guidance_low)
                 "--composite": None}  # no paste-back unless asked for
 # node widgets of these nodes that are no knob, and why
@@ -79,8 +95,9 @@ NODE_ONLY = {("VACESampler", "offload_after"): "a server's memory choice; the co
              ("VACELongVideoSampler", "save_state"): "--save-state FILE (a path where the node picks output/)",
              ("VACELongVideoSampler", "rerender_window"): "--rerender WINDOW (with --job STATE)",
              ("VACELongVideoSampler", "later_windows"): "--later"}
-CHECKED_NODES = {"VACESampler", "VACELongVideoSampler", "VACERegionalPrompts", "VACEStepCache",
-                 "VACEWan22LowNoiseExpert", "VACEModelLoader", "VACEVAELoader", "VACESpeed", "VACESaveJob"}
+CHECKED_NODES = {"VACESampler", "VACELongVideoSampler", "VACERegionalPrompts", "VACEStepCache", "VACEMagCache",
+                 "VACEEasyCache", "VACEGuidance", "VACEWan22LowNoiseExpert", "VACEModelLoader", "VACEVAELoader",
+                 "VACESpeed", "VACESaveJob"}
 
 
 def run_actions():
@@ -97,6 +114,8 @@ def node_problems(spec: Knob, inp: dict, labels: dict | None) -> list[str]:
             return [f"options {inp.get('options')} vs choices {spec.choices}"]
     elif spec.kind is bool:
         expected |= {"type": "BOOLEAN", "default": spec.default}
+    elif spec.kind is str:
+        expected |= {"type": "STRING", "default": spec.default}
     else:
         expected |= {"type": "INT" if spec.kind is int else "FLOAT", "default": spec.default, "min": spec.min,
                      "max": spec.max, "step": spec.step}
@@ -107,6 +126,8 @@ def cli_problems(spec: Knob, action, flag: str) -> list[str]:
     if spec.kind is bool:
         return [] if action.const is True and action.default is False else ["not a switch that defaults to off"]
     default = CLI_DEFAULTS.get(flag, spec.default)
+    if spec.kind is str and not spec.choices:  # free text, parsed where it is used
+        return [] if action.default == default and action.type is None else [f"default {action.default!r}"]
     if flag == "--region-strength":
         default = (knobs(Regions)["self_strength"].default, knobs(Regions)["cross_strength"].default)
     problems = [] if action.default == default else [f"default {action.default!r} vs {default!r}"]
@@ -158,6 +179,21 @@ def test_drift_is_caught(schemas, monkeypatch):
     assert drift(schemas) == ["--boundary (boundary): default 0.875 vs 0.9"]
 
 
+def test_drift_in_the_guidance_cache_and_curve_inputs_is_caught(schemas):
+    """The issue-20 nodes are held too: a VACE Guidance range, a MagCache default, a stream curve's default (on the
+    third stream of the Long Video Sampler) and an undeclared widget on the VACE Guidance node."""
+    broken = {node: [dict(i) for i in inputs] for node, inputs in schemas.items()}
+    next(i for i in broken["VACEGuidance"] if i["id"] == "nag_scale")["max"] = 100.0
+    next(i for i in broken["VACEMagCache"] if i["id"] == "k")["default"] = 3
+    next(i for i in broken["VACELongVideoSampler"] if i["id"] == "curve_3")["default"] = "0:1, 1:0"
+    broken["VACEGuidance"].append({"id": "pag_scale", "type": "FLOAT", "default": 0.0})
+    assert sorted(drift(broken)) == sorted([
+        "VACEGuidance.nag_scale (nag_scale): max: node 100.0 vs knob 50.0",
+        "VACEMagCache.k (k): default: node 3 vs knob 2",
+        "VACELongVideoSampler.curve_3 (curve): default: node '0:1, 1:0' vs knob ''",
+        "VACEGuidance.pag_scale: a node knob with no declaration (and no flag)"])
+
+
 def test_step_cache_coefficient_labels_name_the_same_sizes(schemas):
     from vace_core.step_cache import SIZES
 
@@ -187,6 +223,9 @@ def test_knob_defaults_are_the_official_settings():
      "argument --region-strength: inf is not a finite number; the range is from 0 to 10 (as on the node)"),
     (["--window", "300"], "argument --window: 300 is outside the range from 5 to 257 (as on the node)"),
     (["--composite", "-3"], "argument --composite: -3 is outside the range from 0 to 256 (as on the node)"),
+    (["--nag-scale", "-1"], "argument --nag-scale: -1 is outside the range from 0 to 50 (as on the node)"),
+    (["--magcache-k", "0"], "argument --magcache-k: 0 is outside the range from 1 to 10 (as on the node)"),
+    (["--combination", "pag"], "argument --combination: invalid choice: 'pag' (choose from 'cfg', 'cfg-zero*', 'apg')"),
     (["--ffn-chunk", "8"], "error: ffn_chunk 8: chunking the FFN needs lean on (--lean; the VACE Speed node's "
                            "lean): the chunks are written into the residual stream in place"),
 ])
@@ -257,7 +296,7 @@ def test_new_flags_reach_their_settings(monkeypatch, tmp_path):
     assert longs[0].fused_weights == "pyramid" and longs[0].colour_masked
     inputs = seen["inputs"]
     assert inputs.region_settings["context_blocks"] and inputs.region_settings["soft_edges"]
-    assert tuple(inputs.stream) == (0.7, 0.1, 0.9)
+    assert tuple(inputs.stream) == (0.7, 0.1, 0.9, None, None)  # no strength curve, no frame weights
     from vace_core.step_cache import COEFFICIENTS
 
     assert seen["settings"].step_cache.coefficients == COEFFICIENTS["t_emb", 5120]

@@ -8,28 +8,19 @@ import numpy as np
 import pytest
 import torch
 
+from tests.small_dit import LATENT, sampler_inputs, small_dit
 from vace_core.config import VaceConfig
 from vace_core.errors import VaceError
 from vace_core.pipeline import SamplerSettings, sample_latent
 from vace_core.sampling import flow_sigmas, sigma_to_timestep
 from vace_core.step_cache import COEFFICIENTS, RETENTION, DenoiserCache, TeaCache
-from vace_core.transformer import VaceTransformer
 
 IDENTITY = (1.0, 0.0)  # poly(x) = x: the accumulated estimate is the sum of the relative L1 changes
-CFG = VaceConfig(dim=24, ffn_dim=32, num_heads=2, num_layers=3, vace_layers=(0, 2), text_dim=32)
-LATENT = (3, 4, 4)
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return VaceTransformer(CFG).eval().requires_grad_(False)
-
-
-def run_inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    contexts = [torch.randn(1, 96, *LATENT, generator=g)]
-    return contexts, torch.randn(1, 5, 32, generator=g), torch.randn(1, 4, 32, generator=g)
+    return small_dit()
 
 
 def count_block_runs(model, monkeypatch):
@@ -46,7 +37,7 @@ def count_block_runs(model, monkeypatch):
 
 
 def test_threshold_zero_is_the_plain_forward_bit_for_bit(model):
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     settings = SamplerSettings(steps=6, shift=3.0, seed=2)
     plain = sample_latent(model, contexts, pos, neg, settings=settings)
     cache = TeaCache(0.0)
@@ -58,7 +49,7 @@ def test_threshold_zero_is_the_plain_forward_bit_for_bit(model):
 
 def test_computed_steps_through_the_stages_equal_the_forward_bit_for_bit(model):
     # threshold tiny and poly(x) = x + 1: every step computes, but through embed / run_blocks / unpatchify
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     plain = sample_latent(model, contexts, pos, neg, settings=SamplerSettings(steps=5, shift=3.0))
     cache = TeaCache(1e-9, coefficients=(1.0, 1.0))
     cached = sample_latent(model, contexts, pos, neg, settings=SamplerSettings(steps=5, shift=3.0, step_cache=cache))
@@ -148,8 +139,7 @@ def test_decisions_equal_the_published_loop_on_a_recorded_sequence(mode):
     """The modulated inputs of a CFG-batched run (cond and uncond text, 20 steps), decided by our cache with the
     polynomial it picks for the mode and width, and by the published per-branch loop on each branch's own rows
     with the published polynomial: the same decisions, for both branches."""
-    torch.manual_seed(0)
-    model = VaceTransformer(WIDE).eval().requires_grad_(False)
+    model = small_dit(WIDE)
     model.time_embedding[2].bias += 5  # the inputs then change 1.6-2.8 % per step, as a real Wan's (random: ~80 %)
     steps = 20
     sigmas = flow_sigmas(steps, 5.0)[:-1].tolist()
@@ -174,7 +164,7 @@ def test_decisions_equal_the_published_loop_on_a_recorded_sequence(mode):
 
 
 def test_a_stream_window_boundary_forces_a_computed_step(model, monkeypatch):
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     runs = count_block_runs(model, monkeypatch)
     huge = TeaCache(1e9, coefficients=IDENTITY)  # would skip every step it may
     sample_latent(model, contexts, pos, neg, [(1.0, 0.0, 1.0)], SamplerSettings(steps=8, step_cache=huge))
@@ -202,7 +192,7 @@ def _recording(should_compute, log):
 
 
 def test_cached_step_adds_each_branchs_own_residual_and_batch_change_recomputes(model):
-    contexts, pos, neg = run_inputs()
+    contexts, pos, neg = sampler_inputs()
     text = torch.cat([pos, torch.nn.functional.pad(neg, (0, 0, 0, 1))])
     x = torch.randn(2, 16, *LATENT)
     cache = TeaCache(1e9, coefficients=IDENTITY)
@@ -224,6 +214,86 @@ def test_bad_settings_are_refused(model):
         TeaCache(-0.1)
     with pytest.raises(VaceError, match="mode"):
         TeaCache(0.1, mode="magic")
-    contexts, pos, _ = run_inputs()
+    contexts, pos, _ = sampler_inputs()
     with pytest.raises(VaceError, match="width 24"):  # the tiny model has no published polynomial
         sample_latent(model, contexts, pos, settings=SamplerSettings(steps=3, step_cache=TeaCache(0.1)))
+
+
+# TeaCache's context_every_step (vllm-omni's VACE TeaCache): context blocks every step, main blocks' residual reused
+
+
+def test_run_blocks_stages_split_the_residual_into_main_blocks_and_hints(model):
+    contexts, pos, _ = sampler_inputs()
+    x = torch.randn(1, 16, *LATENT)
+    tokens = model.embed(x, torch.tensor([900.0]), pos, contexts * 2)
+    full = model.run_blocks(tokens, [1.0, 0.6])
+    with_hints, hints = model.run_blocks(tokens, [1.0, 0.6], hints=True)
+    torch.testing.assert_close(with_hints, full, rtol=0, atol=0)  # the default path is untouched
+    context_only = model.run_blocks(tokens, [1.0, 0.6], main=False)
+    torch.testing.assert_close(context_only, tokens.x + hints)  # the same hints, without any main block
+    assert hints.abs().sum() > 0
+
+
+def count_context_block_runs(model, monkeypatch):
+    """Records the step (by timestep) of every context-block call."""
+    seen = []
+    for block in model.vace_blocks:
+        original = block.forward
+
+        def spy(c, x0, e, *args, original=original, **kwargs):
+            seen.append(round(float(e[0, 0, 0]), 6))
+            return original(c, x0, e, *args, **kwargs)
+
+        monkeypatch.setattr(block, "forward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_context_blocks_run_on_skipped_steps_only_with_the_option(model, monkeypatch, fresh):
+    contexts, pos, neg = sampler_inputs()
+    calls = count_context_block_runs(model, monkeypatch)
+    cache = TeaCache(1e9, coefficients=IDENTITY, context_every_step=fresh)
+    sample_latent(model, contexts, pos, neg, settings=SamplerSettings(steps=8, shift=3.0, step_cache=cache))
+    computed, skipped = cache.stats.computed // 2, cache.stats.skipped // 2  # steps (2 CFG rows each)
+    assert skipped > 0
+    blocks = len(model.vace_blocks)
+    assert len(calls) == blocks * (computed + (skipped if fresh else 0))  # one stream, both rows in one call
+    assert len(set(calls)) == (8 if fresh else computed)  # with the option: every step's embedding
+
+
+def test_the_option_differs_from_plain_teacache_only_through_the_fresh_hints(model, monkeypatch):
+    contexts, pos, _ = sampler_inputs()
+    x = torch.randn(1, 16, *LATENT)
+    seen = {}
+    original = model.unpatchify
+    monkeypatch.setattr(model, "unpatchify", lambda out, tokens, dtype: seen.setdefault("out", []).append(out)
+                        or original(out, tokens, dtype))
+
+    def residual_streams(fresh):
+        cache = TeaCache(1e9, coefficients=IDENTITY, context_every_step=fresh)
+        cache.begin(4)
+        seen["out"] = []
+        cache(model, x, torch.tensor([900.0]), pos, contexts, [1.0], step=0)
+        cache(model, x * 0.9, torch.tensor([880.0]), pos, contexts, [1.0], step=1)  # skipped
+        assert cache.stats.skipped == 1
+        return seen["out"][1]
+
+    plain, fresh = residual_streams(False), residual_streams(True)
+    def hints(xi, t):
+        tokens = model.embed(xi, torch.tensor([t]), pos, contexts)
+        return model.run_blocks(tokens, [1.0], hints=True)[1]
+    torch.testing.assert_close(fresh - plain, hints(x * 0.9, 880.0) - hints(x, 900.0), rtol=1e-5, atol=1e-5)
+    assert (fresh - plain).abs().max() > 1e-3  # the hints did change with the latent
+
+
+def test_the_option_keeps_teacaches_decisions_and_off_is_todays_run(model):
+    contexts, pos, neg = sampler_inputs()
+    runs = {}
+    for fresh in (None, False, True):
+        cache = TeaCache(1e9, coefficients=IDENTITY, **({} if fresh is None else {"context_every_step": fresh}))
+        latent = sample_latent(model, contexts, pos, neg, settings=SamplerSettings(steps=8, shift=3.0,
+                                                                                   step_cache=cache))
+        runs[fresh] = latent, (cache.stats.computed, cache.stats.skipped)
+    torch.testing.assert_close(runs[False][0], runs[None][0], rtol=0, atol=0)
+    assert runs[True][1] == runs[False][1]  # the rule reads the timestep embedding only
+    assert not torch.equal(runs[True][0], runs[False][0])

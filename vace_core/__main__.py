@@ -9,6 +9,7 @@ import torch
 from .denoiser import refuse
 from .errors import VaceError
 from .experts import WAN22_BOUNDARY
+from .guidance_options import GuidanceOptions
 from .outputs import check_writable
 from .settings import add_flag, knobs
 from .video_io import WRITE_EXTS
@@ -190,24 +191,41 @@ def _apply_loras(model, specs):
 
 def _settings(args):
     """The sampler settings: explicit flags, else the preset's, else the official VACE ones."""
+    from .easycache import EasyCache
+    from .magcache import MagCache
     from .pipeline import SamplerSettings
     from .sampling.presets import lora_strength, preset
     from .step_cache import COEFFICIENTS, SIZES, TeaCache
 
+    if args.denoise < 1 and not args.init_video and not args.job:
+        raise VaceError(f"--denoise {args.denoise} refines a video: give it with --init-video FILE")
     chosen = preset(args.preset or "official")
     values = {k: getattr(args, k) if getattr(args, k) is not None else getattr(chosen, v)
               for k, v in (("steps", "steps"), ("cfg", "guidance"), ("shift", "shift"), ("sampler", "solver"))}
     if args.preset and args.preset != "official":
         print(f"preset {args.preset}: {values['steps']} steps, cfg {values['cfg']}, shift {values['shift']}, "
               f"{values['sampler']} ({chosen.note}; LoRA strength {lora_strength(args.preset, values['steps'])})")
+    chosen_caches = [flag for flag, value in (("--teacache", args.teacache), ("--magcache", args.magcache),
+                                              ("--easycache", args.easycache)) if value]
+    if len(chosen_caches) > 1:
+        raise VaceError(f"{' and '.join(chosen_caches)} are {len(chosen_caches)} step caches: choose one")
+    if args.teacache_context_every_step and not args.teacache:
+        raise VaceError("--teacache-context-every-step is a TeaCache option: give --teacache THRESHOLD too")
     cache = None
     if args.teacache:
         size = SIZES[args.teacache_coefficients]
         cache = TeaCache(threshold=args.teacache, mode=args.teacache_mode,
-                         coefficients=None if size is None else COEFFICIENTS[args.teacache_mode, size])
+                         coefficients=None if size is None else COEFFICIENTS[args.teacache_mode, size],
+                         context_every_step=args.teacache_context_every_step)
+    elif args.magcache:
+        cache = MagCache(threshold=args.magcache, retention=args.magcache_retention, k=args.magcache_k)
+    elif args.easycache:
+        cache = EasyCache(threshold=args.easycache, warmup=args.easycache_warmup)
+    guidance = GuidanceOptions(**{name: getattr(args, name) for name in knobs(GuidanceOptions)}).settings()
     return SamplerSettings(steps=values["steps"], guidance=values["cfg"], shift=values["shift"],
                            solver=values["sampler"], seed=args.seed, step_cache=cache,
-                           reference_weight=args.reference_weight, reference_decay=args.reference_decay)
+                           reference_weight=args.reference_weight, reference_decay=args.reference_decay,
+                           denoise=args.denoise, **guidance)
 
 
 def _check_launch(args) -> bool:
@@ -338,11 +356,12 @@ def _run(args):
                         first=args.first, last=args.last, refs=args.ref, width=args.width, height=args.height,
                         length=args.length, regions=[tuple(r) for r in args.region],
                         background_prompt=args.background_prompt,
-                        stream=ContextStream(strength=args.strength, start=args.start, end=args.end),
+                        stream=ContextStream(strength=args.strength, start=args.start, end=args.end,
+                                             curve=args.strength_curve or None, frames=args.frame_weights or None),
                         region_settings=dict(self_strength=self_strength, cross_strength=cross_strength,
                                              end=args.region_end, context_blocks=args.region_context_blocks,
                                              soft_edges=args.region_soft_edges),
-                        timeline=_timeline(args))
+                        timeline=_timeline(args), init_video=args.init_video)
     settings = _settings(args)
     check_writable(args.out, WRITE_EXTS)  # before minutes of work, not after
     _check_model_files(args)
@@ -483,7 +502,9 @@ def _sampling_flags(run):
 def _model_flags(run):
     """Load VACE Model / Load VACE VAE, Wan2.2's low-noise expert, the step cache and the speed switches."""
     from .checkpoints import LoadSettings
+    from .easycache import EasyCache
     from .experts import Experts
+    from .magcache import MagCache
     from .speed import Speed
     from .step_cache import SIZES, SIZES_HELP, TeaCache
 
@@ -502,9 +523,33 @@ def _model_flags(run):
     add_flag(run, cache["threshold"], "--teacache", default=0.0, metavar="THRESHOLD", help_suffix=" Default 0 (off).")
     add_flag(run, cache["mode"], "--teacache-mode")
     run.add_argument("--teacache-coefficients", choices=list(SIZES), default="auto", help=SIZES_HELP)
+    add_flag(run, cache["context_every_step"], "--teacache-context-every-step")
+    magcache = knobs(MagCache)
+    add_flag(run, magcache["threshold"], "--magcache", default=0.0, metavar="THRESHOLD",
+             help_suffix=" Default 0 (off).")
+    add_flag(run, magcache["retention"], "--magcache-retention")
+    add_flag(run, magcache["k"], "--magcache-k")
+    easy = knobs(EasyCache)
+    add_flag(run, easy["threshold"], "--easycache", default=0.0, metavar="THRESHOLD", help_suffix=" Default 0 (off).")
+    add_flag(run, easy["warmup"], "--easycache-warmup")
     speed = run.add_argument_group("speed switches (default off: the exact path)")
     for name, spec in knobs(Speed).items():
         add_flag(speed, spec, dest=name)
+
+
+def _guidance_flags(run):
+    """NAG, skip-layer guidance, CFG-Zero* / APG (vace_core/guidance_options.py), the VCU's strength curves and
+    video-to-video."""
+    from .pipeline import SamplerSettings
+    from .sampling.guidance import CURVE_KNOBS
+
+    g = run.add_argument_group("guidance add-ons (all off by default: plain CFG)")
+    for spec in knobs(GuidanceOptions).values():
+        add_flag(g, spec)
+    add_flag(g, CURVE_KNOBS["curve"], "--strength-curve")
+    add_flag(g, CURVE_KNOBS["frame_weights"], "--frame-weights")
+    g.add_argument("--init-video", help="video-to-video: the video to refine (fitted to --width/--height/--length)")
+    add_flag(g, knobs(SamplerSettings)["denoise"], help_suffix=" With --init-video FILE.")
 
 
 def _run_parser(sub):
@@ -537,6 +582,7 @@ def _run_parser(sub):
     add_flag(run, FEATHER, "--composite", default=None, metavar="FEATHER",
              help_suffix=" Given: paste the kept pixels (mask black) back, with this soft edge.")
     _long_video_flags(run)
+    _guidance_flags(run)
     _model_flags(run)
     run.add_argument("--vae", help="Wan2.1 VAE file; default: the embedded tiny VAE")
     run.add_argument("--text-encoder", help="umt5-xxl file or folder; default: the embedded tiny encoder")

@@ -11,7 +11,9 @@ A denoiser (`Denoiser`) is anything with
   unpatchify(run_blocks(embed(...)))): step caches work between them. A wrapper that changes what the call
   computes (blending windows, adding guidance passes) sets `staged = False`: it "cannot be staged", and a step
   cache then sits inside it, on the model it calls (see `Layer`).
-- `agree(flag) -> flag`: a yes/no decision made the same on every process (one process: the flag itself).
+- `agree(flag) -> flag`: a yes/no decision made the same on every process (one process: the flag itself);
+- `weights_checked()`: waits for the NaN/inf check of the weights the loader left running in the background
+  (vace_core.checkpoints.finite) and raises its error; the sampler calls it before the first step.
 
 VaceTransformer, ParallelVace, Experts (the expert of the timestep), the ComfyUI nodes' `Managed` wrapper and
 the long-video wrappers (CarryGuidance, FusedWindows, LatentReplacement) follow it; `Wrapper` passes everything
@@ -66,6 +68,8 @@ class Denoiser(Protocol):
 
     def agree(self, flag: bool) -> bool: ...
 
+    def weights_checked(self) -> None: ...
+
 
 Layer = Callable[[Denoiser, Step], Denoiser]
 
@@ -102,11 +106,14 @@ class Wrapper:
     def agree(self, flag: bool) -> bool:
         return self.inner.agree(flag)
 
+    def weights_checked(self) -> None:
+        self.inner.weights_checked()
+
     def embed(self, x, t, text, contexts):
         return self.inner.embed(x, t, text, contexts)
 
-    def run_blocks(self, tokens, strengths=(), self_bias=None, cross_bias=None):
-        return self.inner.run_blocks(tokens, strengths, self_bias, cross_bias)
+    def run_blocks(self, tokens, strengths=(), self_bias=None, cross_bias=None, **stages):
+        return self.inner.run_blocks(tokens, strengths, self_bias, cross_bias, **stages)
 
     def unpatchify(self, x, tokens, dtype):
         return self.inner.unpatchify(x, tokens, dtype)
@@ -141,3 +148,21 @@ def narrow_bias(bias, rows=None, queries=None, keys=None):
         bias = bias.index_select(3, keys.to(bias.device))
     return bias
 
+
+
+def compose_bias(hook, inner):
+    """An attention hook that wraps another (NAG and skip-layer guidance around regional prompts' modulation):
+    `hook.around(inner)`; either alone when the other is None. Two modulations that cannot nest are refused."""
+    if hook is None or inner is None:
+        return inner if hook is None else hook
+    if not hasattr(hook, "around"):
+        refuse(type(hook).__name__, type(inner).__name__, "drop one of the two attention modulations")
+    return hook.around(inner)
+
+
+def bias_key(bias):
+    """What a step cache compares of an attention bias: the hook's own `cache_key` (NAG and skip-layer guidance
+    say what they change), True for any other modulation, None for none."""
+    if bias is None:
+        return None
+    return getattr(bias, "cache_key", True)

@@ -97,11 +97,16 @@ class Experts:
     def agree(self, flag: bool) -> bool:
         return self.high.agree(flag)
 
+    def weights_checked(self) -> None:
+        """Both experts' checks: a damaged low-noise expert stops the run before the high-noise steps."""
+        self.high.weights_checked()
+        self.low.weights_checked()
+
     def embed(self, x, t, text, contexts):
         return self._of(t).embed(x, t, text, contexts)
 
-    def run_blocks(self, tokens, strengths=(), self_bias=None, cross_bias=None):
-        return self._active[1].run_blocks(tokens, strengths, self_bias, cross_bias)
+    def run_blocks(self, tokens, strengths=(), self_bias=None, cross_bias=None, **stages):
+        return self._active[1].run_blocks(tokens, strengths, self_bias, cross_bias, **stages)
 
     def unpatchify(self, x, tokens, dtype):
         return self._active[1].unpatchify(x, tokens, dtype)

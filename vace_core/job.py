@@ -26,11 +26,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .colour import ColourAnchor
+from .easycache import EasyCache
 from .errors import VaceError
 from .long_video import LongVideo, LongVideoSettings, Resume, WindowRecord
+from .magcache import MagCache
+from .nag import NAG
 from .outputs import atomic_output, save_safetensors
 from .pipeline import SamplerSettings
 from .sampling import ContextStream
+from .sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
 from .step_cache import TeaCache
 from .timeline import Timeline
 from .vcu import VCU
@@ -42,8 +46,8 @@ ANCHOR = ("lab_mean", "lab_std", "rgb_mean", "rgb_cov")
 
 @dataclass
 class Job:
-    """What to sample; `long` / `timeline` for a long video, and `video` / `anchor` / `records` once it ran (the
-    saved state a window is re-rendered from)."""
+    """What to sample; `long` / `timeline` for a long video, `init_video` to refine (settings.denoise < 1), and
+    `video` / `anchor` / `records` once it ran (the saved state a window is re-rendered from)."""
 
     vcus: list[VCU]
     positive: torch.Tensor  # (1, L, D) text features
@@ -55,11 +59,11 @@ class Job:
     video: torch.Tensor | None = None  # (3, T, H, W) in [-1, 1]
     anchor: ColourAnchor | None = None
     records: list[WindowRecord] = field(default_factory=list)
+    init_video: torch.Tensor | None = None  # (3, T, H, W) in [-1, 1], the first VCU's size and length
 
     def with_run(self, result: LongVideo) -> "Job":
         """This job with a long-video run's state (to save, then re-render a window from)."""
-        return Job(self.vcus, self.positive, self.negative, self.streams, self.settings, self.long, self.timeline,
-                   result.video, result.anchor, list(result.records))
+        return replace(self, video=result.video, anchor=result.anchor, records=list(result.records))
 
     def rerender(self, window: int, seed: int | None = None, prompt: torch.Tensor | None = None) -> "Job":
         """This saved run set to sample window `window` with a new seed and / or prompt features (1, L, D)."""
@@ -103,22 +107,63 @@ def _read_timeline(meta: dict, tensors: dict) -> Timeline:
                     {int(w): s for w, s in meta["seeds"].items()}, meta["loop"])
 
 
+CACHES = {"TeaCache": TeaCache, "MagCache": MagCache, "EasyCache": EasyCache}
+GUIDES = {"nag": NAG, "slg": SkipLayerGuidance, "cfg_zero_star": CFGZeroStar, "apg": AdaptiveProjectedGuidance}
+
+
+def _spec(curve) -> str | None:
+    """A stream's curve as the text it was written in (None: flat)."""
+    return None if curve is None else getattr(curve, "spec", curve)
+
+
+def _settings_record(settings: SamplerSettings) -> dict:
+    """The settings as JSON: the guidance add-ons by their constructor fields (APG's running average is per run);
+    the step cache apart (`_cache_record`)."""
+    record = asdict(replace(settings, step_cache=None, **dict.fromkeys(GUIDES)))
+    for name, cls in GUIDES.items():
+        value = getattr(settings, name)
+        record[name] = None if value is None else {f.name: getattr(value, f.name) for f in fields(cls) if f.init}
+    return record
+
+
+def _settings_from(record: dict) -> SamplerSettings:
+    guides = {name: None if record.get(name) is None else cls(**record[name]) for name, cls in GUIDES.items()}
+    return SamplerSettings(**{**record, **guides})
+
+
+def _cache_record(cache) -> dict:
+    """A step cache's settings (not the run's cache state): TeaCache's as version 1 wrote them (an older file
+    without context_every_step reads as off), MagCache's and EasyCache's with their kind."""
+    record = {f.name: getattr(cache, f.name) for f in fields(cache) if f.name != "stats"}
+    return record if isinstance(cache, TeaCache) else {"kind": type(cache).__name__, **record}
+
+
+def _cache_from(record: dict):
+    record = dict(record)
+    return CACHES[record.pop("kind", "TeaCache")](**record)
+
+
 def save_job(path, job: Job) -> Path:
     """Writes the job (float32 pixels and features); returns the path."""
     if len(job.vcus) != len(job.streams) or not job.vcus:
         raise VaceError(f"a job needs at least one VCU and one stream setting per VCU (got {len(job.vcus)} VCUs, "
                         f"{len(job.streams)} stream settings)")
+    if job.settings.denoise <= 0.9999 and job.init_video is None:
+        raise VaceError(f"denoise {job.settings.denoise} refines a video, but the job holds none: give the job its "
+                        "init video (the Save VACE Job node's init_images), or set denoise to 1")
     tensors = {"positive": job.positive}
+    if job.init_video is not None:
+        tensors["init_video"] = job.init_video
     if job.negative is not None:
         tensors["negative"] = job.negative
     for i, unit in enumerate(job.vcus):
         tensors |= {f"vcu.{i}.frames": unit.frames, f"vcu.{i}.masks": unit.masks}
         tensors |= {f"vcu.{i}.ref.{j}": ref for j, ref in enumerate(unit.references)}
-    meta = {"version": VERSION, "kinds": [u.kind for u in job.vcus], "streams": [list(s) for s in job.streams],
-            "settings": asdict(replace(job.settings, step_cache=None))}
+    meta = {"version": VERSION, "kinds": [u.kind for u in job.vcus],
+            "streams": [[*s[:3], _spec(s.curve), _spec(s.frames)] for s in (ContextStream(*t) for t in job.streams)],
+            "settings": _settings_record(job.settings)}
     if job.settings.step_cache is not None:  # its settings; the run's cache state is not part of the job
-        cache = job.settings.step_cache
-        meta["step_cache"] = {"threshold": cache.threshold, "mode": cache.mode, "coefficients": cache.coefficients}
+        meta["step_cache"] = _cache_record(job.settings.step_cache)
     tensors = {k: v.float() for k, v in tensors.items()}
     if job.long is not None:
         meta["long"] = _long_meta(job.long)
@@ -204,13 +249,15 @@ def _job(path, meta: dict, tensors: dict) -> Job:
     try:
         streams = [ContextStream(*s) for s in meta["streams"]]
     except TypeError:
-        raise VaceError(f"{path}: its streams {meta['streams']!r} are not (strength, start, end) per VCU: save the "
-                        "job again with the Save VACE Job node") from None
-    settings = SamplerSettings(**meta["settings"])
+        raise VaceError(f"{path}: its streams {meta['streams']!r} are not (strength, start, end[, curve, frame "
+                        "weights]) per VCU: save the job again with the Save VACE Job node") from None
+    settings = _settings_from(meta["settings"])
     settings.check()  # the sampler's ranges, as the node and the command line hold them
     if "step_cache" in meta:
-        settings = replace(settings, step_cache=TeaCache(**meta["step_cache"]))
+        settings = replace(settings, step_cache=_cache_from(meta["step_cache"]))
     job = Job(vcus, positive, negative, streams, settings)
+    if "init_video" in tensors:
+        job.init_video = _checked(path, "init_video", tensors, -1, 1, "init video pixels")
     if "long" in meta:
         job.long = LongVideoSettings(**meta["long"], colour_anchor=tensors.get("long.colour_anchor"))
     if "timeline" in meta:
@@ -252,11 +299,12 @@ def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, t
                         "window and has no saved run (save it from a long-video run)")
     if not windows:
         video = generate(model, vae, job.vcus, job.positive, job.negative, job.streams, job.settings, tiling=tiling,
-                         composite_feather=feather)
+                         composite_feather=feather, init_video=job.init_video)
     else:
         resume = None if rerender is None else job.resume(rerender, later)
         result = generate_long(model, vae, job.vcus, job.positive, job.negative, job.streams, job.settings, job.long,
-                               tiling=tiling, composite_feather=feather, timeline=job.timeline, resume=resume)
+                               tiling=tiling, composite_feather=feather, timeline=job.timeline, resume=resume,
+                               init_video=job.init_video)
         video = result.video
         if state is not None:
             save_job(state, job.with_run(result))

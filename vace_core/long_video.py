@@ -44,7 +44,7 @@ from .colour import METHOD_HELP, METHODS, ColourAnchor, match_colours
 from .denoiser import Wrapper, narrow_bias
 from .errors import VaceError
 from .lora.region import TokenSpace
-from .pipeline import SamplerSettings, composite, decode, encode_contexts, sample_latent
+from .pipeline import SamplerSettings, composite, decode, encode_contexts, encode_init, sample_latent
 from .sampling import SamplingInterrupted, make_noise
 from .sampling.loop import MAX_SEED
 from .settings import check, knob
@@ -304,9 +304,10 @@ class FusedWindows(Wrapper):
         for (a, b), w in zip(self.spans, self.weights, strict=True):
             index = torch.cat([torch.arange(refs), torch.arange(refs + a, refs + b)])
             tokens = self._tokens(index, x) if self_bias is not None or cross_bias is not None else None
+            scales = [s[index.to(s.device)] if isinstance(s, Tensor) else s for s in strengths]  # per-frame ones
             with self.space.window(index) if self.space is not None else nullcontext():
                 v_w = self.inner(x[:, :, index.to(x.device)], t, text,
-                                 [c[:, :, index.to(c.device)] for c in contexts], strengths,
+                                 [c[:, :, index.to(c.device)] for c in contexts], scales,
                                  self_bias=narrow_bias(self_bias, queries=tokens, keys=tokens),
                                  cross_bias=narrow_bias(cross_bias, queries=tokens))
             w = torch.cat([torch.full((refs,), 1.0 / len(self.spans)), w]).to(v_w)
@@ -423,14 +424,17 @@ def _perturb(contexts: list[Tensor], index: list[int], level: float, seed: int) 
 
 def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[int], positive, negative, streams,
                   settings, long: LongVideoSettings, callback=None, tiling=None, device=None, regions=None,
-                  space: TokenSpace | None = None, anchor: AnchorStats | None = None) -> Tensor:
+                  space: TokenSpace | None = None, anchor: AnchorStats | None = None,
+                  init_video: Tensor | None = None) -> Tensor:
     """One window: its VCUs (`kept`: the window frames carried over; `free`: the VCUs without them) -> decoded
     frames (3, T, H, W) in [-1, 1]. With nothing carried this is exactly pipeline.generate. regions: the
     window's `regional.Regions` (its slice of the masks). space: the window's TokenSpace (its video frames), for
     region LoRAs. anchor: the first window's latent statistics for anchor guidance (None: from the kept frames
-    with anchor_source "kept", else no guidance)."""
+    with anchor_source "kept", else no guidance). init_video: the window's frames of the video refined with
+    settings.denoise < 1."""
     encode = lambda v: vae.encode(v, tiling=tiling)  # noqa: E731
     contexts = encode_contexts(units, encode)
+    init = encode_init(init_video, units[0], encode, settings.denoise)
     refs = len(units[0].references)
     carried = [refs + j for j in kept_latents(kept, units[0].length)]
     layers = []
@@ -454,7 +458,7 @@ def sample_window(model, vae, units: list[VCU], free: list[VCU], kept: Sequence[
     layout = regions.for_vcu(units[0]) if regions is not None else None
     latent = sample_latent(model, contexts, positive, negative, streams, settings, callback, device, layout, layers,
                            space=space or TokenSpace.for_vcu(units[0], region_masks=getattr(regions, "masks", None)),
-                           x0_hook=hook)
+                           x0_hook=hook, init_latent=init)
     if long.replace_latents and carried:
         latent[:, :, carried] = clean.to(latent)
     return decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)
@@ -506,14 +510,16 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
                   streams=None, settings: SamplerSettings | None = None,
                   long: LongVideoSettings = LongVideoSettings(), progress: Progress | None = None, tiling=None,
                   composite_feather: int | None = None, on_frames=None, device=None, regions=None,
-                  timeline: Timeline | None = None, resume: Resume | None = None) -> LongVideo:
+                  timeline: Timeline | None = None, resume: Resume | None = None,
+                  init_video: Tensor | None = None) -> LongVideo:
     """A VACE task of any length -> LongVideo (video (3, T, H, W) in [-1, 1]). A VCU of at most `window`
     frames is one window: exactly pipeline.generate. Window i samples with seed + i. progress(window,
     windows, step, steps, x, x0) returning False stops after that step: the finished windows are returned.
     model: a denoiser or Wan2.2 `Experts` (every window switches expert at the boundary). regions: a
     `regional.Regions` over the whole video (positive = its text): each window gets its frames of the masks.
     timeline: per-window prompts, references, end frames, seeds, loop (vace_core.timeline). resume: re-render
-    one window of a saved run (see Resume)."""
+    one window of a saved run (see Resume). init_video (3, T, H, W) in [-1, 1], the VCU's size and length:
+    video-to-video with settings.denoise < 1, each window refining its own frames of it."""
     vcus = [vcus] if isinstance(vcus, VCU) else list(vcus)
     settings = settings or SamplerSettings()
     if len({(v.length, v.size) for v in vcus}) > 1:
@@ -533,7 +539,7 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
             raise VaceError("fused windows are denoised together, none can be re-rendered alone: use "
                             "autoregressive or hierarchical mode")
         return _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
-                               composite_feather, on_frames, device, regions)
+                               composite_feather, on_frames, device, regions, init_video)
     plan = plan_windows(vcus[0].length, long)
     if timeline is not None:
         timeline = timeline.resolved(len(plan))
@@ -573,7 +579,8 @@ def generate_long(model, vae, vcus: VCU | Sequence[VCU], positive: Tensor, negat
                                        replace(settings, seed=seed), long, step, tiling, device,
                                        None if regions is None else regions.frames(window.positions),
                                        TokenSpace.for_vcu(units[0], window.positions,
-                                                          getattr(regions, "masks", None)), latent_anchor)
+                                                          getattr(regions, "masks", None)), latent_anchor,
+                                       None if init_video is None else init_video[:, window.positions])
             except SamplingInterrupted:
                 log.warning("VACE long video: stopped in window %d of %d; returning the %d finished frames",
                             i + 1, len(plan), out.emitted)
@@ -612,11 +619,12 @@ def _latent_anchor(vae, video: Tensor, first: Window, long: LongVideoSettings, t
 
 
 def _generate_fused(model, vae, vcus, positive, negative, streams, settings, long, progress, tiling,
-                    composite_feather, on_frames, device, regions) -> LongVideo:
+                    composite_feather, on_frames, device, regions, init_video) -> LongVideo:
     """Fused windows over the whole latent; a VCU within one window is exactly pipeline.generate. Regional
     prompts: the whole video's layout, each window attending with its tokens' part of it."""
     with torch.no_grad():
         contexts = encode_contexts(vcus, lambda v: vae.encode(v, tiling=tiling))
+        init = encode_init(init_video, vcus[0], lambda v: vae.encode(v, tiling=tiling), settings.denoise)
         refs = len(vcus[0].references)
         spans = fused_spans(contexts[0].shape[2] - refs, (long.window - 1) // TEMPORAL_STRIDE + 1,
                             (long.overlap - 1) // TEMPORAL_STRIDE + 1)
@@ -627,7 +635,7 @@ def _generate_fused(model, vae, vcus, positive, negative, streams, settings, lon
         layout = regions.for_vcu(vcus[0]) if regions is not None else None
         try:
             latent = sample_latent(model, contexts, positive, negative, streams, settings, step, device, layout,
-                                   layers, space=space)
+                                   layers, space=space, init_latent=init)
         except SamplingInterrupted:
             return LongVideo(torch.zeros(3, 0, *vcus[0].size), 0, 1)
         video = decode(latent, lambda z: vae.decode(z, tiling=tiling), refs)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor
 
-from .denoiser import Step, Wrapper
+from .denoiser import Step, Wrapper, compose_bias
 from .errors import VaceError
 from .settings import check, knob
 from .vcu.pixels import resize_masks, to_masks
@@ -366,9 +366,9 @@ class Regional(Wrapper):
         self.layout, self.step = layout, step
 
     def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
-        if self_bias is not None or cross_bias is not None:
-            raise VaceError("regional prompts and another attention modulation cannot be combined: the regions "
-                            "set both attention biases; drop one of them")
+        """Hooks given by the caller (NAG, skip-layer guidance) wrap the regions' modulation (`compose_bias`)."""
         step = self.step
         biases = self.layout.biases(step.timestep, step.index, step.total, x.shape[0])
-        return self.inner(x, t, text, contexts, strengths, **biases)
+        return self.inner(x, t, text, contexts, strengths,
+                          self_bias=compose_bias(self_bias, biases.get("self_bias")),
+                          cross_bias=compose_bias(cross_bias, biases.get("cross_bias")))

@@ -50,6 +50,8 @@ class Knob:
             return None
         if self.choices:
             return None if value in self.choices else f"{value!r} is not {self.range_text()}"
+        if self.kind is str:  # free text (a list, a curve): its own parser checks it
+            return None if isinstance(value, str) else f"{value!r} is not text"
         if self.kind is bool:
             return None if isinstance(value, bool) else f"{value!r} is not true or false"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
@@ -107,11 +109,13 @@ def add_flag(parser, spec: Knob, flag: str | None = None, default=..., help_suff
     (default off) is a switch. `default` replaces the knob's default where the command line has its own
     (None: a preset's); flag defaults to --the-knob-name."""
     flag = flag or "--" + spec.name.replace("_", "-")
-    text = f"{spec.help}{help_suffix}"
+    text = f"{spec.help}{help_suffix}".replace("%", "%%")  # argparse formats help with %: "10%" is literal
     if spec.kind is bool:
         return parser.add_argument(flag, action="store_true", help=text, **kwargs)
     default = spec.default if default is ... else default
     if spec.choices:
         return parser.add_argument(flag, choices=spec.choices, default=default, help=text, **kwargs)
+    if spec.kind is str:
+        return parser.add_argument(flag, default=default, help=text, **kwargs)
     return parser.add_argument(flag, type=spec.parse, default=default, help=f"{text} ({spec.range_text()})",
                                **kwargs)

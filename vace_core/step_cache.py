@@ -8,18 +8,29 @@ residual (blocks' output - input) of the last evaluation that ran them. Embeddin
 saved work is the blocks (main and context), nearly all of a forward.
 
 VACE-aware: the residual includes the context blocks' hints scaled by each VCU stream's strength, so a cached
-evaluation never reuses a residual computed under other stream strengths (a stream's start/end window opening
-or closing forces a computed step). Caches are per CFG branch (the residual keeps one row per branch of the
-batched forward; a change of branches forces a computed step) and per denoiser (Wan2.2's two experts each keep
-their own), and per call of a step (`Cached`: the i-th call of every step shares a cache, so fused long-video
-windows keep one cache per window position, and carry guidance's window-free pass its own). A cache is reset at
-the start of every sampling run (so per long-video window too). On several processes the decision is agreed
+evaluation never reuses a residual computed under other stream strengths: a stream's start/end window opening
+or closing forces a computed step, and so does a strength curve once any stream's strength has moved more than
+STRENGTH_TOLERANCE (0.05, absolute) from the strength the residual was computed under. Attention hooks (NAG,
+skip-layer guidance, regional prompts) are part of the key: switching one on or off forces a computed step.
+Caches are per CFG branch (the residual keeps one row per branch of the batched forward; a change of branches
+forces a computed step), per denoiser (Wan2.2's two experts each keep their own), and per call of a step
+(`Cached`: the i-th call of every step shares a cache, so fused long-video windows keep one cache per window
+position, carry guidance's window-free pass its own, and SLG's third pass its own). A cache is reset at the
+start of every sampling run (so per long-video window too). On several processes the decision is agreed
 (`Denoiser.agree`): every rank skips or computes together (the decision input, the timestep embedding, is the
 same on every rank anyway), and each rank keeps the residual of its own shard of tokens.
 
 The decision rule is the published one (TeaCache4Wan2.1): the first `retention` steps always run, the last
 step too in the timestep-embedding mode; otherwise acc += poly(|inp - prev|_1 / |prev|_1) and the blocks are
 skipped while acc < threshold, acc restarting at 0 when they run.
+
+TeaCache's `context_every_step` (the approach of vllm-omni's VACE TeaCache, vllm-project/vllm-omni pull request 5223:
+"recomputes VACE conditioning blocks on every denoising step; reuses only the expensive main-block residual"): a
+computed step stores the main blocks' own residual r = out - x - H (H: the sum of the scaled hints the context
+blocks added); a skipped step runs the context blocks alone (they read the patch-embedded latent x0, never the main
+stream) and returns x + H_now + r. It therefore differs from plain TeaCache's x + (out - x) by H_now - H exactly.
+Cost per skipped step: the context blocks, about (context blocks x streams) / (main + context blocks x streams) of a
+forward (1.3B, one stream: 15 of 45 blocks; 14B: 8 of 48). The decision rule is TeaCache's, unchanged.
 """
 
 from dataclasses import dataclass, field
@@ -27,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .denoiser import Step, Wrapper, require_staged
+from .denoiser import Step, Wrapper, bias_key, require_staged
 from .errors import VaceError
 from .settings import check, knob
 
@@ -44,6 +55,16 @@ LAST_STEP_COMPUTED = {"t_emb": True, "e": False}
 # the published "fast" thresholds (about 1.6-2x on Wan2.1 T2V); "slow" ones are 0.05 (1.3B) and 0.14 (14B)
 SUGGESTED_THRESHOLD = {1536: 0.08, 5120: 0.2}
 MODES = tuple(RETENTION)
+STRENGTH_TOLERANCE = 0.05  # a residual is reused while every stream's strength stays this close to its own
+
+
+def strengths_moved(now, then, tolerance: float = STRENGTH_TOLERANCE) -> bool:
+    """Whether the stream strengths `now` differ from `then` (those a residual was computed under): a stream
+    switched on or off, or moved more than `tolerance`."""
+    return len(now) != len(then) or any((a == 0) != (b == 0) or abs(a - b) > tolerance
+                                        for a, b in zip(now, then, strict=True))
+
+
 SIZES = {"auto": None, "1.3B": 1536, "14B": 5120}  # which fitted polynomial: the model's width, or a named one
 SIZES_HELP = ("Which fitted polynomial rescales the change. auto: the model's size (1.3B or 14B, read from its "
               "weights; Wan2.2 A14B experts use the 14B one).")
@@ -62,13 +83,14 @@ class CacheStats:
 
     computed: int = 0
     skipped: int = 0
+    label: str = "the step cache"  # which cache (TeaCache, MagCache): the sampler shows it
 
     def __add__(self, other: "CacheStats") -> "CacheStats":
-        return CacheStats(self.computed + other.computed, self.skipped + other.skipped)
+        return CacheStats(self.computed + other.computed, self.skipped + other.skipped, other.label)
 
     def __str__(self):
         total = self.computed + self.skipped
-        return f"TeaCache skipped the blocks of {self.skipped} of {total} model evaluations"
+        return f"{self.label} skipped the blocks of {self.skipped} of {total} model evaluations"
 
 
 @dataclass
@@ -80,10 +102,75 @@ class DenoiserCache:
     acc: float = 0.0
     residual: torch.Tensor | None = None
     key: tuple = ()
+    strengths: tuple = ()
+    branches: list = field(default_factory=list)  # MagCache: per CFG branch [ratio, error, steps] since computed
+
+
+class ResidualCache:
+    """What every step cache shares: one cache per denoiser and call slot, the residual (blocks' output - input)
+    reused while `_decide` allows, the VACE-aware forced steps, the decision agreed across processes, the counts.
+    Subclasses are dataclasses with `threshold` (0: off, the plain forward) and `stats` fields, and `_decide`."""
+
+    label = "step cache"
+    context_every_step = False  # TeaCache's option: the context blocks run on skipped steps too
+
+    def _check_threshold(self, hint: str):
+        if not np.isfinite(self.threshold) or self.threshold < 0:
+            raise VaceError(f"the {self.label} threshold must be 0 (off) or more, got {self.threshold!r} ({hint})")
+        self._states: dict[tuple, DenoiserCache] = {}
+        self._steps = 0
+
+    def begin(self, steps: int) -> None:
+        """Starts a run of `steps` steps: empty caches, zero counts."""
+        self._states, self._steps, self.stats = {}, steps, CacheStats(label=self.label)
+
+    def layer(self, net, step: Step) -> "Cached":
+        """The sampler's step cache layer (see vace_core.denoiser): `net` with this cache, for one step."""
+        return Cached(net, self, step)
+
+    def _forced(self, state: DenoiserCache, key: tuple, strengths: tuple) -> bool:
+        """VACE-aware: no residual yet, other streams / hooks / batch, or strengths moved beyond the tolerance."""
+        return state.residual is None or key != state.key or strengths_moved(strengths, state.strengths)
+
+    def _decide(self, state: DenoiserCache, tokens, step: int, key: tuple, model, strengths: tuple) -> bool:
+        raise NotImplementedError
+
+    def __call__(self, model, x, t, context, vace_context=(), vace_scale=(), *, step: int, key: tuple = (),
+                 strengths: tuple = (), slot: int = 0, self_bias=None, cross_bias=None) -> torch.Tensor:
+        """The model's forward (same arguments and result) with the blocks skipped when the cache allows.
+
+        model: a staged denoiser; step: the step index in the run (from 0); key: what else the residual depends
+        on besides x and t, compared exactly (the attention hooks in use); strengths: every stream's strength at
+        this step, compared within STRENGTH_TOLERANCE; slot: which call of the step this is (each slot has its
+        own cache)."""
+        if self.threshold == 0:
+            self.stats.computed += x.shape[0]
+            return model(x, t, context, vace_context, vace_scale, self_bias=self_bias, cross_bias=cross_bias)
+        require_staged(model, self.label)
+        model.check(x, vace_context, vace_scale)
+        tokens = model.embed(x, t, context, vace_context)
+        state = self._states.setdefault((id(model), slot), DenoiserCache())
+        key, strengths = (tuple(key), x.shape[0]), tuple(strengths)
+        fresh = self.context_every_step
+        if model.agree(self._decide(state, tokens, step, key, model, strengths)):
+            # another rank's decision to compute restarts the estimate here too
+            state.acc, state.key, state.strengths, state.branches = 0.0, key, strengths, []
+            if fresh:  # the main blocks' own contribution: the hints are added afresh every step
+                out, hints = model.run_blocks(tokens, vace_scale, self_bias, cross_bias, hints=True)
+                state.residual = out - tokens.x - hints
+            else:
+                out = model.run_blocks(tokens, vace_scale, self_bias, cross_bias)
+                state.residual = out - tokens.x
+            self.stats.computed += x.shape[0]
+        else:
+            base = model.run_blocks(tokens, vace_scale, self_bias, cross_bias, main=False) if fresh else tokens.x
+            out = base + state.residual
+            self.stats.skipped += x.shape[0]
+        return model.unpatchify(out, tokens, x.dtype)
 
 
 @dataclass
-class TeaCache:
+class TeaCache(ResidualCache):
     """TeaCache settings, and the cache of the run in progress. threshold 0 turns caching off (the plain
     forward runs). coefficients: None picks TeaCache's Wan2.1 polynomial for the model's size (1.3B or 14B,
     from its width; Wan2.2 A14B experts use the 14B one, as no Wan2.2 fit is published)."""
@@ -95,7 +182,13 @@ class TeaCache:
                      "and last steps always computed). e, the modulation: TeaCache's 'retention steps' variant "
                      "(first 5 steps always computed; allows higher thresholds).", choices=MODES)
     coefficients: tuple[float, ...] | None = None
+    context_every_step: bool = knob(False, "Run the VACE context blocks on every step, skipped ones too, and reuse "
+                                    "only the main blocks' residual (vllm-omni's VACE TeaCache): the hints follow the "
+                                    "current latent and strengths, at the cost of the context blocks on skipped steps "
+                                    "(1.3B: 15 of 45 blocks per VCU stream; 14B: 8 of 48).")
     stats: CacheStats = field(default_factory=CacheStats)
+
+    label = "TeaCache"
 
     def __post_init__(self):
         # the node's and the command line's maximum (1) suits the published polynomials; custom coefficients have
@@ -106,12 +199,7 @@ class TeaCache:
                             "finite numbers, highest power first, as TeaCache publishes them): without one the "
                             "estimate of how much a step changes means nothing. Leave coefficients out to use "
                             "TeaCache's Wan2.1 ones.")
-        self._states: dict[int, DenoiserCache] = {}
-        self._steps = 0
-
-    def begin(self, steps: int) -> None:
-        """Starts a run of `steps` steps: empty caches, zero counts."""
-        self._states, self._steps, self.stats = {}, steps, CacheStats()
+        self.begin(0)
 
     def _coefficients(self, model) -> tuple[float, ...]:
         if self.coefficients is not None:
@@ -138,52 +226,38 @@ class TeaCache:
         state.prev = inp
         return compute
 
-    def layer(self, net, step: Step) -> "Cached":
-        """The sampler's step cache layer (see vace_core.denoiser): `net` with this cache, for one step."""
-        return Cached(net, self, step)
+    def decide(self, state: DenoiserCache, inp: torch.Tensor, step: int, key: tuple, coefficients: tuple[float, ...],
+               strengths: tuple = ()) -> bool:
+        """`should_compute`, and a computed step whenever a stream's strength moved beyond STRENGTH_TOLERANCE from
+        the strengths of the cached residual (recorded here when the step computes)."""
+        moved = state.residual is not None and strengths_moved(strengths, state.strengths)
+        compute = self.should_compute(state, inp, step, key, coefficients) or moved
+        if compute:
+            state.acc, state.strengths = 0.0, strengths
+        return compute
 
-    def __call__(self, model, x, t, context, vace_context=(), vace_scale=(), *, step: int, key: tuple = (),
-                 slot: int = 0, self_bias=None, cross_bias=None) -> torch.Tensor:
-        """The model's forward (same arguments and result) with the blocks skipped when the cache allows.
-
-        model: a staged denoiser; step: the step index in the run (from 0); key: what else the residual depends
-        on besides x and t (the sampler passes every stream's strength at this step); slot: which call of the
-        step this is (each slot has its own cache)."""
-        if self.threshold == 0:
-            self.stats.computed += x.shape[0]
-            return model(x, t, context, vace_context, vace_scale, self_bias=self_bias, cross_bias=cross_bias)
-        require_staged(model, "TeaCache")
-        model.check(x, vace_context, vace_scale)
-        tokens = model.embed(x, t, context, vace_context)
-        state = self._states.setdefault((id(model), slot), DenoiserCache())
-        key = (tuple(key), x.shape[0])
+    def _decide(self, state, tokens, step, key, model, strengths) -> bool:
         inp = tokens.t_emb if self.mode == "t_emb" else tokens.e
-        if model.agree(self.should_compute(state, inp, step, key, self._coefficients(model))):
-            state.acc = 0.0  # another rank's decision to compute restarts the estimate here too
-            out = model.run_blocks(tokens, vace_scale, self_bias, cross_bias)
-            state.residual, state.key = out - tokens.x, key
-            self.stats.computed += x.shape[0]
-        else:
-            out = tokens.x + state.residual
-            self.stats.skipped += x.shape[0]
-        return model.unpatchify(out, tokens, x.dtype)
+        return self.decide(state, inp, step, key, self._coefficients(model), strengths)
 
 
 class Cached(Wrapper):
-    """One step's denoiser with TeaCache: the blocks of `inner` (a staged denoiser) skipped when the cache allows.
-    The i-th call within the step uses cache slot i; the key is every stream's strength and whether attention
-    is modulated (regional prompts' first steps)."""
+    """One step's denoiser with a step cache (TeaCache, MagCache, EasyCache): the work of `inner` (a staged denoiser)
+    skipped when the cache allows. The i-th call within the step uses cache slot i; the key is which streams are on
+    and the attention hooks in use (`denoiser.bias_key`: NAG, skip-layer guidance, regional prompts' first steps);
+    the strengths themselves are compared within STRENGTH_TOLERANCE."""
 
     staged = False
 
-    def __init__(self, inner, cache: TeaCache, step: Step):
+    def __init__(self, inner, cache: ResidualCache, step: Step):
         if cache.threshold:
-            require_staged(inner, "TeaCache")
+            require_staged(inner, cache.label)
         super().__init__(inner)
         self.cache, self.step, self.calls = cache, step, 0
 
     def __call__(self, x, t, text, contexts, strengths, *, self_bias=None, cross_bias=None):
         slot, self.calls = self.calls, self.calls + 1
-        modulated = self_bias is not None or cross_bias is not None
         return self.cache(self.inner, x, t, text, contexts, strengths, step=self.step.index, slot=slot,
-                          key=(*self.step.strengths, modulated), self_bias=self_bias, cross_bias=cross_bias)
+                          key=(tuple(s != 0 for s in self.step.strengths), bias_key(self_bias), bias_key(cross_bias)),
+                          strengths=self.step.strengths,
+                          self_bias=self_bias, cross_bias=cross_bias)

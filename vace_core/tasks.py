@@ -44,9 +44,10 @@ class TaskInputs:
     length: int = knob(81, "Frames, 4n+1 (81 = 5 s at 16 fps); others are rounded down.", min=1, max=1025, step=4)
     regions: list[tuple[str, str]] = field(default_factory=list)  # (prompt, mask file): regional prompts
     background_prompt: str = ""
-    stream: ContextStream | None = None  # the VCU's strength, start and end (None: full strength, every step)
+    stream: ContextStream | None = None  # the VCU's strength, start, end and curves (None: full strength, every step)
     region_settings: dict = field(default_factory=dict)  # Regions' knobs (self_strength, end...): the rest default
     timeline: "TimelineInputs | None" = None  # long video: per-window prompts, references, end frames, seeds, loop
+    init_video: str | None = None  # video-to-video: the video refined with the settings' denoise < 1
 
 
 @dataclass
@@ -147,13 +148,15 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     log.info("VACE: %s VCU, %d frames at %dx%d, %d reference(s)", unit.kind, unit.length, *unit.size,
              len(unit.references))
     timeline = inputs.timeline.build(text_encoder) if inputs.timeline is not None else None
+    init = V.fit_to(read_video(inputs.init_video)[0], unit) if inputs.init_video else None
     if long is not None and (unit.length > long.window or long.mode == "fused"):
         job = Job([unit], positive, negative, streams or [ContextStream()], settings, long, timeline)
-        return unit, _run_long(job, model, vae, out, fps, feather, tiling, state, regions)
+        return unit, _run_long(job, model, vae, out, fps, feather, tiling, state, regions, init)
     if timeline is not None or state is not None:
         raise VaceError(f"a timeline and --save-state direct long videos: the VCU has {unit.length} frames, within "
                         f"one {long.window if long else 81}-frame window. Make it longer (--length), or drop them")
-    video = generate(model, vae, unit, positive, negative, streams, settings=settings, tiling=tiling, regions=regions)
+    video = generate(model, vae, unit, positive, negative, streams, settings=settings, tiling=tiling, regions=regions,
+                     init_video=init)
     if feather is not None:
         video = composite(video, unit, feather)
     if out is not None:
@@ -161,12 +164,12 @@ def run(inputs: TaskInputs, model, vae, text_encoder, out: str | None, settings:
     return unit, video
 
 
-def _run_long(job: Job, model, vae, out, fps, feather, tiling, state, regions) -> torch.Tensor:
+def _run_long(job: Job, model, vae, out, fps, feather, tiling, state, regions, init=None) -> torch.Tensor:
     stream = VideoStream(out, fps) if out is not None else None
     try:
         result = generate_long(model, vae, job.vcus, job.positive, job.negative, job.streams, settings=job.settings,
                                long=job.long, tiling=tiling, composite_feather=feather, timeline=job.timeline,
-                               regions=regions,
+                               regions=regions, init_video=init,
                                on_frames=None if stream is None else lambda frames: stream.write(V.to_images(frames)))
     except BaseException:  # a failed or stopped run leaves `out` as it was (an earlier video stays whole)
         if stream is not None:

@@ -12,12 +12,14 @@ import math
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 from .attention import attention, block_bias, resolve_backend
 from .config import VaceConfig
+from .denoiser import narrow_bias
 from .errors import VaceError
+from .layer_skip import SkipRows
 from .rope import apply_rope, rope_angles, rope_cos_sin, upcast
 
 
@@ -43,6 +45,14 @@ class Tokens:
     text: torch.Tensor
     rope: tuple
     grid: tuple
+
+
+def token_scale(scale, grid: tuple):
+    """A stream's strength: a number (kept), or one per latent frame (T,) -> (1, T*h*w, 1) over the tokens."""
+    if not isinstance(scale, torch.Tensor) or scale.ndim != 1:
+        return scale
+    _, h, w = grid
+    return repeat(scale, "t -> 1 (t hw) 1", hw=h * w)
 
 
 class Attention(nn.Module):
@@ -160,6 +170,18 @@ class Head(nn.Module):
         return self.head(self.norm(x) * (1 + scale) + shift)
 
 
+def _rows(x: torch.Tensor, rows: slice, part: torch.Tensor) -> torch.Tensor:
+    """x (B, ...) with its batch rows `rows` replaced by `part`."""
+    return torch.cat([x[:rows.start], part, x[rows.stop:]])
+
+
+def _add_hint(x: torch.Tensor, hint: torch.Tensor, kept) -> torch.Tensor:
+    """x + hint on the rows that keep the block (`kept`: all rows, a slice of them, or None: none)."""
+    if kept == slice(None):
+        return x + hint
+    return x if kept is None else _rows(x, kept, x[kept] + hint[kept])
+
+
 class VaceTransformer(nn.Module):
     """Wan2.1 DiT + VACE context blocks. One or more VCU context streams, each with its own strength.
 
@@ -169,6 +191,7 @@ class VaceTransformer(nn.Module):
     token by the sampler."""
 
     region_loras: tuple = ()
+    weights_check = None  # the loader's finite.WeightsCheck of the weights it kept mapped (None: nothing pending)
 
     staged = True
 
@@ -218,6 +241,11 @@ class VaceTransformer(nn.Module):
     def agree(self, flag: bool) -> bool:
         return flag
 
+    def weights_checked(self) -> None:
+        """Waits for the loader's NaN/inf check of the weights and raises its VaceError (naming the tensor)."""
+        if self.weights_check is not None:
+            self.weights_check.wait()
+
     def _rope(self, grid, device, dtype) -> tuple:
         """RoPE (cos, sin) for a token grid: computed once per (grid, device, dtype), reused every step."""
         key = (grid, device, dtype)
@@ -235,6 +263,10 @@ class VaceTransformer(nn.Module):
         if len(vace_context) != len(vace_scale):
             raise VaceError(f"{len(vace_context)} VACE context streams but {len(vace_scale)} strengths: "
                             "give one strength per stream.")
+        for i, scale in enumerate(vace_scale):
+            if isinstance(scale, torch.Tensor) and scale.shape != (x.shape[2],):
+                raise VaceError(f"VACE stream {i}'s per-frame strengths have shape {tuple(scale.shape)}: give one "
+                                f"weight per latent frame ({x.shape[2]}, reference latents first)")
         for i, c in enumerate(vace_context):
             if c.shape[1] != self.config.vace_in_dim or c.shape[2:] != x.shape[2:]:
                 raise VaceError(f"VACE context stream {i} has shape {tuple(c.shape)}; it must be "
@@ -242,7 +274,9 @@ class VaceTransformer(nn.Module):
                                 "latent: encode the VCU at the sampler's size and length.")
 
     def embed(self, x, t, context, vace_context=()) -> Tokens:
-        """The inputs as tokens: everything the blocks read (see `Tokens`)."""
+        """The inputs as tokens: everything the blocks read (see `Tokens`). Every call (direct, staged, sharded)
+        starts here, so no output comes from weights whose check failed or is still running."""
+        self.weights_checked()
         cfg, cd = self.config, x.dtype
         hp = upcast(x).dtype  # the fp32 islands: residual stream, time embedding, modulation, norms
         pt, ph, pw = cfg.patch_size
@@ -260,20 +294,39 @@ class VaceTransformer(nn.Module):
         streams = [self._patchify(self.vace_patch_embedding, c, hp).expand_as(x) for c in vace_context]
         return Tokens(x, x, streams, e, t_emb, text, rope, grid)
 
-    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None) -> torch.Tensor:
-        """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim)."""
+    def run_blocks(self, tokens: Tokens, vace_scale=(), self_bias=None, cross_bias=None, *, main: bool = True,
+                   hints: bool = False):
+        """Main blocks with the context blocks' hints added -> the residual stream x (B, L, dim). A stream's
+        strength is a number, or per token (1, L, 1) (`token_scale` of per-frame strengths). A block whose
+        self-attention bias is a `layer_skip.SkipRows` runs on the rows that keep it only, and only they get its
+        hint (skip-layer guidance).
+
+        main False: the context blocks alone (they read x0, never the main stream, so they need no main block):
+        tokens.x plus the scaled hints. hints True: returns (x, the sum of the scaled hints added, (B, L, dim))
+        instead of x. A step cache that reuses the main blocks' residual but not the hints uses both."""
         x, streams = tokens.x, list(tokens.streams)
+        total = torch.zeros_like(x) if hints else None
         e, text, rope = tokens.e, tokens.text, tokens.rope
         context_bias = block_bias(self_bias, "context"), block_bias(cross_bias, "context")
+        scales = [token_scale(scale, tokens.grid) for scale in vace_scale]
         for i, block in enumerate(self.blocks):
-            x = block(x, e, text, rope, block_bias(self_bias, i), block_bias(cross_bias, i))
+            bias, cross, kept = block_bias(self_bias, i), block_bias(cross_bias, i), slice(None)
+            if isinstance(bias, SkipRows):  # skip-layer guidance: only the rows that keep this block run it
+                kept = bias.kept(x.shape[0])
+                bias, cross = narrow_bias(bias.inner, rows=kept), narrow_bias(cross, rows=kept)
+            if main and kept == slice(None):
+                x = block(x, e, text, rope, bias, cross)
+            elif main and kept is not None:
+                x = _rows(x, kept, block(x[kept], e[kept], text[kept], rope, bias, cross))
             j = self.context_block_after.get(i)
             if j is None:
                 continue
-            for s, scale in enumerate(vace_scale):  # interleaved: one hint alive at a time
+            for s, scale in enumerate(scales):  # interleaved: one hint alive at a time
                 streams[s], hint = self.vace_blocks[j](streams[s], tokens.x0, e, text, rope, *context_bias)
-                x = x + hint * scale
-        return x
+                hint = hint * (scale.to(hint) if isinstance(scale, torch.Tensor) else scale)
+                x = _add_hint(x, hint, kept)
+                total = None if total is None else _add_hint(total, hint, kept)
+        return x if total is None else (x, total)
 
     def unpatchify(self, x, tokens: Tokens, dtype) -> torch.Tensor:
         """Head over the residual stream (B, L, dim) -> (B, out_dim, T, H, W) in `dtype`."""
@@ -292,7 +345,8 @@ class VaceTransformer(nn.Module):
         x (B, in_dim, T, H, W) noisy latent (reference latents first along T), its dtype is the compute dtype;
         t (B,) timesteps in [0, 1000]; context (B, L, text_dim) text features (zero-padded to 512 here,
         as the reference attends all 512 positions); vace_context: one (B or 1, 96, T, H, W) tensor per
-        context stream; vace_scale: one strength per stream. Returns (B, out_dim, T, H, W) in x's dtype.
+        context stream; vace_scale: one strength per stream (a number, or (T,) weights per latent frame).
+        Returns (B, out_dim, T, H, W) in x's dtype.
         self_bias / cross_bias: `attention.attention`'s bias for the main blocks' self-/cross-attention, or a
         modulation object that also chooses its blocks (regional prompts: `regional.STLayoutAttention`).
 

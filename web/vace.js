@@ -10,8 +10,26 @@ export const HEIGHTS = { preview: 290, points: 330, boxes: 250 };
 const PREVIEW_NODES = ["VACEBuildVCU", "VACEFramePlacement", "VACEOutpaint", "VACEAddReferences", "VACEComposeVCU",
                        "VACEConceptDecouple", "VACESampler"];
 const EDITORS = { VACESAM2Masks: [PointsEditor, HEIGHTS.points], VACELayoutAnnotator: [BoxEditor, HEIGHTS.boxes] };
-// widgets that apply only when another input is connected / a switch is off
-const STREAM_WIDGETS = { vcu_2: ["strength_2", "start_2", "end_2"], vcu_3: ["strength_3", "start_3", "end_3"] };
+// widgets that apply only when another input is connected: a VCU stream's settings, on every node that takes streams
+const STREAM_KNOBS = ["strength", "start", "end", "curve", "frame_weights"];
+const STREAM_WIDGETS = { vcu_2: STREAM_KNOBS.map((k) => k + "_2"), vcu_3: STREAM_KNOBS.map((k) => k + "_3") };
+const STREAM_NODES = ["VACESampler", "VACELongVideoSampler", "VACESaveJob"];
+// widgets that apply only for some values of others: node -> [[widgets, hidden(node)], ...]; the watched widgets'
+// changes update them
+const noBlocks = (node) => !/\d/.test(widgetValue(node, "slg_blocks") ?? "");
+const SWITCHED = {
+  VACEOutpaint: { watch: ["length_from_input"], rules: [[["length"], (n) => !!widgetValue(n, "length_from_input")]] },
+  VACEGuidance: {
+    watch: ["nag_scale", "slg_blocks", "slg_mode", "combination"],
+    rules: [
+      [["nag_tau", "nag_alpha", "nag_start", "nag_end"], (n) => !widgetValue(n, "nag_scale")],
+      [["slg_mode", "slg_start", "slg_end"], noBlocks],
+      [["slg_scale", "slg_rescale"], (n) => noBlocks(n) || widgetValue(n, "slg_mode") !== "third"],
+      [["zero_init_steps"], (n) => widgetValue(n, "combination") !== "cfg-zero*"],
+      [["apg_eta", "apg_norm_threshold", "apg_momentum"], (n) => widgetValue(n, "combination") !== "apg"],
+    ],
+  },
+};
 // this pack's folder name under custom_nodes (the template browser's module name)
 const MODULE = decodeURIComponent(new URL(import.meta.url).pathname.split("/").at(-2));
 
@@ -47,8 +65,8 @@ function updateStreams(node) {
   }
 }
 
-function updateOutpaintLength(node) {
-  setHidden(node, ["length"], !!widgetValue(node, "length_from_input"));
+function updateSwitched(node, rules) {
+  for (const [names, hidden] of rules) setHidden(node, names, hidden(node));
 }
 
 function chain(object, method, after) {
@@ -104,18 +122,20 @@ app.registerExtension({
         if (output?.[PREVIEW_KEY]) this.vaceEditor.showRun?.(output[PREVIEW_KEY]);
       });
     }
-    if (name === "VACESampler") {
+    if (STREAM_NODES.includes(name)) {
       chain(nodeType.prototype, "onNodeCreated", function () { updateStreams(this); });
       chain(nodeType.prototype, "onConfigure", function () { updateStreams(this); });
       chain(nodeType.prototype, "onConnectionsChange", function () { updateStreams(this); });
     }
-    if (name === "VACEOutpaint") {
+    if (SWITCHED[name]) {
+      const { watch, rules } = SWITCHED[name];
       chain(nodeType.prototype, "onNodeCreated", function () {
-        const toggle = this.widgets.find((w) => w.name === "length_from_input");
-        chain(toggle, "callback", () => updateOutpaintLength(this));
-        updateOutpaintLength(this);
+        for (const widget of this.widgets.filter((w) => watch.includes(w.name))) {
+          chain(widget, "callback", () => updateSwitched(this, rules));
+        }
+        updateSwitched(this, rules);
       });
-      chain(nodeType.prototype, "onConfigure", function () { updateOutpaintLength(this); });
+      chain(nodeType.prototype, "onConfigure", function () { updateSwitched(this, rules); });
     }
   },
 });

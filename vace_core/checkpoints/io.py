@@ -56,30 +56,7 @@ SAFETENSORS_DTYPES = {
     "U8": torch.uint8, "BOOL": torch.bool, "C64": torch.complex64,
 }
 HEADER_LIMIT = 100 * 2**20  # safetensors' own bound on the JSON header
-FINITE_CHUNK = 2**22  # elements of an overflowing sum checked again at once (a float32 temporary of 16 MiB)
-# The smallest positive non-finite fp8 byte: e4m3fn's NaN is 0x7F (no inf), e5m2's inf / NaN 0x7C..0x7F (the
-# exponent all ones). As int8 the positive ones are the largest values, as uint8 their negatives (| 0x80).
-FP8_NONFINITE = {torch.float8_e4m3fn: 0x7F, torch.float8_e5m2: 0x7C}
 PAGE = mmap.PAGESIZE
-
-
-def check_finite(key: str, value: Tensor) -> None:
-    """Refuses a tensor holding NaN or inf, reading it once and never copying it whole (mapped tensors stay
-    file pages). A NaN or inf makes any float sum non-finite, so a finite sum in the tensor's own dtype (float
-    accumulation) clears it at memory speed; only a sum that overflowed is checked again exactly, in float32
-    chunks. fp8 has no sum kernel: two byte maxima find its non-finite bit patterns (see FP8_NONFINITE)."""
-    if not value.is_floating_point() or not value.numel():
-        return
-    flat = value.reshape(-1)  # a view: mapped tensors are contiguous
-    if value.dtype in FP8_NONFINITE:
-        low = FP8_NONFINITE[value.dtype]
-        bad = flat.view(torch.int8).amax() >= low or flat.view(torch.uint8).amax() >= 0x80 | low
-    else:
-        bad = not torch.isfinite(torch.sum(flat)) and not all(
-            torch.isfinite(torch.sum(chunk, dtype=torch.float32)) for chunk in flat.split(FINITE_CHUNK))
-    if bad:
-        raise VaceError(f"the checkpoint's tensor {key} holds NaN or infinite values: the file is damaged (or was "
-                        "saved from a diverged training run). Download it again.")
 
 
 def _madvise_dontneed(start: int, end: int) -> None:

@@ -21,9 +21,10 @@ from ..ggml import QuantizedWeight, scales_finite
 from ..settings import knob
 from ..transformer import VaceTransformer
 from .detect import check_keys, detect_config, merge_vace_module
+from .finite import WeightsCheck, check_finite
 from .fp8 import FP8_DTYPES, SCALE_WEIGHT, dequantize_tensor, drop_fp8_markers, is_scaled_fp8
 from .gguf import is_quantized
-from .io import MappedWeights, check_finite, map_weights, read_config_json
+from .io import MappedWeights, map_weights, read_config_json
 from .keymap import to_official
 from .save import convert_tensor
 
@@ -108,14 +109,16 @@ def _memory(value: Tensor | QuantizedWeight) -> tuple:
 
 
 def storage_converter(state_dict: Mapping[str, Tensor], storage_dtype: torch.dtype | None, keep_scales: bool,
-                      fallback: torch.dtype, device: torch.device,
-                      keep_quantized: set[str] = frozenset()) -> tuple[Callable[[str, Tensor], Tensor], set]:
-    """(convert, dropped): convert(key, file tensor) is the tensor the model holds, made on `device` and
-    checked for NaN/inf there (on the GPU, or reading the map on the CPU: never a copy of it). None storage
-    keeps the file's dtypes. Scaled fp8 stays fp8 with its scales when the layers can apply them and no other
-    storage is asked for; otherwise it is dequantised (to `storage_dtype`, or `fallback` = the compute dtype)
-    and `dropped` names the scales, folded into their weights. GGUF blocks of the keys in `keep_quantized` stay
-    blocks; other GGUF tensors are dequantized to float32 (or `storage_dtype`)."""
+                      fallback: torch.dtype, device: torch.device, keep_quantized: set[str] = frozenset(),
+                      unchecked: list | None = None) -> tuple[Callable[[str, Tensor], Tensor], set]:
+    """(convert, dropped): convert(key, file tensor) is the tensor the model holds, made on `device`. A tensor
+    it converts or moves is checked for NaN/inf at once (on the GPU, or from the map pages the conversion just
+    read: never a copy of them); one the model holds as the file's map itself is appended to `unchecked` as
+    (key, tensor) for a `finite.WeightsCheck` (None: checked at once too). None storage keeps the file's dtypes.
+    Scaled fp8 stays fp8 with its scales when the layers can apply them and no other storage is asked for;
+    otherwise it is dequantised (to `storage_dtype`, or `fallback` = the compute dtype) and `dropped` names the
+    scales, folded into their weights. GGUF blocks of the keys in `keep_quantized` stay blocks (checked at once);
+    other GGUF tensors are dequantized to float32 (or `storage_dtype`)."""
     file_fp8 = {v.dtype for v in state_dict.values() if not isinstance(v, QuantizedWeight) and v.dtype in FP8_DTYPES}
     dequant = is_scaled_fp8(state_dict) and not (keep_scales and storage_dtype in (None, *file_fp8))
     as_float = torch.float32 if storage_dtype in FP8_DTYPES else storage_dtype or fallback
@@ -123,11 +126,15 @@ def storage_converter(state_dict: Mapping[str, Tensor], storage_dtype: torch.dty
     def convert(key: str, value: Tensor) -> Tensor:
         if isinstance(value, QuantizedWeight):
             return _quantized(key, value, key in keep_quantized, storage_dtype, device)
-        value = value.to(device)  # no copy when already there
-        check_finite(key, value)
+        held = moved = value.to(device)  # no copy when already there
         if dequant:
-            value = dequantize_tensor(key, value, state_dict, as_float)
-        return convert_tensor(key, value, storage_dtype)
+            held = dequantize_tensor(key, held, state_dict, as_float)
+        held = convert_tensor(key, held, storage_dtype)
+        if unchecked is not None and _memory(held) == _memory(value):
+            unchecked.append((key, value))
+        else:
+            check_finite(key, moved)
+        return held
 
     return convert, {k for k in state_dict if dequant and k.endswith(SCALE_WEIGHT)}
 
@@ -175,6 +182,10 @@ def load_vace_model(
     Weights come from the files' maps one tensor at a time (the module doc): on the CPU in the file's dtype
     the model holds the mapped files themselves. A module + base merge takes each key from one file (the
     module's win); the base's replaced keys are never read.
+    NaN/inf: the weights the model holds as the map are checked in the background (`model.weights_check`, a
+    finite.WeightsCheck): the load reads none of their pages; `model.weights_checked()` waits for the check and
+    raises its VaceError naming the tensor (the sampler calls it before its first step, every call before its
+    first output). Converted or moved tensors are checked here, before the load returns.
     """
     weights = official_weights(path)
     config_json = read_config_json(path)
@@ -197,12 +208,14 @@ def load_vace_model(
 
     model = VaceTransformer(config, operations, device="meta", attention_backend=attention_backend)
     model.requires_grad_(False)
+    unchecked = []
     convert, dropped = storage_converter(state_dict, storage_dtype, keep_scales, compute_dtype, device,
-                                         quantized_linears(model))
+                                         quantized_linears(model), unchecked)
     check_keys({k: v.shape for k, v in model.state_dict().items()}, state_dict)
     for key, value in state_dict.items():
         if key not in dropped:
             assign(model, key, value, lambda v, k=key: convert(k, v), weights.release)
     model.eval()
     model.compute_dtype = compute_dtype
+    model.weights_check = WeightsCheck(unchecked)
     return model

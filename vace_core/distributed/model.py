@@ -19,7 +19,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..denoiser import narrow_bias, refuse
-from ..transformer import Tokens, VaceTransformer
+from ..layer_skip import SkipLayers
+from ..transformer import Tokens, VaceTransformer, token_scale
 from .attention import sequence_parallel_attention
 from .layout import ParallelLayout
 
@@ -107,6 +108,9 @@ class ParallelVace(nn.Module):
     def check(self, x, contexts, strengths) -> None:
         self.model.check(x, contexts, strengths)
 
+    def weights_checked(self) -> None:
+        self.model.weights_checked()
+
     def agree(self, flag: bool) -> bool:
         """True on every rank when it is True on any (one all-reduce of one number)."""
         flag_t = torch.tensor([float(flag)], device=self.layout.device)
@@ -140,7 +144,8 @@ class ParallelVace(nn.Module):
         """The biases for this rank: its CFG half's rows; cross-attention's query rows of its shard (self-attention
         takes the whole sequence's bias: the parallel attention cuts it)."""
         layout, parts = self.layout, self.layout.degrees.sequence
-        if self_bias is not None and not isinstance(self_bias, torch.Tensor) and layout.degrees.ring > 1:
+        hook = self_bias.inner if isinstance(self_bias, SkipLayers) else self_bias  # skipping blocks needs no keys
+        if hook is not None and not isinstance(hook, torch.Tensor) and layout.degrees.ring > 1:
             refuse("regional prompts", "ring attention", "the modulation needs each query's whole row of keys; use "
                    "--parallel ulysses (the heads must divide by the processes)")
         rows = self._cfg_half(2 * tokens.x.shape[0]) if tokens.split else None
@@ -157,12 +162,16 @@ class ParallelVace(nn.Module):
                 cross_bias = narrow_bias(cross_bias, queries=torch.where(queries < tokens.length, queries, -1))
         return self_bias, cross_bias
 
-    def run_blocks(self, tokens: ShardTokens, vace_scale=(), self_bias=None, cross_bias=None) -> torch.Tensor:
-        """The blocks on this rank's shard, self-attention across the processes -> the shard's residual stream."""
+    def run_blocks(self, tokens: ShardTokens, vace_scale=(), self_bias=None, cross_bias=None, **stages):
+        """The blocks on this rank's shard, self-attention across the processes -> the shard's residual stream
+        (`stages`: VaceTransformer.run_blocks' main / hints, on the shard)."""
         self_bias, cross_bias = self._biases(tokens, self_bias, cross_bias)
+        # per-frame strengths as per-token scales, cut like the tokens
+        vace_scale = [shard(token_scale(s, tokens.grid), 1, self.layout.shard, self.layout.degrees.sequence)
+                      for s in vace_scale]
         attend = partial(sequence_parallel_attention, layout=self.layout, length=tokens.length)
         with parallel_self_attention(self.model, attend):
-            return self.model.run_blocks(tokens, vace_scale, self_bias, cross_bias)
+            return self.model.run_blocks(tokens, vace_scale, self_bias, cross_bias, **stages)
 
     def unpatchify(self, x, tokens: ShardTokens, dtype) -> torch.Tensor:
         """The head on this rank's shard; its narrow output gathered (tokens, then CFG halves) -> the video."""

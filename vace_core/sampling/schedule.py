@@ -73,3 +73,15 @@ def sigma_to_timestep(sigma: float, schedule: str = "wan") -> float:
     if schedule == "diffusers_euler":
         return (torch.tensor(sigma, dtype=torch.float32) * NUM_TRAIN_TIMESTEPS).item()
     return float(int(sigma * NUM_TRAIN_TIMESTEPS))
+
+
+def denoise_sigmas(steps: int, shift: float, schedule: str = "wan", denoise: float = 1.0) -> torch.Tensor:
+    """The sigmas of a partial run (video-to-video), as native KSampler's `denoise`: the grid is built for
+    int(steps / denoise) steps and its last `steps` + 1 sigmas are run, so sampling starts where the full schedule
+    has that fraction of its steps left. denoise above 0.9999 is the whole schedule (KSampler's rule)."""
+    if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not 0 < denoise <= 1:
+        raise VaceError(f"denoise is the fraction of the schedule to run, above 0 and at most 1 (1: from pure "
+                        f"noise; 0.6: keep much of the init video), got {denoise!r}")
+    if denoise > 0.9999:
+        return flow_sigmas(steps, shift, schedule)
+    return flow_sigmas(int(steps / denoise), shift, schedule)[-(steps + 1):]

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoints.io import check_finite, read_weights
+from ..checkpoints.finite import check_finite
+from ..checkpoints.io import read_weights
 from ..errors import VaceError
 from .model import WanVAE
 

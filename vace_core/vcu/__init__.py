@@ -6,6 +6,7 @@ from .builders import (
     extend,
     first_frame,
     first_last,
+    fit_to,
     inpaint,
     last_frame,
     outpaint,
@@ -21,6 +22,6 @@ from .windows import keep_frames, select_frames
 
 __all__ = [
     "VCU", "compose", "control", "decouple", "encode_vcu", "every_kth", "extend", "first_frame", "first_last",
-    "fit_length", "fit_size", "inpaint", "keep_frames", "last_frame", "outpaint", "place_frames", "select_frames",
-    "text_to_video", "to_images", "tokenise_masks", "with_references",
+    "fit_length", "fit_size", "fit_to", "inpaint", "keep_frames", "last_frame", "outpaint", "place_frames",
+    "select_frames", "text_to_video", "to_images", "tokenise_masks", "with_references",
 ]

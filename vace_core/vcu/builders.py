@@ -167,3 +167,9 @@ def _image_list(images) -> list[Tensor]:
     if isinstance(images, Tensor) and images.ndim == 4:  # an IMAGE batch: one reference per image
         return list(images)
     return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+def fit_to(images: Tensor, vcu: VCU) -> Tensor:
+    """Images (T, H, W, 3) 0..1 (an init video) -> (3, vcu.length, H, W) in [-1, 1] at the VCU's size and length
+    (centre crop + resize, its first frames), as the VCU builders fit their videos."""
+    return _fit(to_video(images, "the init video"), *vcu.size, vcu.length)
