@@ -9,8 +9,8 @@ prompts pass through a route that swaps the umt5 text encoder (none exists here)
 and shrinks sizes and steps for the CPU, exactly as tests/integration/graphs.py does for the API runs;
 clicked points and dragged boxes are kept as the UI wrote them. Screenshots go to out/browser/.
 
-Every test runs on the frontend ComfyUI 0.3.64 pins; the template browser, the editors, the VCU strip and the
-hidden widgets (the tests taking `ui`) run again on the newest frontend package (tests/conftest.py
+Every test runs on the frontend ComfyUI 0.3.64 pins; the template browser, the examples' layout, the editors, the
+VCU strip and the hidden widgets (the tests taking `ui`) run again on the newest frontend package (tests/conftest.py
 NEWEST_FRONTEND, a second server with --front-end-root), in the classic canvas and with Nodes 2.0 on.
 """
 
