@@ -108,11 +108,15 @@ def write_dwpose_models(base: Path) -> Path:
 def write_sam2_checkpoint(base: Path) -> Path:
     """SAM2.1 hiera-tiny (the released architecture and file layout) with random weights, its object-score head
     biased to +10: the model then always finds the prompted object present (a random head often scores it absent,
-    and SAM2 then blanks the mask), so prompted masks are never empty."""
+    and SAM2 then blanks the mask), so prompted masks are never empty. Built at the test server's input size
+    (test_text_node/small_sam2.py)."""
     from sam2.build_sam import build_sam2_video_predictor
 
+    from tests.integration.test_text_node.small_sam2 import OVERRIDES
+
     torch.manual_seed(3)
-    model = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
+    model = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu",
+                                       hydra_overrides_extra=OVERRIDES)
     with torch.no_grad():
         model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
     path = base / "models" / "sam2" / SAM2_NAME

@@ -203,4 +203,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {"VACETestLoadedModels": "VACE Test Loaded Models (
                               "VACETestSaveConditioning": "VACE Test Save Conditioning (tests only)"}
 
 if "server" in sys.modules:  # inside ComfyUI (tests also import TestClip and features() outside it)
-    from . import base_route  # noqa: F401 (registers POST /vace_test/base)
+    from . import base_route, small_sam2  # noqa: F401 (base_route registers POST /vace_test/base)
+
+    small_sam2.install()
