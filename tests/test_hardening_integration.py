@@ -101,7 +101,8 @@ SINKS = {"IMAGE": ("PreviewImage", "images"), "MASK": ("MaskPreview", "mask"),
          "LATENT": ("VACEDecode", "samples"), "VACE_MODEL": ("VACESampler", "vace_model"),
          "VACE_VAE": ("VACEDecode", "vace_vae"), "STRING": ("PreviewAny", "source"),
          "CONDITIONING": ("VACESampler", "positive"), "VACE_REGIONS": ("VACESampler", "regions"),
-         "VACE_STEP_CACHE": ("VACESampler", "step_cache"), "VACE_LOW_NOISE_EXPERT": ("VACESampler", "low_noise_expert")}
+         "VACE_STEP_CACHE": ("VACESampler", "step_cache"), "VACE_LOW_NOISE_EXPERT": ("VACESampler", "low_noise_expert"),
+         "VACE_GUIDANCE": ("VACESampler", "guidance")}
 
 
 def reaching_an_output(info: dict, node: str, inputs: dict) -> dict:

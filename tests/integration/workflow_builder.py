@@ -15,6 +15,10 @@ COLUMN_WIDTH, ROW_GAP = 420, 40
 # each widget 20 + 4 px, 14 px margins; the title (30 px) sits above `pos`.
 TITLE, SLOT, WIDGET, MARGIN = 30, 20, 24, 14
 TEXTAREA = 110  # a multiline STRING (the prompt box)
+# "Modern Node Design (Nodes 2.0)" (the newest frontend's Vue nodes, measured in 1.58.1) draws each widget 28 px
+# tall and a custom node's source badge (24 px) under the title, so its nodes are up to 4 px a widget + 24 px taller
+# than the classic layout above; the examples reserve the larger of the two
+VUE_WIDGET, VUE_BADGE = 28, 24
 # room for what nodes show beside their widgets: loaded media and result previews (the frontend draws them
 # under the widgets), and this pack's panels (web/vace.js HEIGHTS + 4)
 EXTRA = {"LoadImage": 280, "LoadImageMask": 280, "LoadVideo": 280, "PreviewImage": 280, "SaveVideo": 300,
@@ -129,12 +133,16 @@ class Workflow:
         return {**result, "title": node.title} if node.title else result
 
     def _height(self, node: Node, entries: list[dict], values: list, outputs: list) -> int:
-        """The body height the frontend computes for the node, plus room for what it shows (EXTRA)."""
-        specs = dict(ordered_inputs(self.info[node.type]))
+        """The body height the frontend computes for the node, the larger of the classic canvas's and Nodes 2.0's,
+        plus room for what it shows (EXTRA)."""
+        info = self.info[node.type]
+        specs = dict(ordered_inputs(info))
         multiline = sum(bool(is_widget(spec) and len(spec) > 1 and spec[1].get("multiline")) for spec in specs.values())
-        slots = max(sum("widget" not in e for e in entries), len(outputs), 1)
-        return (SLOT * slots + WIDGET * len(values) + (TEXTAREA - WIDGET) * multiline + MARGIN
-                + EXTRA.get(node.type, 0))
+        rows = SLOT * max(sum("widget" not in e for e in entries), len(outputs), 1) + MARGIN + EXTRA.get(node.type, 0)
+        classic = WIDGET * len(values) + (TEXTAREA - WIDGET) * multiline
+        badge = VUE_BADGE * info.get("python_module", "nodes").startswith("custom_nodes")
+        vue = VUE_WIDGET * len(values) + (TEXTAREA - VUE_WIDGET) * multiline + badge
+        return rows + max(classic, vue)
 
     def _layout(self, nodes: list[dict]) -> list[dict]:
         """Columns by graph depth (notes first), stacked top to bottom with the title above each node; `order`
