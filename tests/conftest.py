@@ -127,14 +127,6 @@ def comfy_server_newest(comfy_runtime, newest_frontend, tmp_path_factory):
         server.stop()
 
 
-def pytest_collection_modifyitems(items):
-    """Every test that uses the session's ComfyUI servers or browser goes to one pytest-xdist worker (`--dist
-    loadgroup`), so they start once; the other tests share the remaining workers."""
-    for item in items:
-        if SERVER_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group("comfy"))
-
-
 def skip_reason(longrepr) -> str:
     return (longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)).removeprefix("Skipped: ")
 
