@@ -65,7 +65,8 @@ def fp8_model(cfg, sd, scaled: bool):
 
 
 def test_fp8_linear_is_the_quantised_matmul():
-    """torch._scaled_mm on CPU = the emulation: input quantised per tensor, float32 products of the fp8 values."""
+    """The CPU path = torch._scaled_mm (CUDA's kernel, run by torch's CPU reference) = the emulation: input
+    quantised per tensor, float32 products of the fp8 values."""
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(2, 24, 32, generator=g), torch.randn(48, 32, generator=g), torch.randn(48, generator=g)
     w_scale = w.abs().amax() / ops.E4M3_MAX
@@ -76,6 +77,8 @@ def test_fp8_linear_is_the_quantised_matmul():
     out = ops.fp8_linear(x, w8, b, w_scale)
     assert out.shape == (2, 24, 48) and out.dtype == torch.float32
     assert rel_err(out, emulated) < 1e-6
+    scaled_mm = torch._scaled_mm(x8.reshape(-1, 32), w8.T, scale_a=x_scale, scale_b=w_scale, out_dtype=torch.float32)
+    assert rel_err(out, scaled_mm.reshape(2, 24, 48) + b) < 1e-6
     exact = x @ w.T + b
     assert 1e-3 < rel_err(out, exact) < 0.06  # e4m3 keeps 3 mantissa bits: a few percent
 

@@ -8,9 +8,10 @@ ComfyUI's `comfy.ops`, the layers skip random initialisation: they exist to rece
 random init has no fp8 kernels).
 
 fp8 compute (off by default, switched on per layer by `vace_core.speed`): a Linear whose weight is stored in
-fp8 e4m3 multiplies in fp8 with `torch._scaled_mm` (Ada/Hopper GPUs; CPU too) instead of upcasting the weight:
-the input is quantised per tensor on the fly (its absolute maximum mapped to the fp8 maximum), the weight keeps
-its stored values and `scale_weight`.
+fp8 e4m3 multiplies in fp8 with `torch._scaled_mm` (Ada/Hopper GPUs) instead of upcasting the weight: the input
+is quantised per tensor on the fly (its absolute maximum mapped to the fp8 maximum), the weight keeps its stored
+values and `scale_weight`. Off CUDA the same products (fp8 values are exact in float32) come from a float32 matmul:
+torch's CPU `_scaled_mm` is a reference loop, ~1000x slower at 2048x256x1024.
 
 GGUF weights (`quantized(operations)`): a Linear whose weight comes from a GGUF file as ggml blocks keeps those
 blocks as its weight (uint8, still mapped from the file on the CPU) and dequantizes them in torch, on the input's
@@ -68,11 +69,15 @@ def quantize_e4m3(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def fp8_linear(x: Tensor, weight: Tensor, bias: Tensor | None, weight_scale: Tensor | None) -> Tensor:
     """x (..., in) @ (weight * weight_scale).T + bias in fp8: weight (out, in) e4m3, x quantised per tensor,
-    products accumulated in float32 by `torch._scaled_mm`; returns x's dtype."""
+    products accumulated in float32 (`torch._scaled_mm` on CUDA, a float32 matmul of the fp8 values elsewhere);
+    returns x's dtype."""
     rows = x.reshape(-1, x.shape[-1])
     xq, x_scale = quantize_e4m3(rows)
     w_scale = torch.ones((), device=x.device) if weight_scale is None else weight_scale.to(x.device, torch.float32)
-    out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+    if x.is_cuda:
+        out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+    else:
+        out = ((xq.float() @ weight.float().t()) * (x_scale * w_scale)).to(x.dtype)
     if bias is not None:
         out = out + cast_like(bias, out)
     return out.reshape(*x.shape[:-1], weight.shape[0])
