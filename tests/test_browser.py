@@ -277,11 +277,13 @@ def run_to_a_video(page, name: str) -> dict:
     return result
 
 
-# the runs the UI adds to the API tests' (which run every example): the fixed upload widget order (swap), the
-# preview images under the annotator (depth), the length switch (outpaint); T2V runs in the preview test
+# the runs the UI adds to the API tests' (which run every example), in every pass (pinned, newest, Nodes 2.0): the
+# fixed upload widget order (swap), the preview images under the annotator (depth), the length switch (outpaint);
+# T2V runs in the preview test
 @pytest.mark.parametrize("name", ["vace_swap_anything", "vace_outpaint", "vace_depth"])
-def test_example_workflow_runs_from_the_ui_queue(page, name):
-    run_to_a_video(page, name)
+def test_example_workflow_runs_from_the_ui_queue(ui, name):
+    ui.server.empty_caches()  # the other passes ran the same graph on this server: a cached run shows no previews
+    run_to_a_video(ui, name)
 
 
 def test_vcu_preview_after_a_run(ui):
