@@ -1,6 +1,8 @@
 """Region-scoped LoRAs (vace_core.lora.region): y = W x + s * m * (B A x) per token, cross-attention blended per
 query; a region covering everything is the whole-model LoRA, an empty one is no LoRA, two regions coexist."""
 
+import re
+
 import pytest
 import torch
 
@@ -219,3 +221,40 @@ def test_long_video_windows_see_their_slice_of_the_mask(mode, expected, monkeypa
     long = LongVideoSettings(window=9, overlap=5, mode=mode, colour_strength=0.0)
     generate_long(model, vae, unit, pos, neg, settings=SamplerSettings(steps=1, guidance=1.0), long=long)
     assert seen == expected
+
+
+def test_command_line_confines_a_lora_to_a_region(tmp_path, monkeypatch):
+    """`--lora FILE@N` confines the LoRA to the N-th --region, `--lora FILE@MASK` to a mask file's white area: a
+    region covering the frame is the whole-model --lora (1e-5), an empty mask file is no LoRA bit for bit, and a
+    number without that many --region flags or an @ that names nothing is refused before any model loads."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    import vace_core.pipeline
+    from vace_core import __main__ as cli
+    from vace_core.embedded import tiny_model
+
+    latents, decode = [], vace_core.pipeline.decode
+    monkeypatch.setattr(vace_core.pipeline, "decode", lambda latent, vae_decode, references: (
+        latents.append(latent), decode(latent, vae_decode, references))[1])
+    lora_file = tmp_path / "character.safetensors"
+    save_file(comfy_lora({k: tuple(v.shape) for k, v in tiny_model().state_dict().items()}, layers=PER_TOKEN),
+              lora_file)
+    for name, value in (("all", 255), ("none", 0)):
+        Image.fromarray(np.full((32, 48), value, np.uint8)).save(tmp_path / f"{name}.png")
+    common = ["run", "--width", "48", "--height", "32", "--length", "5", "--steps", "2", "--seed", "3",
+              "--prompt", "a cat on a sofa", "--region", "a cat", str(tmp_path / "all.png")]
+    runs = {"none": [], "whole": ["--lora", f"{lora_file}:0.8"], "region": ["--lora", f"{lora_file}:0.8@1"],
+            "empty": ["--lora", f"{lora_file}:0.8@{tmp_path / 'none.png'}"]}
+    for name, flags in runs.items():
+        cli.main([*common, *flags, "--out", str(tmp_path / f"{name}.mp4")])
+    latent = dict(zip(runs, latents, strict=True))
+    assert (latent["whole"] - latent["none"]).abs().max() > 1e-3
+    torch.testing.assert_close(latent["region"], latent["whole"], atol=1e-5, rtol=0)
+    assert torch.equal(latent["empty"], latent["none"])
+    monkeypatch.setattr(cli, "_models", lambda args: pytest.fail("the models loaded before --lora was checked"))
+    for at, message in (("@2", "region 2 needs that many --region flags (given: 1)"),
+                        ("@missing.png", "after @ comes a --region's number (1, 2, ...) or a mask file")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            cli.main([*common, "--lora", f"{lora_file}{at}", "--out", str(tmp_path / "x.mp4")])

@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
@@ -110,7 +111,7 @@ def _models(args):
             model = load_vace_model(args.model, args.base, **kwargs)
     else:
         model = tiny_model().to(model_device)
-    _apply_loras(model, args.lora)
+    _apply_loras(model, args.loras)
     _apply_speed(model, args)
     if args.vae:
         from .checkpoints import COMPUTE_DTYPES
@@ -176,17 +177,37 @@ def _lora_spec(spec: str) -> tuple[str, list[float]]:
     return ":".join(parts), numbers
 
 
-def _apply_loras(model, specs):
-    """--lora, applied unmerged (fp8 weights keep their precision; nothing is copied)."""
+def _lora_region(spec: str, regions: list) -> tuple[str, int | torch.Tensor | None]:
+    """FILE...[@REGION] -> (FILE..., region): REGION is the number of a --region (1, 2, ...) or a mask image or
+    video (white = the region); without it the LoRA changes the whole video."""
+    from .tasks import read_masks
+
+    head, at, region = spec.rpartition("@")
+    if not at or Path(spec).exists():
+        return spec, None
+    if region.isdigit():
+        if not 1 <= int(region) <= len(regions):
+            raise VaceError(f"--lora {spec}: region {region} needs that many --region flags (given: {len(regions)}); "
+                            "give the LoRA a --region's number or a mask file after @")
+        return head, int(region)
+    if not Path(region).is_file():
+        raise VaceError(f"--lora {spec}: after @ comes a --region's number (1, 2, ...) or a mask file, and "
+                        f"{region} is neither")
+    return head, read_masks(region)
+
+
+def _apply_loras(model, loras: list[tuple[str, object]]):
+    """--lora (each as (spec, region) from _lora_region), applied unmerged (fp8 weights keep their precision;
+    nothing is copied); with a region, confined to its tokens (vace_core.lora.region)."""
     from .experts import Experts
     from .lora import apply_lora
 
     models = [model.high, model.low] if isinstance(model, Experts) else [model]  # Wan2.2: on both experts
-    for spec in specs:
+    for spec, region in loras:
         path, numbers = _lora_spec(spec)
         strength, context = (numbers + [1.0])[0], (numbers[1] if len(numbers) == 2 else None)
         for net in models:
-            print(apply_lora(net, path, strength, context, merge=False).report())
+            print(apply_lora(net, path, strength, context, merge=False, region=region).report())
 
 
 def _settings(args):
@@ -369,6 +390,7 @@ def _run(args):
     _check_preset(args)
     parallel = _check_launch(args)
     _speed(args)  # a bad combination (--ffn-chunk without --lean) fails before anything loads
+    args.loras = [_lora_region(spec, args.region) for spec in args.lora]  # a bad @REGION too
     anchor = read_image(args.colour_anchor)[None, ..., :3] if args.colour_anchor else None
     long = LongVideoSettings(colour_anchor=anchor, **{name: getattr(args, name) for name in knobs(LongVideoSettings)})
     long.check()
@@ -577,8 +599,9 @@ def _run_parser(sub):
     add_flag(run, size["height"])
     add_flag(run, size["length"], help_suffix=" Longer than --window: long video.")
     _sampling_flags(run)
-    run.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:CONTEXT]]",
-                     help="a Wan2.1 LoRA (repeatable), e.g. causvid.safetensors:0.5")
+    run.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:CONTEXT]][@REGION]",
+                     help="a Wan2.1 LoRA (repeatable), e.g. causvid.safetensors:0.5; @REGION confines it to a "
+                          "--region (its number: 1, 2, ...) or to a mask file's white area, e.g. cat.safetensors@1")
     add_flag(run, FEATHER, "--composite", default=None, metavar="FEATHER",
              help_suffix=" Given: paste the kept pixels (mask black) back, with this soft edge.")
     _long_video_flags(run)

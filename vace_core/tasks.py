@@ -69,7 +69,7 @@ class TimelineInputs:
                         {w: read_image(f)[..., :3] for w, f in self.end_frames.items()}, dict(self.seeds), self.loop)
 
 
-def _masks(path: str) -> torch.Tensor:
+def read_masks(path: str) -> torch.Tensor:
     frames, _ = read_video(path)
     return frames.mean(-1)  # white = generate
 
@@ -109,7 +109,7 @@ def build_vcu(inputs: TaskInputs) -> tuple[V.VCU, float]:
             check_extension(inputs.extend_to, len(video))
         length = V.fit_length(min(len(video), inputs.extend_to or inputs.length))
         if inputs.mask:
-            unit = V.inpaint(video, _masks(inputs.mask), length=length, **size)
+            unit = V.inpaint(video, read_masks(inputs.mask), length=length, **size)
         elif inputs.outpaint:
             unit = V.outpaint(video, *inputs.outpaint, length=length, **size)
         else:
@@ -126,7 +126,7 @@ def build_regions(inputs: TaskInputs, text_encoder) -> Regions:
     """--region PROMPT MASK (repeated) -> regional prompts over the global --prompt."""
     text = encode_text(lambda p: (text_encoder.token_ids(p), text_encoder.encode(p)), inputs.prompt,
                        [p for p, _ in inputs.regions], inputs.background_prompt)
-    masks = [_masks(m) for _, m in inputs.regions]
+    masks = [read_masks(m) for _, m in inputs.regions]
     check_coverage(masks)
     return Regions(text, masks, **inputs.region_settings)
 
