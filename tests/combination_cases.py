@@ -106,8 +106,7 @@ EXCLUSIVE = {frozenset(p) for p in (("autoregressive", "hierarchical"), ("autore
                                     *combinations(CACHE_FEATURES, 2),  # one step cache
                                     ("nag", "nag at cfg 1"), ("cfg 1 + lcm", "nag at cfg 1"))}  # the same runs
 UNCOND = "changes the unconditional \\(negative-prompt\\) pass, which guidance 1 does not run"
-REFUSED = {frozenset(("job file", "regions")): "--region and --job cannot be combined",
-           frozenset(("timeline", "fused")): "a timeline directs windows one after another, but fused windows are "
+REFUSED = {frozenset(("timeline", "fused")): "a timeline directs windows one after another, but fused windows are "
                                              "denoised together",
            frozenset(("timeline", "regions")): "regional prompts and a timeline's per-window prompts cannot be "
                                                "combined",
@@ -149,7 +148,7 @@ REDUCTIONS = {
     "one-window fused == generate": _one_window("fused"),
     "one region covering everything == plain": lambda s: replace(s, regions="full")
     if s.regions is None and not s.timeline else s,  # regions with a timeline's prompts are refused
-    "job file == the same run": lambda s: replace(s, job=True) if s.regions is None else s,
+    "job file == the same run": lambda s: replace(s, job=True),
     "every add-on off == today": add_ons_off,
 }
 
@@ -257,7 +256,7 @@ def run(spec: Spec, vae, wrap=None) -> torch.Tensor:
             with tempfile.TemporaryDirectory() as tmp:
                 path = save_job(Path(tmp) / "job.safetensors",
                                 Job(units, positive, negative, streams, replace(settings, step_cache=None),
-                                    timeline=timeline, init_video=init))
+                                    timeline=timeline, init_video=init, regions=regions))
                 return run_job(load_job(path), model, vae, None, long=spec.long, step_cache=settings.step_cache)
         if spec.long is not None:
             return generate_long(model, vae, units, positive, negative, streams, settings, spec.long,

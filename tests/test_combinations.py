@@ -84,12 +84,16 @@ def test_carry_guidance_in_fused_mode_is_fused_mode(vae):
     assert torch.equal(C.run(spec_of("fused", "carry guidance"), vae), C.run(fused, vae))
 
 
-def test_refused_pairs_name_both_features(tmp_path):
+def test_refused_pairs_name_both_features():
+    assert set(C.REFUSED) == {frozenset(p) for p in LIBRARY_REFUSED}
+
+
+def test_command_line_adds_no_regions_to_a_job(tmp_path):
+    """A job carries its regions (Save VACE Job's regions input) with its encoded prompts: --region cannot add any."""
     from vace_core.__main__ import main
 
-    assert set(C.REFUSED) == {frozenset(p) for p in (("job file", "regions"), ("timeline", "fused"),
-                                                     ("timeline", "regions"), *LIBRARY_REFUSED[2:])}
-    with pytest.raises(SystemExit, match=C.REFUSED[frozenset(("job file", "regions"))] + ".*--prompt and --region"):
+    with pytest.raises(SystemExit, match="--region and --job cannot be combined: a job file carries its prompts "
+                                         "and regions already encoded"):
         main(["run", "--job", str(tmp_path / "job.safetensors"), "--region", "a cat", str(tmp_path / "mask.png"),
               "--out", str(tmp_path / "out.mp4")])
 

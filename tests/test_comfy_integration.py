@@ -219,9 +219,23 @@ def test_interrupt_stops_a_long_run(comfy):
     assert_success(comfy.run(t2v_prompt(seed=8), timeout=120))
 
 
-def test_saved_job_samples_outside_the_server_like_the_sampler(comfy):
+REGIONAL_POSITIVE = {  # Regional Prompts: one region on the left half (its regions output is ["pos", 1])
+    "clip": {"class_type": "VACETestCLIPLoader", "inputs": {}},
+    "mask": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": W, "height": H}},
+    "left": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": W // 2, "height": H}},
+    "region": {"class_type": "MaskComposite", "inputs": {"destination": ["mask", 0], "source": ["left", 0], "x": 0,
+                                                          "y": 0, "operation": "add"}},
+    "pos": {"class_type": "VACERegionalPrompts", "inputs": {
+        "clip": ["clip", 0], "prompt": "a fox and a cat in the snow", "prompt_1": "a fox", "mask_1": ["region", 0],
+        "background_prompt": "snow", "self_strength": 1.0, "cross_strength": 2.0, "end": 1.0,
+        "context_blocks": True, "soft_edges": False}}}
+
+
+@pytest.mark.parametrize("regional", [False, True], ids=["plain", "regional"])
+def test_saved_job_samples_outside_the_server_like_the_sampler(comfy, regional):
     """Save VACE Job beside the VACE Sampler in one prompt: sampling the file with vace_core (what
-    `torchrun ... run --job` does) gives the server's video (lossless WEBP: exact pixels)."""
+    `torchrun ... run --job` does) gives the server's video (lossless WEBP: exact pixels). With Regional Prompts
+    (their regions on both nodes) the job carries the regions: its run is the server's regional run."""
     import torch
 
     from vace_core.checkpoints import load_vace_model
@@ -232,6 +246,9 @@ def test_saved_job_samples_outside_the_server_like_the_sampler(comfy):
     prompt = t2v_prompt(seed=5, steps=2)
     prompt["save"]["inputs"]["lossless"] = True
     sample = prompt["sample"]["inputs"]
+    if regional:
+        prompt |= REGIONAL_POSITIVE
+        sample["regions"] = ["pos", 1]
     prompt["job"] = {"class_type": "VACESaveJob", "inputs": {
         **{k: v for k, v in sample.items() if k not in ("vace_model", "vace_vae", "offload_after")},
         "filename_prefix": "vace_jobs/t2v"}}
@@ -242,7 +259,13 @@ def test_saved_job_samples_outside_the_server_like_the_sampler(comfy):
     [webp] = [f for f in files if f.suffix == ".webp"]
     assert job_file.parent.name == "vace_jobs"
     job = load_job(job_file)
-    assert job.settings.steps == 2 and job.settings.seed == 5 and job.positive.shape == (1, 512, 4096)
+    assert job.settings.steps == 2 and job.settings.seed == 5 and job.positive.shape[-1] == 4096
+    if regional:
+        assert job.regions is not None and job.regions.masks.shape == (1, 1, H, W)
+        assert job.regions.masks[0, 0, :, : W // 2].eq(1).all() and job.regions.masks[0, 0, :, W // 2:].eq(0).all()
+        assert (job.regions.self_strength, job.regions.cross_strength, job.regions.context_blocks) == (1.0, 2.0, True)
+    else:
+        assert job.regions is None and job.positive.shape == (1, 512, 4096)
     models = comfy.base_dir / "models"
     model = load_vace_model(models / "diffusion_models" / DIT_NAME, device="cpu")
     vae = load_vae(models / "vae" / VAE_NAME, dtype=torch.float32)

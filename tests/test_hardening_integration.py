@@ -397,7 +397,7 @@ def test_a_region_mask_that_steers_nothing_is_refused(comfy, value, phrase):
     assert error["node_type"] == "VACERegionalPrompts" and phrase in error["exception_message"], error
 
 
-def test_save_job_refuses_a_regional_positive(comfy):
+def test_save_job_refuses_a_regional_positive_without_its_regions(comfy):
     prompt = regional()
     del prompt["show"]
     prompt |= {"neg": {"class_type": "VACETestTextEncode", "inputs": {"text": "blurry"}}, "vcu": build_vcu(),
@@ -407,8 +407,8 @@ def test_save_job_refuses_a_regional_positive(comfy):
                    "filename_prefix": "vace_jobs/regional"}}}
     error = error_of(comfy, prompt)
     assert error["node_type"] == "VACESaveJob" and error["exception_message"].startswith(
-        "the positive prompt comes from Regional Prompts, but a job file does not carry regions: `run --job` would "
-        "sample it without them.")
+        "the positive prompt comes from Regional Prompts, but their regions are not connected: `run --job` would "
+        "sample it without them. Connect Regional Prompts' regions output to this node's regions input")
 
 
 def test_color_match_masks_of_another_size_are_named(comfy):

@@ -405,8 +405,8 @@ def _run(args):
         from .job import load_job, run_job
 
         if args.region:
-            refuse("--region", "--job", "a job file carries its prompts already encoded; run the task with --prompt "
-                   "and --region instead of the job file")
+            refuse("--region", "--job", "a job file carries its prompts and regions already encoded (Save VACE "
+                   "Job's regions input); run the task with --prompt and --region instead of the job file")
 
         job = load_job(args.job)  # before the models load, so a bad file fails fast
         if args.rerender is not None:

@@ -14,6 +14,10 @@ timeline.ref.{w}.{j} and timeline.end.{w} images, JSON starts / blend / seeds / 
 832x480), the colour anchor's statistics (state.anchor.*) and per window its frames, carried frames, seed and
 prompt (JSON "records"). Each window's VCU is rebuilt from the VCUs, the plan and the saved video exactly as
 the run built it.
+
+Regional prompts (optional; version 2 files without them read as before): regions.features (L, D) and
+regions.token_group (L,) (the composed text, whose features are the positive), regions.masks (n, T, H, W), and
+the knobs (JSON "regions").
 """
 
 import json
@@ -33,6 +37,7 @@ from .magcache import MagCache
 from .nag import NAG
 from .outputs import atomic_output, save_safetensors
 from .pipeline import SamplerSettings
+from .regional import RegionalText, Regions
 from .sampling import ContextStream
 from .sampling.guiders import AdaptiveProjectedGuidance, CFGZeroStar, SkipLayerGuidance
 from .step_cache import TeaCache
@@ -60,6 +65,7 @@ class Job:
     anchor: ColourAnchor | None = None
     records: list[WindowRecord] = field(default_factory=list)
     init_video: torch.Tensor | None = None  # (3, T, H, W) in [-1, 1], the first VCU's size and length
+    regions: Regions | None = None  # regional prompts (positive = their composed text)
 
     def with_run(self, result: LongVideo) -> "Job":
         """This job with a long-video run's state (to save, then re-render a window from)."""
@@ -109,6 +115,21 @@ def _read_timeline(meta: dict, tensors: dict) -> Timeline:
 
 CACHES = {"TeaCache": TeaCache, "MagCache": MagCache, "EasyCache": EasyCache}
 GUIDES = {"nag": NAG, "slg": SkipLayerGuidance, "cfg_zero_star": CFGZeroStar, "apg": AdaptiveProjectedGuidance}
+
+
+def _regions_tensors(regions: Regions) -> tuple[dict, dict]:
+    knobs = {f.name: getattr(regions, f.name) for f in fields(regions) if f.name not in ("text", "masks")}
+    knobs["blocks"] = None if regions.blocks is None else sorted(regions.blocks)
+    # a copy: the positive is often these very features, and safetensors refuses two names for one storage
+    return {"regions.features": regions.text.features.clone(), "regions.token_group": regions.text.token_group,
+            "regions.masks": regions.masks}, knobs
+
+
+def _read_regions(path, meta: dict, tensors: dict) -> Regions:
+    text = RegionalText(_checked(path, "regions.features", tensors, -math.inf, math.inf, "text features"),
+                        tensors["regions.token_group"].long())
+    blocks = None if meta["blocks"] is None else frozenset(meta["blocks"])
+    return Regions(text, _checked(path, "regions.masks", tensors, 0, 1, "region masks"), **{**meta, "blocks": blocks})
 
 
 def _spec(curve) -> str | None:
@@ -169,6 +190,9 @@ def save_job(path, job: Job) -> Path:
         meta["long"] = _long_meta(job.long)
         if job.long.colour_anchor is not None:
             tensors["long.colour_anchor"] = job.long.colour_anchor.float()
+    if job.regions is not None:
+        more, meta["regions"] = _regions_tensors(job.regions)
+        tensors |= {k: v.float() for k, v in more.items()}
     if job.timeline is not None:
         more, meta["timeline"] = _timeline_tensors(job.timeline)
         tensors |= {k: v.float() for k, v in more.items()}
@@ -260,6 +284,8 @@ def _job(path, meta: dict, tensors: dict) -> Job:
         job.init_video = _checked(path, "init_video", tensors, -1, 1, "init video pixels")
     if "long" in meta:
         job.long = LongVideoSettings(**meta["long"], colour_anchor=tensors.get("long.colour_anchor"))
+    if "regions" in meta:
+        job.regions = _read_regions(path, meta["regions"], tensors)
     if "timeline" in meta:
         job.timeline = _read_timeline(meta["timeline"], tensors)
     if "state.video" in tensors:
@@ -299,12 +325,12 @@ def run_job(job: Job, model, vae, out: str | None, feather: int | None = None, t
                         "window and has no saved run (save it from a long-video run)")
     if not windows:
         video = generate(model, vae, job.vcus, job.positive, job.negative, job.streams, job.settings, tiling=tiling,
-                         composite_feather=feather, init_video=job.init_video)
+                         composite_feather=feather, regions=job.regions, init_video=job.init_video)
     else:
         resume = None if rerender is None else job.resume(rerender, later)
         result = generate_long(model, vae, job.vcus, job.positive, job.negative, job.streams, job.settings, job.long,
-                               tiling=tiling, composite_feather=feather, timeline=job.timeline, resume=resume,
-                               init_video=job.init_video)
+                               tiling=tiling, composite_feather=feather, regions=job.regions,
+                               timeline=job.timeline, resume=resume, init_video=job.init_video)
         video = result.video
         if state is not None:
             save_job(state, job.with_run(result))
