@@ -279,8 +279,10 @@ def test_nan_scale_refused(tmp_path, weights):
     stored.data[1, 34:36] = np.array([np.float16("nan")]).view(np.uint8)  # the 2nd block's scale of row 1
     reader.data.flush()
     del reader
+    model = load_vace_model(path, device="cpu")  # returns at once: the mapped blocks are checked in the background
+    assert model.weights_check.count >= 4 * 4  # every block's attention weights among them, still GGUF blocks
     with pytest.raises(VaceError, match="blocks.3.cross_attn.v.weight holds NaN"):
-        load_vace_model(path, device="cpu")
+        model.weights_checked()  # what the first forward (and the sampler, before its first step) waits for
 
 
 def test_info_reports_quantization(tmp_path, weights):

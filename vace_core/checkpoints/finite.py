@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import VaceError
+from ..ggml import QuantizedWeight, scales_finite
 
 FINITE_CHUNK = 2**22  # elements of an overflowing sum checked again at once (a float32 temporary of 16 MiB)
 # The smallest positive non-finite fp8 byte: e4m3fn's NaN is 0x7F (no inf), e5m2's inf / NaN 0x7C..0x7F (the
@@ -25,11 +26,16 @@ FINITE_CHUNK = 2**22  # elements of an overflowing sum checked again at once (a 
 FP8_NONFINITE = {torch.float8_e4m3fn: 0x7F, torch.float8_e5m2: 0x7C}
 
 
-def check_finite(key: str, value: Tensor) -> None:
+def check_finite(key: str, value: Tensor | QuantizedWeight) -> None:
     """Refuses a tensor holding NaN or inf, reading it once and never copying it whole (mapped tensors stay
     file pages). A NaN or inf makes any float sum non-finite, so a finite sum in the tensor's own dtype (float
     accumulation) clears it at memory speed; only a sum that overflowed is checked again exactly, in float32
-    chunks. fp8 has no sum kernel: two byte maxima find its non-finite bit patterns (see FP8_NONFINITE)."""
+    chunks. fp8 has no sum kernel: two byte maxima find its non-finite bit patterns (see FP8_NONFINITE). GGUF
+    blocks: their float16 scales (the integers cannot be NaN); dequantized only when a scale is not finite."""
+    if isinstance(value, QuantizedWeight):
+        if not scales_finite(value.blocks, value.qtype):
+            check_finite(key, value.dequantize())  # raises, naming the tensor
+        return
     if not value.is_floating_point() or not value.numel():
         return
     flat = value.reshape(-1)  # a view: mapped tensors are contiguous

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..attention import BACKENDS
-from ..ggml import QuantizedWeight, scales_finite
+from ..ggml import QuantizedWeight
 from ..settings import knob
 from ..transformer import VaceTransformer
 from .detect import check_keys, detect_config, merge_vace_module
@@ -125,7 +125,7 @@ def storage_converter(state_dict: Mapping[str, Tensor], storage_dtype: torch.dty
 
     def convert(key: str, value: Tensor) -> Tensor:
         if isinstance(value, QuantizedWeight):
-            return _quantized(key, value, key in keep_quantized, storage_dtype, device)
+            return _quantized(key, value, key in keep_quantized, storage_dtype, device, unchecked)
         held = moved = value.to(device)  # no copy when already there
         if dequant:
             held = dequantize_tensor(key, held, state_dict, as_float)
@@ -139,14 +139,18 @@ def storage_converter(state_dict: Mapping[str, Tensor], storage_dtype: torch.dty
     return convert, {k for k in state_dict if dequant and k.endswith(SCALE_WEIGHT)}
 
 
-def _quantized(key: str, value: QuantizedWeight, keep: bool, storage_dtype, device) -> Tensor | QuantizedWeight:
-    """A GGUF tensor as the model holds it: its blocks on `device` (no copy on the CPU), or dequantized."""
-    value = value.to(device)
+def _quantized(key: str, value: QuantizedWeight, keep: bool, storage_dtype, device,
+               unchecked: list | None) -> Tensor | QuantizedWeight:
+    """A GGUF tensor as the model holds it: its blocks on `device` (no copy on the CPU: checked later with the
+    other mapped tensors when `unchecked` collects them), or dequantized."""
+    moved = value.to(device)
     if keep:
-        if not scales_finite(value.blocks, value.qtype):
-            check_finite(key, value.dequantize())  # raises, naming the tensor
-        return value
-    value = value.dequantize()
+        if unchecked is not None and _memory(moved) == _memory(value):
+            unchecked.append((key, value))
+        else:
+            check_finite(key, moved)
+        return moved
+    value = moved.dequantize()
     check_finite(key, value)
     return convert_tensor(key, value, storage_dtype)
 
