@@ -253,6 +253,10 @@ def test_command_line_confines_a_lora_to_a_region(tmp_path, monkeypatch):
     assert (latent["whole"] - latent["none"]).abs().max() > 1e-3
     torch.testing.assert_close(latent["region"], latent["whole"], atol=1e-5, rtol=0)
     assert torch.equal(latent["empty"], latent["none"])
+    at_folder = tmp_path / "me@work"
+    at_folder.mkdir()
+    (at_folder / "x.safetensors").write_bytes(b"")
+    assert cli._lora_region(f"{at_folder / 'x.safetensors'}:0.5", []) == (f"{at_folder / 'x.safetensors'}:0.5", None)
     monkeypatch.setattr(cli, "_models", lambda args: pytest.fail("the models loaded before --lora was checked"))
     for at, message in (("@2", "region 2 needs that many --region flags (given: 1)"),
                         ("@missing.png", "after @ comes a --region's number (1, 2, ...) or a mask file")):

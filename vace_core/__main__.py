@@ -183,7 +183,7 @@ def _lora_region(spec: str, regions: list) -> tuple[str, int | torch.Tensor | No
     from .tasks import read_masks
 
     head, at, region = spec.rpartition("@")
-    if not at or Path(spec).exists():
+    if not at or Path(_lora_spec(spec)[0]).exists():  # a LoRA file whose path holds an @
         return spec, None
     if region.isdigit():
         if not 1 <= int(region) <= len(regions):
