@@ -2,7 +2,6 @@
 its knob (default, range, choices, help), the command line refuses out-of-range values before anything loads,
 with the node's range in the message, and the speed switches reach the model from the command line."""
 
-
 import pytest
 
 from tests.integration.node_schemas import node_schemas
